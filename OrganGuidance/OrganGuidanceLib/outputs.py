@@ -1,0 +1,64 @@
+"""Writing a guidance result to a folder (CLI, demo and batch scripts share this)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+from .atomic import write_text_atomic
+from .guidance import GuidanceParameters, GuidanceResult
+from .image import Image
+from .io import write_image
+
+OUTPUT_FILES = {
+    "mos": "mos.nii.gz",
+    "ooi": "ooi.nii.gz",
+    "ooi0": "ooi0.nii.gz",
+    "bowel_wall": "bowel_wall.nii.gz",
+    "crop_box": "crop_box.json",
+    "overlay": "guidance_overlay.png",
+    "summary": "guidance.json",
+}
+
+
+def guidance_summary(ct: Image, result: GuidanceResult, parameters: GuidanceParameters) -> Dict:
+    voxel_ml = float(np.prod(ct.spacing)) / 1000.0
+    return {
+        "ct": {"name": ct.name, "shape_zyx": list(ct.shape), "spacing_xyz_mm": list(ct.spacing)},
+        "parameters": vars(parameters).copy(),
+        "organs_present": {str(k): v for k, v in result.organ_names.items()},
+        "volumes_ml": {
+            "ooi0": round(float(result.ooi0.array.sum()) * voxel_ml, 2),
+            "ooi": round(float(result.ooi.array.sum()) * voxel_ml, 2),
+            "bowel_wall": round(float(result.bowel_wall.array.sum()) * voxel_ml, 2),
+        },
+        "crop_box": result.crop_box.to_dict(ct) if result.crop_box else None,
+        "warnings": list(result.warnings),
+    }
+
+
+def write_guidance_outputs(
+    ct: Image,
+    result: GuidanceResult,
+    output_dir: Path,
+    parameters: GuidanceParameters,
+    tumor: Optional[Image] = None,
+    overlay: bool = True,
+) -> Dict[str, Path]:
+    """Write MOS, OOI, OOI0, bowel wall (NIfTI, uint8), crop box and summary JSON, QA PNG."""
+    output_dir = Path(output_dir)
+    paths: Dict[str, Path] = {}
+    for key, image in (("mos", result.mos), ("ooi", result.ooi), ("ooi0", result.ooi0), ("bowel_wall", result.bowel_wall)):
+        array = image.array.astype(np.uint8 if image.array.max() < 256 else np.uint16)
+        paths[key] = write_image(image.with_array(array), output_dir / OUTPUT_FILES[key])
+    if result.crop_box is not None:
+        paths["crop_box"] = write_text_atomic(output_dir / OUTPUT_FILES["crop_box"], result.crop_box.to_json(ct))
+    summary = guidance_summary(ct, result, parameters)
+    paths["summary"] = write_text_atomic(output_dir / OUTPUT_FILES["summary"], json.dumps(summary, indent=2))
+    if overlay:
+        from .qa import save_guidance_overlay  # matplotlib only when a picture is asked for
+
+        paths["overlay"] = save_guidance_overlay(ct, result, output_dir / OUTPUT_FILES["overlay"], tumor=tumor)
+    return paths

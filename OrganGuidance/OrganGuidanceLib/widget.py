@@ -1,0 +1,586 @@
+"""Organ Guidance panel: the Qt GUI over ``OrganGuidanceLogic``.
+
+The only file of this package that imports Qt, CTK or the Slicer application.
+It builds the GUI from ``Resources/UI/OrganGuidance.ui``, keeps the user's
+choices in a parameter node (``OrganGuidanceParameterNode``, saved with the
+scene) and runs the engine in three steps:
+
+- ``logic.prepare`` on the main thread (reads MRML nodes, checks inputs);
+- ``logic.compute`` in a worker thread that touches neither Qt nor MRML; it
+  only stores its progress under a lock, and a ``QTimer`` on the main thread
+  polls it; Cancel sets a ``threading.Event``;
+- ``logic.apply`` back on the main thread, only if the run was not cancelled,
+  so a cancelled run leaves the scene as it was.
+
+Only dependency-free modules of the package (``install``, ``labels``) are
+imported at the top: the engine imports ``edt`` and ``cc3d``, which may not be
+installed yet when Slicer loads the module, so it is imported after the
+dependency check has offered to install them.
+"""
+from __future__ import annotations
+
+import importlib
+import pathlib
+import threading
+import time
+import traceback
+from typing import Annotated, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import qt
+import slicer
+import vtk
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+
+from . import install
+from .labels import DEFAULT_ORGAN_SET, ORGAN_SETS
+
+MODULE_NAME = "OrganGuidance"
+RESOURCES = pathlib.Path(__file__).resolve().parent.parent / "Resources"
+
+# Values stored in the parameter node; they are the strings OrganSourceChoice expects.
+PRIMARY_KINDS = ("totalsegmentator", "node", "file")
+SECONDARY_KINDS = ("none", "node", "file")  # TotalSegmentator twice would add nothing
+CONVENTIONS = ("totalsegmentator", "word", "json")  # "json": the mapping file field gives the path
+DEVICES = ("auto", "cuda", "cpu")
+POLL_INTERVAL_MS = 100
+PARAMETER_NAME_PROPERTY = "SlicerParameterName"
+
+OrganNode = Union[slicer.vtkMRMLLabelMapVolumeNode, slicer.vtkMRMLSegmentationNode, None]
+
+
+@parameterNodeWrapper
+class OrganGuidanceParameterNode:
+    """What the user chose, saved with the scene; ``settingsFromParameterNode`` makes the settings.
+
+    The numeric defaults equal ``GuidanceParameters``'s (Testing/test_slicer_module_static.py
+    checks it). They are literals because guidance.py imports edt and cc3d, which may not
+    be installed when this module loads. Annotations stay Python 3.9-evaluable (no ``X | Y``):
+    parameterNodeWrapper evaluates them with ``typing.get_type_hints``.
+    """
+
+    inputVolume: slicer.vtkMRMLScalarVolumeNode
+    primaryKind: Annotated[str, Choice(PRIMARY_KINDS)] = "totalsegmentator"
+    primaryNode: OrganNode
+    primaryFile: pathlib.Path
+    primaryConvention: Annotated[str, Choice(CONVENTIONS)] = "totalsegmentator"
+    primaryMappingFile: pathlib.Path
+    secondaryKind: Annotated[str, Choice(SECONDARY_KINDS)] = "none"
+    secondaryNode: OrganNode
+    secondaryFile: pathlib.Path
+    secondaryConvention: Annotated[str, Choice(CONVENTIONS)] = "word"
+    secondaryMappingFile: pathlib.Path
+    organSet: Annotated[str, Choice(tuple(ORGAN_SETS))] = DEFAULT_ORGAN_SET
+    dilationMm: Annotated[float, WithinRange(0.0, 50.0)] = 5.0
+    wallWidthMm: Annotated[float, WithinRange(0.5, 20.0)] = 3.0
+    bodyCrop: bool = True
+    bodyThresholdHu: Annotated[float, WithinRange(-1000.0, 1000.0)] = 50.0
+    cropMarginMm: Annotated[float, WithinRange(0.0, 100.0)] = 10.0
+    fast: bool = True
+    device: Annotated[str, Choice(DEVICES)] = "auto"
+    outputSegmentation: slicer.vtkMRMLSegmentationNode
+
+
+def pathText(path: Optional[pathlib.Path]) -> str:
+    """A path field as text; an empty ctkPathLineEdit reads back as Path('.')."""
+    text = str(path) if path is not None else ""
+    return "" if text in ("", ".") else text
+
+
+def sourceChoice(kind: str, node: Any, filePath: Optional[pathlib.Path], convention: str,
+                 mappingFile: Optional[pathlib.Path]):
+    """One organ source of the GUI as the logic's ``OrganSourceChoice``."""
+    from .logic import OrganSourceChoice
+
+    if kind == "totalsegmentator":
+        convention = "totalsegmentator"  # its own labels, whatever the hidden combo box says
+    elif convention == "json":
+        convention = pathText(mappingFile)
+    return OrganSourceChoice(
+        kind=kind,
+        node=node if kind == "node" else None,
+        file_path=pathText(filePath) if kind == "file" else "",
+        convention=convention,
+    )
+
+
+def settingsFromParameterNode(parameterNode: OrganGuidanceParameterNode):
+    """The parameter node as ``OrganGuidanceSettings`` (imports the engine: dependencies must be installed)."""
+    from .guidance import GuidanceParameters
+    from .logic import OrganGuidanceSettings
+
+    p = parameterNode
+    return OrganGuidanceSettings(
+        primary=sourceChoice(p.primaryKind, p.primaryNode, p.primaryFile, p.primaryConvention, p.primaryMappingFile),
+        secondary=sourceChoice(
+            p.secondaryKind, p.secondaryNode, p.secondaryFile, p.secondaryConvention, p.secondaryMappingFile
+        ),
+        guidance=GuidanceParameters(
+            organ_set=p.organSet,
+            dilation_mm=p.dilationMm,
+            wall_width_mm=p.wallWidthMm,
+            body_crop=p.bodyCrop,
+            body_threshold_hu=p.bodyThresholdHu,
+            crop_margin_mm=p.cropMarginMm,
+        ),
+        fast=p.fast,
+        device=p.device,
+    )
+
+
+def getParameterNode(scene) -> OrganGuidanceParameterNode:
+    """The module's singleton parameter node in ``scene``, created on first use."""
+    node = scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
+    if node is None:
+        node = scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+        node.UnRegister(None)  # the Python variable owns it now (as ScriptedLoadableModuleLogic does)
+        node.SetSingletonTag(MODULE_NAME)
+        node.SetName(scene.GenerateUniqueName(MODULE_NAME))
+        node.SetAttribute("ModuleName", MODULE_NAME)
+        node = scene.AddNode(node)
+    return OrganGuidanceParameterNode(node)
+
+
+class BackgroundRun:
+    """One ``compute`` call in a worker thread, polled from the GUI thread.
+
+    The worker only writes plain Python values under a lock: Qt objects and MRML
+    nodes are used from the main thread only.
+    """
+
+    def __init__(self, compute: Callable, job: Any) -> None:
+        self.cancel = threading.Event()
+        self.startTime = time.monotonic()
+        self._lock = threading.Lock()
+        self._stage = ""
+        self._fraction: Optional[float] = 0.0
+        self._done = False
+        self._result: Any = None
+        self._error: Optional[BaseException] = None
+        self._details = ""
+        self._thread = threading.Thread(
+            target=self._work, args=(compute, job), name="OrganGuidanceCompute", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        self._thread.join(timeout)
+
+    def report(self, stage: str, fraction: Optional[float]) -> None:
+        """The progress callback handed to ``compute`` (runs in the worker thread)."""
+        with self._lock:
+            self._stage, self._fraction = str(stage), fraction
+
+    def _work(self, compute: Callable, job: Any) -> None:
+        result, error, details = None, None, ""
+        try:
+            result = compute(job, self.cancel, self.report)
+        except Exception as exc:  # handed to the GUI thread, which reports it
+            error, details = exc, traceback.format_exc()
+        with self._lock:
+            self._result, self._error, self._details, self._done = result, error, details, True
+
+    def progress(self) -> Tuple[str, Optional[float], bool]:
+        with self._lock:
+            return self._stage, self._fraction, self._done
+
+    def outcome(self) -> Tuple[Any, Optional[BaseException], str]:
+        with self._lock:
+            return self._result, self._error, self._details
+
+
+def isCancellation(error: Optional[BaseException]) -> bool:
+    if error is None:
+        return False
+    try:
+        from .providers import RunCancelled
+    except ImportError:
+        return False
+    return isinstance(error, RunCancelled)
+
+
+def organSetLabel(key: str) -> str:
+    titles = {"gi_tract": _("GI tract"), "lower_gi": _("Lower GI tract"), "colorectum": _("Colon and rectum")}
+    organs = ", ".join(organ.replace("_", " ") for organ in ORGAN_SETS[key])
+    return f"{titles.get(key, key)} ({organs})"
+
+
+class OrganGuidancePanel(qt.QWidget):
+    """The module's GUI. Receives its logic in the constructor so tests can hand it another."""
+
+    def __init__(self, logic: Any = None, parent: Any = None, showDialogs: bool = True) -> None:
+        super().__init__(parent)
+        self._logic = logic
+        self._showDialogs = showDialogs
+        self._parameterNode: Optional[OrganGuidanceParameterNode] = None
+        self._guiTag: Any = None
+        self._parameterObserver: Optional[int] = None
+        self._run: Optional[BackgroundRun] = None
+        self._runContext: Tuple[Any, Any, Any] = (None, None, None)  # job, output node, CT node
+        self._coreMissing = bool(install.missing_requirements(install.CORE_REQUIREMENTS))
+
+        layout = qt.QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self._uiWidget = slicer.util.loadUI(str(RESOURCES / "UI" / f"{MODULE_NAME}.ui"))
+        layout.addWidget(self._uiWidget)
+        self.ui = slicer.util.childWidgetVariables(self._uiWidget)
+        self._uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.ui.applyButton.clicked.connect(self.onApply)
+        self.ui.cancelButton.clicked.connect(self.onCancel)
+        self._timer = qt.QTimer(self)
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.timeout.connect(self._poll)
+
+        self._sceneObservers = [
+            slicer.mrmlScene.AddObserver(slicer.mrmlScene.StartCloseEvent, self._onSceneStartClose),
+            slicer.mrmlScene.AddObserver(slicer.mrmlScene.EndCloseEvent, self._onSceneEndClose),
+        ]
+        self.initializeParameterNode()
+
+    # ------------------------------------------------------------------ logic and settings
+    def getLogic(self):
+        """Created on first use: importing the engine needs the dependencies installed."""
+        if self._logic is None:
+            from .logic import OrganGuidanceLogic
+
+            self._logic = OrganGuidanceLogic(slicer.mrmlScene)
+        return self._logic
+
+    def parameterNode(self) -> Optional[OrganGuidanceParameterNode]:
+        return self._parameterNode
+
+    def settings(self):
+        return settingsFromParameterNode(self._parameterNode)
+
+    def usesTotalSegmentator(self) -> bool:
+        p = self._parameterNode
+        return p is not None and "totalsegmentator" in (p.primaryKind, p.secondaryKind)
+
+    # ------------------------------------------------------------------ parameter node <-> GUI
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(getParameterNode(slicer.mrmlScene))
+        if self._parameterNode.inputVolume is None:
+            # A label map is a scalar volume subclass too; a CT is what is wanted here.
+            volumes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                       if not n.IsA("vtkMRMLLabelMapVolumeNode")]
+            if volumes:
+                self._parameterNode.inputVolume = volumes[0]
+
+    def setParameterNode(self, parameterNode: Optional[OrganGuidanceParameterNode]) -> None:
+        if self._parameterNode is not None:
+            self._parameterNode.disconnectGui(self._guiTag)
+            self._parameterNode.RemoveObserver(self._parameterObserver)
+        self._parameterNode = parameterNode
+        if parameterNode is None:
+            return
+        # An explicit mapping (the same one connectGui builds) because connectParametersToGui
+        # returns the tag that disconnectGui needs when the scene closes.
+        mapping = {
+            widget.property(PARAMETER_NAME_PROPERTY): widget
+            for widget in self._uiWidget.findChildren(qt.QWidget)
+            if widget.property(PARAMETER_NAME_PROPERTY)
+        }
+        self._guiTag = parameterNode.connectParametersToGui(mapping)
+        self._labelComboBoxes()
+        self._parameterObserver = parameterNode.AddObserver(vtk.vtkCommand.ModifiedEvent, self._updateGui)
+        self._updateGui()
+
+    def _labelComboBoxes(self) -> None:
+        """Readable item texts; the connectors fill the combo boxes with the raw choice values."""
+        sourceLabels = {
+            "totalsegmentator": _("TotalSegmentator (run on the CT)"),
+            "node": _("Label map or segmentation in the scene"),
+            "file": _("Label map file"),
+            "none": _("None"),
+        }
+        conventionLabels = {
+            "totalsegmentator": _("TotalSegmentator (task total)"),
+            "word": _("WORD"),
+            "json": _("JSON mapping file"),
+        }
+        deviceLabels = {"auto": _("Auto (GPU when available)"), "cuda": _("GPU (CUDA)"), "cpu": _("CPU")}
+        labels: List[Tuple[Any, Dict[str, str]]] = [
+            (self.ui.primarySourceComboBox, sourceLabels),
+            (self.ui.secondarySourceComboBox, sourceLabels),
+            (self.ui.primaryConventionComboBox, conventionLabels),
+            (self.ui.secondaryConventionComboBox, conventionLabels),
+            (self.ui.organSetComboBox, {key: organSetLabel(key) for key in ORGAN_SETS}),
+            (self.ui.deviceComboBox, deviceLabels),
+        ]
+        for comboBox, texts in labels:
+            for index in range(comboBox.count):
+                key = comboBox.itemText(index)
+                if key in texts:
+                    comboBox.setItemText(index, texts[key])  # the connector reads the index, not the text
+
+    def _updateGui(self, *args: Any) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        primaryImported = p.primaryKind in ("node", "file")
+        secondaryImported = p.secondaryKind in ("node", "file")
+        rows: Sequence[Tuple[Any, Any, bool]] = (
+            (self.ui.primaryNodeLabel, self.ui.primaryNodeSelector, p.primaryKind == "node"),
+            (self.ui.primaryFileLabel, self.ui.primaryFilePathLineEdit, p.primaryKind == "file"),
+            (self.ui.primaryConventionLabel, self.ui.primaryConventionComboBox, primaryImported),
+            (self.ui.primaryMappingLabel, self.ui.primaryMappingPathLineEdit,
+             primaryImported and p.primaryConvention == "json"),
+            (self.ui.secondaryNodeLabel, self.ui.secondaryNodeSelector, p.secondaryKind == "node"),
+            (self.ui.secondaryFileLabel, self.ui.secondaryFilePathLineEdit, p.secondaryKind == "file"),
+            (self.ui.secondaryConventionLabel, self.ui.secondaryConventionComboBox, secondaryImported),
+            (self.ui.secondaryMappingLabel, self.ui.secondaryMappingPathLineEdit,
+             secondaryImported and p.secondaryConvention == "json"),
+        )
+        for label, field, visible in rows:
+            label.setVisible(visible)
+            field.setVisible(visible)
+        usesTotalSegmentator = self.usesTotalSegmentator()
+        for widget in (self.ui.fastCheckBox, self.ui.deviceLabel, self.ui.deviceComboBox):
+            widget.setEnabled(usesTotalSegmentator)
+        for widget in (self.ui.bodyThresholdLabel, self.ui.bodyThresholdSpinBox,
+                       self.ui.cropMarginLabel, self.ui.cropMarginSpinBox):
+            widget.setEnabled(p.bodyCrop)
+        self._updateButtons()
+
+    def _applyBlocker(self) -> str:
+        """Why Apply cannot run now, or "" when it can."""
+        p = self._parameterNode
+        if p is None:
+            return _("No parameter node.")
+        if p.inputVolume is None:
+            return _("Select a CT volume.")
+        if self._coreMissing:
+            return ""  # Apply offers to install first; the settings are checked after that
+        try:
+            valid, reason = self.settings().is_valid()
+        except Exception as error:  # e.g. the engine fails to import: say so instead of a silent grey button
+            return str(error)
+        return "" if valid else reason
+
+    def _updateButtons(self) -> None:
+        running = self._run is not None
+        blocker = "" if running else self._applyBlocker()
+        self.ui.applyButton.setEnabled(not running and not blocker)
+        self.ui.applyButton.setToolTip(
+            blocker or _("Compute the organs-of-interest mask, the bowel wall and the body crop.")
+        )
+        self.ui.cancelButton.setEnabled(running and not self._run.cancel.is_set())
+        if blocker:
+            self._setStatus(blocker)
+
+    def _setRunning(self, running: bool) -> None:
+        for section in (self.ui.inputsCollapsibleButton, self.ui.organMasksCollapsibleButton,
+                        self.ui.guidanceCollapsibleButton, self.ui.outputCollapsibleButton,
+                        self.ui.advancedCollapsibleButton):
+            section.setEnabled(not running)  # the parameters must not change under a running job
+        self._updateButtons()
+
+    def _setStatus(self, text: str) -> None:
+        self.ui.statusLabel.setText(text)
+
+    def _setProgress(self, fraction: Optional[float]) -> None:
+        if fraction is None:
+            self.ui.progressBar.setRange(0, 0)  # busy indicator when the stage gives no fraction
+            return
+        self.ui.progressBar.setRange(0, 100)
+        self.ui.progressBar.setValue(int(round(100 * min(max(float(fraction), 0.0), 1.0))))
+
+    # ------------------------------------------------------------------ dependencies
+    def _ensureDependencies(self, totalsegmentator: bool) -> bool:
+        """True when every package of the run imports; otherwise ask, then install."""
+        required = install.requirements(totalsegmentator=totalsegmentator)
+        missing = install.missing_requirements(required)
+        if not missing:
+            return True
+        question = "\n\n".join([
+            _("Organ Guidance needs Python packages that are not installed yet:"),
+            install.describe(missing),
+            _("Install them now? This needs an internet connection and can take several minutes, "
+              "during which Slicer does not respond."),
+        ])
+        if not self._showDialogs or not slicer.util.confirmOkCancelDisplay(
+            question, windowTitle=_("Install Python packages")
+        ):
+            self._setStatus(_("Not started: required Python packages are not installed."))
+            return False
+        self._setStatus(_("Installing Python packages..."))
+        slicer.app.processEvents()
+        try:
+            with slicer.util.WaitCursor():
+                if any(requirement.installer == "pytorch" for requirement in missing):
+                    self._installTorch()  # before TotalSegmentator, or pip pulls a generic torch wheel
+                pipRequirements = install.pip_requirements(missing)
+                if pipRequirements:
+                    # A space-separated string: every Slicer release's pip_install accepts it.
+                    slicer.util.pip_install(" ".join(pipRequirements))
+        except Exception as error:
+            self._reportError(_("Installing Python packages failed."), error)
+            return False
+        importlib.invalidate_caches()
+        self._coreMissing = bool(install.missing_requirements(install.CORE_REQUIREMENTS))
+        stillMissing = install.missing_requirements(required)
+        if stillMissing:
+            self._reportError(
+                _("These packages are still missing after installation; restart Slicer and try again:"),
+                RuntimeError(install.describe(stillMissing)),
+            )
+            return False
+        self._setStatus(_("Python packages installed."))
+        return True
+
+    @staticmethod
+    def _installTorch() -> None:
+        """PyTorch through the PyTorch extension, which picks the build for the GPU driver."""
+        try:
+            import PyTorchUtils
+        except ImportError:
+            # Without the extension, PyPI's default build (CPU-only on Windows) still runs TotalSegmentator.
+            slicer.util.pip_install("torch" + install.TORCH_VERSION_REQUIREMENT)
+            return
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            torch = torchLogic.installTorch(
+                askConfirmation=True, torchVersionRequirement=install.TORCH_VERSION_REQUIREMENT
+            )
+            if torch is None:
+                raise RuntimeError(_("PyTorch was not installed; TotalSegmentator cannot run without it."))
+
+    # ------------------------------------------------------------------ running
+    def onApply(self) -> None:
+        if self._run is not None or self._parameterNode is None:
+            return
+        if not self._ensureDependencies(self.usesTotalSegmentator()):
+            self._updateButtons()
+            return
+        p = self._parameterNode
+        ctNode, outputNode = p.inputVolume, p.outputSegmentation
+        try:
+            settings = self.settings()
+            valid, reason = settings.is_valid()
+            if not valid:
+                raise ValueError(reason)
+            if not self._confirmOutputNode(outputNode):
+                self._setStatus(_("Not started."))
+                return
+            self._setStatus(_("Preparing inputs..."))
+            with slicer.util.WaitCursor():
+                job = self.getLogic().prepare(ctNode, settings)
+        except Exception as error:
+            self._reportError(_("Organ guidance could not start."), error)
+            return
+        self._run = BackgroundRun(self.getLogic().compute, job)
+        self._runContext = (job, outputNode, ctNode)
+        self._setProgress(0.0)
+        self._setStatus(_("Starting..."))
+        self._setRunning(True)
+        self._run.start()
+        self._timer.start()
+
+    def onCancel(self) -> None:
+        if self._run is None:
+            return
+        self._run.cancel.set()
+        self._setStatus(_("Cancelling..."))
+        self._updateButtons()
+
+    def _poll(self) -> None:
+        run = self._run
+        if run is None:
+            self._timer.stop()
+            return
+        stage, fraction, done = run.progress()
+        if not done:
+            if not run.cancel.is_set():
+                self._setProgress(fraction)
+                if stage:
+                    self._setStatus(_("Running: {stage}").format(stage=stage))
+            return
+        self._timer.stop()
+        run.join()
+        self._run = None
+        self._finishRun(run)
+
+    def _finishRun(self, run: BackgroundRun) -> None:
+        result, error, details = run.outcome()
+        job, outputNode, ctNode = self._runContext
+        self._runContext = (None, None, None)
+        try:
+            if run.cancel.is_set() or isCancellation(error):
+                # Nothing reaches the scene: apply() is the only step that writes to it.
+                self._setProgress(0.0)
+                self._setStatus(_("Cancelled"))
+                return
+            if error is not None:
+                self._setProgress(0.0)
+                self._reportError(_("Organ guidance failed."), error, details)
+                return
+            with slicer.util.WaitCursor():
+                segmentation = self.getLogic().apply(job, result, outputNode)
+                self._showResult(segmentation, ctNode)
+            self._setProgress(1.0)
+            self._setStatus(_("Done in {seconds:.1f} s: {count} segments in '{name}'.").format(
+                seconds=time.monotonic() - run.startTime,
+                count=segmentation.GetSegmentation().GetNumberOfSegments(),
+                name=segmentation.GetName(),
+            ))
+        except Exception as applyError:
+            self._reportError(_("The organ guidance result could not be added to the scene."), applyError)
+        finally:
+            self._setRunning(False)
+
+    def _confirmOutputNode(self, outputNode: Any) -> bool:
+        """Ask before writing into a segmentation that already has segments."""
+        if outputNode is None or not self._showDialogs:
+            return True
+        count = outputNode.GetSegmentation().GetNumberOfSegments()
+        if count == 0:
+            return True
+        return slicer.util.confirmOkCancelDisplay(
+            _("The output segmentation '{name}' already holds {count} segment(s). "
+              "Write the organ guidance segments into it?\n\n"
+              "Choose 'Create new segmentation' as output to leave it untouched.").format(
+                name=outputNode.GetName(), count=count),
+            windowTitle=_("Organ Guidance"),
+        )
+
+    def _showResult(self, segmentation: Any, ctNode: Any) -> None:
+        """Select the result and show it over the CT in the slice views and in 3D."""
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.CreateClosedSurfaceRepresentation()
+        displayNode = segmentation.GetDisplayNode()
+        if displayNode is not None:
+            displayNode.SetVisibility(True)
+            displayNode.SetVisibility3D(True)
+        if self._parameterNode is not None:
+            self._parameterNode.outputSegmentation = segmentation
+        if ctNode is not None and ctNode.GetScene() is not None:
+            slicer.util.setSliceViewerLayers(background=ctNode)
+
+    def _reportError(self, message: str, error: BaseException, details: str = "") -> None:
+        details = details or "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        self._setStatus(f"{message} {error}")
+        if self._showDialogs:
+            slicer.util.errorDisplay(f"{message}\n\n{error}", detailedText=details)
+
+    # ------------------------------------------------------------------ scene and lifetime
+    def _onSceneStartClose(self, caller: Any = None, event: Any = None) -> None:
+        if self._run is not None:
+            self._run.cancel.set()  # its nodes are going away: discard the result
+
+    def _onSceneEndClose(self, caller: Any = None, event: Any = None) -> None:
+        self.initializeParameterNode()  # the scene's parameter node was reset
+
+    def cleanup(self) -> None:
+        """Stop a running job and drop observers (module widget cleanup, application exit)."""
+        self._timer.stop()
+        if self._run is not None:
+            self._run.cancel.set()
+            self._run.join(timeout=5.0)
+            self._run = None
+        for tag in self._sceneObservers:
+            slicer.mrmlScene.RemoveObserver(tag)
+        self._sceneObservers = []
+        self.setParameterNode(None)

@@ -1,0 +1,473 @@
+"""Static checks of the Slicer modules: what can be checked without the Slicer application.
+
+The Qt widget code cannot run here (only the Qt-free ``slicer-core`` wheel is
+installed), so these tests read the sources instead: the .ui file against the
+widget code and the parameter-node wrapper, Python 3.9 grammar (Slicer 5.8),
+the headless rule for the Lib packages, import order (the module must load
+before its dependencies are installed) and the CMake files. ``install`` is pure
+Python and is tested for real.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import fnmatch
+import re
+import struct
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Dict, List, Optional, Set, Tuple
+
+import pytest
+
+from OrganGuidanceLib import install
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODULES = ("OrganGuidance", "CRCSegmentation")
+OG = REPO_ROOT / "OrganGuidance"
+OG_LIB = OG / "OrganGuidanceLib"
+UI_FILE = OG / "Resources" / "UI" / "OrganGuidance.ui"
+WIDGET_FILE = OG_LIB / "widget.py"
+MODULE_FILE = OG / "OrganGuidance.py"
+GUI_FILES = (WIDGET_FILE, MODULE_FILE)
+# Imports that need the Slicer application (Qt); only widget.py and the module files may use them.
+GUI_IMPORTS = ("qt", "ctk", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
+# Lib modules widget.py may import at load time: they import nothing outside the standard library.
+DEPENDENCY_FREE_LIB_MODULES = {"install", "labels"}
+SECTION_TITLES = {"Inputs", "Organ masks", "Guidance parameters", "Output", "Advanced"}
+# Parameter-node field -> GuidanceParameters field, for the defaults and ranges checks.
+GUIDANCE_FIELDS = {
+    "organSet": "organ_set",
+    "dilationMm": "dilation_mm",
+    "wallWidthMm": "wall_width_mm",
+    "bodyCrop": "body_crop",
+    "bodyThresholdHu": "body_threshold_hu",
+    "cropMarginMm": "crop_margin_mm",
+}
+
+
+# ---------------------------------------------------------------------------- helpers
+def python_files(*folders: Path) -> List[Path]:
+    return sorted(p for folder in folders for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def ui_tree() -> ET.ElementTree:
+    return ET.parse(UI_FILE)
+
+
+def ui_widgets() -> Dict[str, ET.Element]:
+    """objectName -> <widget> element, the root widget excluded (it is not a child)."""
+    root = ui_tree().getroot().find("widget")
+    return {w.get("name"): w for w in root.iter("widget") if w is not root}
+
+
+def ui_property(widget: ET.Element, name: str) -> Optional[ET.Element]:
+    for prop in widget.findall("property"):
+        if prop.get("name") == name:
+            return prop
+    return None
+
+
+def ui_parameter_names() -> Dict[str, str]:
+    """SlicerParameterName -> objectName."""
+    names = {}
+    for object_name, widget in ui_widgets().items():
+        prop = ui_property(widget, "SlicerParameterName")
+        if prop is not None:
+            names[prop.findtext("string")] = object_name
+    return names
+
+
+def ui_attribute_uses(path: Path) -> Set[str]:
+    """Names used as ``self.ui.NAME`` or ``ui.NAME``."""
+    names = set()
+    for node in ast.walk(parse(path)):
+        if not isinstance(node, ast.Attribute):
+            continue
+        value = node.value
+        if isinstance(value, ast.Name) and value.id == "ui":
+            names.add(node.attr)
+        elif (isinstance(value, ast.Attribute) and value.attr == "ui"
+              and isinstance(value.value, ast.Name) and value.value.id == "self"):
+            names.add(node.attr)
+    return names
+
+
+def wrapper_class(tree: ast.Module) -> ast.ClassDef:
+    """The class decorated with ``parameterNodeWrapper`` in widget.py."""
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            for decorator in node.decorator_list:
+                target = decorator.func if isinstance(decorator, ast.Call) else decorator
+                name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+                if name == "parameterNodeWrapper":
+                    return node
+    raise AssertionError(f"{WIDGET_FILE.name}: no class decorated with @parameterNodeWrapper")
+
+
+def wrapper_fields(tree: ast.Module) -> Dict[str, ast.AnnAssign]:
+    return {
+        statement.target.id: statement
+        for statement in wrapper_class(tree).body
+        if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
+    }
+
+
+def module_constants(tree: ast.Module) -> Dict[str, ast.expr]:
+    """Module-level ``NAME = value`` assignments."""
+    constants = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            constants[node.targets[0].id] = node.value
+    return constants
+
+
+def annotation_text(field: ast.AnnAssign, constants: Dict[str, ast.expr]) -> str:
+    """The annotation as source, with a module-level alias (e.g. ``OrganNode``) expanded."""
+    annotation = field.annotation
+    if isinstance(annotation, ast.Name) and annotation.id in constants:
+        annotation = constants[annotation.id]
+    return ast.unparse(annotation)
+
+
+def imported_modules(node: ast.AST, package: str = "") -> List[Tuple[str, int]]:
+    """(absolute-ish module name, level) of every import below ``node``; ``from x import y`` gives x.y too."""
+    found = []
+    for item in ast.walk(node):
+        if isinstance(item, ast.Import):
+            found += [(alias.name, 0) for alias in item.names]
+        elif isinstance(item, ast.ImportFrom):
+            base = item.module or ""
+            found.append((base, item.level))
+            found += [(f"{base}.{alias.name}" if base else alias.name, item.level) for alias in item.names]
+    return found
+
+
+def top_level_imports(tree: ast.Module) -> List[Tuple[str, int]]:
+    return [found for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+            for found in imported_modules(node)]
+
+
+def cmake_source(path: Path) -> str:
+    """CMake text without comments, ``${MODULE_NAME}`` expanded."""
+    text = "\n".join(line.split("#", 1)[0] for line in path.read_text(encoding="utf-8").splitlines())
+    match = re.search(r"set\(\s*MODULE_NAME\s+(\w+)\s*\)", text)
+    return text.replace("${MODULE_NAME}", match.group(1)) if match else text
+
+
+def png_size(path: Path) -> Tuple[int, int]:
+    data = path.read_bytes()[:24]
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path}: not a PNG file"
+    return struct.unpack(">II", data[16:24])
+
+
+# ---------------------------------------------------------------------------- the .ui file
+def test_ui_is_a_qmrmlwidget_with_unique_names_and_declared_custom_widgets():
+    root = ui_tree().getroot()
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget"
+    names = [w.get("name") for w in root.iter("widget")] + [l.get("name") for l in root.iter("layout")]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    assert not duplicates, f"objectNames used twice: {duplicates}"
+    assert all(names), "every widget and layout needs an objectName"
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {w.get("class") for w in root.iter("widget")}
+    undeclared = sorted(c for c in used if not c.startswith("Q") and c not in declared)
+    assert not undeclared, f"classes used but not declared in <customwidgets>: {undeclared}"
+    for custom in root.iter("customwidget"):
+        assert custom.findtext("header") == f"{custom.findtext('class')}.h"
+
+
+def test_ui_has_the_sections_and_controls_the_module_needs():
+    widgets = ui_widgets()
+    titles = {ui_property(w, "text").findtext("string") for w in widgets.values()
+              if w.get("class") == "ctkCollapsibleButton"}
+    assert titles == SECTION_TITLES
+    by_class: Dict[str, Set[str]] = {}
+    for name, widget in widgets.items():
+        by_class.setdefault(widget.get("class"), set()).add(name)
+    assert {"applyButton", "cancelButton"} <= by_class["QPushButton"]
+    assert by_class["QProgressBar"] == {"progressBar"}
+    assert "statusLabel" in by_class["QLabel"]
+    output = widgets["outputSegmentationSelector"]
+    assert [s.text for s in ui_property(output, "nodeTypes").iter("string")] == ["vtkMRMLSegmentationNode"]
+    for flag in ("noneEnabled", "addEnabled", "renameEnabled"):
+        assert ui_property(output, flag).findtext("bool") == "true", flag
+
+
+def test_every_node_combobox_receives_the_scene():
+    """A qMRMLNodeComboBox shows no nodes unless mrmlSceneChanged reaches its setMRMLScene."""
+    root = ui_tree().getroot()
+    top = root.find("widget").get("name")
+    connected = {
+        c.findtext("receiver") for c in root.iter("connection")
+        if c.findtext("sender") == top and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+        and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
+    comboboxes = {name for name, w in ui_widgets().items() if w.get("class") == "qMRMLNodeComboBox"}
+    assert comboboxes and comboboxes <= connected, f"not connected: {sorted(comboboxes - connected)}"
+
+
+@pytest.mark.parametrize("path", GUI_FILES, ids=lambda p: p.name)
+def test_every_ui_attribute_used_in_code_exists_in_the_ui_file(path):
+    missing = sorted(ui_attribute_uses(path) - set(ui_widgets()))
+    assert not missing, f"{path.name} uses ui names that {UI_FILE.name} lacks: {missing}"
+
+
+def test_widget_code_uses_the_ui_file():
+    assert len(ui_attribute_uses(WIDGET_FILE)) >= 10  # the check above must not pass on an empty set
+    assert f'"{UI_FILE.parent.name}"' in WIDGET_FILE.read_text() and "loadUI" in WIDGET_FILE.read_text()
+
+
+# ---------------------------------------------------------------------------- parameter node
+def test_slicer_parameter_names_are_wrapper_fields_and_every_field_has_a_widget():
+    fields = set(wrapper_fields(parse(WIDGET_FILE)))
+    bound = ui_parameter_names()
+    unknown = sorted(name for name in bound if name.split(".")[0] not in fields)
+    assert not unknown, f"SlicerParameterName without a parameter-node field: {unknown}"
+    unbound = sorted(fields - {name.split(".")[0] for name in bound})
+    assert not unbound, f"parameter-node fields without a widget in {UI_FILE.name}: {unbound}"
+
+
+def test_each_bound_widget_has_a_connector_for_its_field_type():
+    """Mirror of parameterNodeWrapper's GUI connectors: a wrong pairing fails only inside Slicer."""
+    tree = parse(WIDGET_FILE)
+    constants = module_constants(tree)
+    fields = wrapper_fields(tree)
+    widgets = ui_widgets()
+    for parameter, object_name in ui_parameter_names().items():
+        text = annotation_text(fields[parameter], constants)
+        widget_class = widgets[object_name].get("class")
+        if "vtkMRML" in text:
+            expected = {"qMRMLNodeComboBox"}
+        elif "pathlib.Path" in text or text == "Path":
+            expected = {"ctkPathLineEdit"}
+        elif text == "bool":
+            expected = {"QCheckBox"}
+        elif "float" in text:
+            expected = {"ctkSliderWidget", "QDoubleSpinBox"}
+            if widget_class == "ctkSliderWidget":
+                assert "WithinRange" in text, f"{parameter}: a ctkSliderWidget needs a bounded float"
+        elif "str" in text:
+            expected = {"QComboBox"}
+            assert "Choice" in text, f"{parameter}: a QComboBox needs the Choice annotation"
+        else:
+            raise AssertionError(f"{parameter}: no known connector for {text}")
+        assert widget_class in expected, f"{parameter} ({text}) is bound to a {widget_class}, expected {expected}"
+
+
+def test_wrapper_annotations_evaluate_on_python_3_9():
+    """parameterNodeWrapper calls typing.get_type_hints: ``X | Y`` would fail on Slicer 5.8's Python 3.9."""
+    tree = parse(WIDGET_FILE)
+    constants = module_constants(tree)
+    for name, field in wrapper_fields(tree).items():
+        annotation = field.annotation
+        if isinstance(annotation, ast.Name) and annotation.id in constants:
+            annotation = constants[annotation.id]
+        assert not any(isinstance(n, ast.BinOp) for n in ast.walk(annotation)), f"{name}: use Union/Optional"
+
+
+def test_wrapper_annotations_resolve_in_module_globals():
+    """get_type_hints resolves the (string) annotations in widget.py's globals: every name must be there."""
+    tree = parse(WIDGET_FILE)
+    constants = module_constants(tree)
+    defined = set(constants) | set(dir(builtins))
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            defined |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            defined |= {a.asname or a.name for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+    for name, field in wrapper_fields(tree).items():
+        annotation = field.annotation
+        if isinstance(annotation, ast.Name) and annotation.id in constants:
+            annotation = constants[annotation.id]
+        unknown = {n.id for n in ast.walk(annotation) if isinstance(n, ast.Name)} - defined
+        assert not unknown, f"{name}: annotation uses names that are not module globals: {unknown}"
+
+
+def test_widget_builds_settings_with_fields_the_engine_has():
+    """Keyword arguments of the settings dataclasses in widget.py exist (the widget cannot run here)."""
+    import dataclasses
+
+    from OrganGuidanceLib.guidance import GuidanceParameters
+    from OrganGuidanceLib.logic import OrganGuidanceSettings, OrganSourceChoice
+
+    classes = {c.__name__: c for c in (GuidanceParameters, OrganGuidanceSettings, OrganSourceChoice)}
+    seen = set()
+    for node in ast.walk(parse(WIDGET_FILE)):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") in classes:
+            cls = classes[node.func.id]
+            fields = {f.name for f in dataclasses.fields(cls)}
+            unknown = {k.arg for k in node.keywords} - fields
+            assert not unknown, f"{cls.__name__} has no fields {unknown}"
+            assert not node.args, f"{cls.__name__}: pass fields by name"
+            seen.add(cls.__name__)
+    assert seen == set(classes)
+
+
+def test_wrapper_defaults_and_ranges_match_the_engine():
+    from OrganGuidanceLib.guidance import GuidanceParameters
+    from OrganGuidanceLib.labels import DEFAULT_ORGAN_SET
+
+    tree = parse(WIDGET_FILE)
+    fields = wrapper_fields(tree)
+    engine = GuidanceParameters()
+    for parameter, engine_field in GUIDANCE_FIELDS.items():
+        value = fields[parameter].value
+        default = DEFAULT_ORGAN_SET if isinstance(value, ast.Name) and value.id == "DEFAULT_ORGAN_SET" \
+            else ast.literal_eval(value)
+        assert default == getattr(engine, engine_field), f"{parameter} default {default} != {engine_field}"
+        for call in ast.walk(fields[parameter].annotation):
+            if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "WithinRange":
+                for bound in (ast.literal_eval(arg) for arg in call.args):
+                    valid, reason = GuidanceParameters(**{engine_field: bound}).is_valid()
+                    assert valid, f"{parameter}: the slider allows {bound}, which the engine rejects: {reason}"
+
+
+def test_wrapper_choices_are_values_the_logic_accepts():
+    from OrganGuidanceLib import logic
+    from OrganGuidanceLib.labels import ORGAN_SETS
+
+    constants = {k: v for k, v in module_constants(parse(WIDGET_FILE)).items() if isinstance(v, ast.Tuple)}
+    values = {name: ast.literal_eval(node) for name, node in constants.items()}
+    assert set(values["PRIMARY_KINDS"]) <= set(logic.SOURCE_KINDS) - {"none"}
+    assert set(values["SECONDARY_KINDS"]) <= set(logic.SOURCE_KINDS)
+    assert "none" in values["SECONDARY_KINDS"]
+    assert set(values["DEVICES"]) == set(logic.DEVICES)
+    assert {"totalsegmentator", "word"} <= set(values["CONVENTIONS"])
+    wrapper_source = ast.unparse(wrapper_class(parse(WIDGET_FILE)))
+    assert "Choice(tuple(ORGAN_SETS))" in wrapper_source and ORGAN_SETS
+
+
+# ---------------------------------------------------------------------------- Python 3.9, headless Lib, import order
+@pytest.mark.parametrize("path", python_files(*(REPO_ROOT / m for m in MODULES)),
+                         ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_module_sources_parse_with_python_3_9_grammar(path):
+    source = path.read_text(encoding="utf-8")
+    tree = ast.parse(source, filename=str(path), feature_version=(3, 9))
+    # ``X | Y`` in an annotation is only safe on 3.9 when annotations stay strings.
+    annotations = [n.annotation for n in ast.walk(tree) if isinstance(n, (ast.arg, ast.AnnAssign)) and n.annotation]
+    annotations += [n.returns for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    and n.returns]
+    uses_union_operator = any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr)
+                              for a in annotations for n in ast.walk(a))
+    if uses_union_operator:
+        assert "from __future__ import annotations" in source, f"{path.name}: X | Y hints need the future import"
+
+
+LIB_FILES = [p for m in MODULES for p in python_files(REPO_ROOT / m / f"{m}Lib") if p.name != "widget.py"]
+
+
+@pytest.mark.parametrize("path", LIB_FILES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_lib_stays_headless(path):
+    """Only widget.py may import Qt, CTK or Slicer's application-only Python modules."""
+    for name, level in imported_modules(parse(path)):
+        if level:
+            continue
+        bad = [g for g in GUI_IMPORTS if name == g or name.startswith(g + ".")]
+        assert not bad, f"{path.relative_to(REPO_ROOT)} imports {name}"
+
+
+def test_lib_file_list_is_not_empty():
+    assert any(p.name == "install.py" for p in LIB_FILES) and any(p.name == "guidance.py" for p in LIB_FILES)
+
+
+def test_module_file_imports_its_lib_lazily():
+    """Slicer must list the module even when the Lib or its dependencies fail to import."""
+    for path in (MODULE_FILE, REPO_ROOT / "CRCSegmentation" / "CRCSegmentation.py"):
+        libs = [name for name, _ in top_level_imports(parse(path)) if name.split(".")[0].endswith("Lib")]
+        assert not libs, f"{path.name} imports {libs} at load time"
+
+
+def test_widget_imports_only_dependency_free_lib_modules_at_load_time():
+    """The engine imports edt and cc3d; the widget must load before they are installed."""
+    lib_imports = set()
+    for name, level in top_level_imports(parse(WIDGET_FILE)):
+        if level or name.startswith("OrganGuidanceLib"):
+            parts = [p for p in name.split(".") if p and p != "OrganGuidanceLib"]
+            if parts:
+                lib_imports.add(parts[0])
+    assert lib_imports and lib_imports <= DEPENDENCY_FREE_LIB_MODULES, lib_imports
+    if not hasattr(sys, "stdlib_module_names"):
+        pytest.skip("the standard-library check needs Python 3.10+ (sys.stdlib_module_names)")
+    for module in DEPENDENCY_FREE_LIB_MODULES:
+        names = {n.split(".")[0] for n, level in top_level_imports(parse(OG_LIB / f"{module}.py")) if not level}
+        non_stdlib = sorted(n for n in names if n not in sys.stdlib_module_names and n != "__future__")
+        assert not non_stdlib, f"{module}.py imports {non_stdlib} at load time"
+
+
+# ---------------------------------------------------------------------------- CMake and resources
+def test_extension_cmakelists_declares_modules_and_dependencies():
+    text = cmake_source(REPO_ROOT / "CMakeLists.txt")
+    assert re.search(r"cmake_minimum_required\(VERSION 3\.16\.3\.\.\.3\.19\.7 FATAL_ERROR\)", text)
+    assert re.search(r"project\(SlicerCRC\)", text)
+    depends = re.search(r"set\(EXTENSION_DEPENDS\s+([^)]*)\)", text)
+    assert depends and set(depends.group(1).split()) == {"PyTorch", "NNUNet", "TotalSegmentator"}
+    for variable in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
+        assert re.search(rf"set\(EXTENSION_{variable}\s", text), variable
+    for line in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
+                 "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
+        assert line in text, line
+    for module in MODULES:
+        assert f"add_subdirectory({module})" in text
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_cmakelists_covers_every_script_and_resource(module):
+    folder = REPO_ROOT / module
+    text = cmake_source(folder / "CMakeLists.txt")
+    assert "slicerMacroBuildScriptedModule(" in text
+    assert re.search(rf"slicer_add_python_unittest\(\s*SCRIPT\s+{module}\.py\s*\)", text)
+    globs = [pattern for block in re.findall(r"file\(\s*GLOB\b([^)]*)\)", text)
+             for pattern in block.split() if "*" in pattern]
+    tokens = set(re.findall(r"[\w./-]+\.(?:py|ui|png|json)\b", text))
+    assert f"{module}.py" in tokens
+    for path in python_files(folder / f"{module}Lib"):
+        relative = path.relative_to(folder).as_posix()
+        covered = relative in tokens or any(fnmatch.fnmatch(relative, p) and "/" in p for p in globs
+                                            if p.count("/") == relative.count("/"))
+        assert covered, f"{module}/CMakeLists.txt does not package {relative}"
+    for token in tokens:
+        if "*" not in token:
+            assert (folder / token).is_file(), f"{module}/CMakeLists.txt lists missing file {token}"
+    assert f"Resources/Icons/{module}.png" in tokens
+
+
+@pytest.mark.parametrize("path", [REPO_ROOT / "Resources/Icons/SlicerCRC.png"]
+                         + [REPO_ROOT / m / "Resources/Icons" / f"{m}.png" for m in MODULES],
+                         ids=lambda p: p.name)
+def test_icons_are_128_pixel_pngs(path):
+    assert png_size(path) == (128, 128)
+
+
+# ---------------------------------------------------------------------------- install (for real)
+def test_nothing_is_missing_in_this_environment():
+    assert install.missing_requirements(totalsegmentator=True) == []
+    assert install.missing_requirements() == []
+
+
+def test_a_missing_requirement_is_listed():
+    fake = install.Requirement("slicercrc_no_such_module_x7", "slicercrc-no-such==1.0", "test")
+    dotted = install.Requirement("slicercrc_no_such_parent.child", "slicercrc-no-such-parent==1.0", "test")
+    present = install.CORE_REQUIREMENTS[0]
+    assert install.missing_requirements([present, fake, dotted]) == [fake, dotted]
+    assert install.is_importable("edt") and not install.is_importable("slicercrc_no_such_parent.child")
+
+
+def test_requirements_are_pinned_and_torch_goes_through_pytorch_utils():
+    everything = install.requirements(totalsegmentator=True)
+    assert set(install.CORE_REQUIREMENTS) < set(everything)
+    assert not any(r.import_name == "totalsegmentator" for r in install.requirements())
+    for requirement in everything:
+        if requirement.installer == "pip":
+            assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", requirement.pip_requirement), requirement
+    assert [r.import_name for r in everything if r.installer == "pytorch"] == ["torch"]
+    assert "torch" not in " ".join(install.pip_requirements(everything))
+    assert "connected-components-3d==" in install.describe(install.CORE_REQUIREMENTS)

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (first time) and run the demo: organ guidance on a generated abdominal CT phantom.
+# Extra arguments go to `crcseg demo` (e.g. --sample ts-example, -o OUT).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/crcseg demo "$@"
