@@ -15,10 +15,8 @@ from OrganGuidanceLib.validation import InputError
 
 
 @pytest.fixture(scope="module")
-def case(shared_data):
-    ct = read_image(shared_data / "ts_example_ct.nii.gz", name="ts_example_ct")
-    labels = read_image(shared_data / "ts_example_ct_seg_total_v2.nii.gz", name="ts_example_seg")
-    return ct, MOSSource(labels, totalsegmentator_convention())
+def case(ct, organs, ts):
+    return ct, MOSSource(organs, ts)
 
 
 def test_two_dimensional_ct(case):

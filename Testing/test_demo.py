@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +19,12 @@ from OrganGuidanceLib.demo import (
 )
 from OrganGuidanceLib.io import read_image
 
-SHARED_DATA = Path(os.environ.get("SLICERCRC_TEST_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 UNREACHABLE_URL = "http://127.0.0.1:9/x.nii.gz"  # the discard port: connection refused at once
 
 
 @pytest.fixture
-def sample_url() -> str:
-    path = (SHARED_DATA / "ts_example_ct.nii.gz").resolve()
-    if not path.exists():
-        pytest.skip(f"TotalSegmentator example CT not found in {SHARED_DATA}")
-    return path.as_uri()
+def sample_url(shared_data) -> str:
+    return (shared_data / "ts_example_ct.nii.gz").resolve().as_uri()
 
 
 @pytest.fixture

@@ -17,15 +17,13 @@ GI_ORGANS = ("stomach", "duodenum", "small_bowel", "colon")
 
 
 @pytest.fixture(scope="module")
-def real_case(shared_data):
-    ct = read_image(shared_data / "ts_example_ct.nii.gz", name="ts_example_ct")
-    labels = read_image(shared_data / "ts_example_ct_seg_total_v2.nii.gz", name="ts_example_seg")
-    return ct, labels
+def real_case(ct, organs):
+    return ct, organs
 
 
 @pytest.fixture(scope="module")
-def convention():
-    return totalsegmentator_convention()
+def convention(ts):
+    return ts
 
 
 @pytest.fixture(scope="module")

@@ -23,23 +23,10 @@ from OrganGuidanceLib.mrml import (
 )
 from OrganGuidanceLib.validation import InputError
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 COLON = 20  # TotalSegmentator v2 `total` id (see shared/data/README.md)
 
 
-@pytest.fixture(scope="module")
-def ct() -> Image:
-    return read_image(DATA / "ts_example_ct.nii.gz", name="ts_example_ct")
 
-
-@pytest.fixture(scope="module")
-def organs() -> Image:
-    return read_image(DATA / "ts_example_ct_seg_total_v2.nii.gz", name="organs")
-
-
-@pytest.fixture(scope="module")
-def ts():
-    return load_convention("totalsegmentator")
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +69,8 @@ def segment_id(node, name: str) -> str:
     "source, direction",
     [("ts_example_ct.nii.gz", np.diag([-1.0, -1.0, 1.0])), ("ts_example_ct_dicom", np.eye(3))],
 )
-def test_volume_round_trip_keeps_voxels_and_geometry(mrml_scene, source, direction):
-    image = read_image(DATA / source)
+def test_volume_round_trip_keeps_voxels_and_geometry(mrml_scene, shared_data, source, direction):
+    image = read_image(shared_data / source)
     np.testing.assert_array_equal(image.direction, direction)
     node = add_volume_node(mrml_scene, image, "CT")
     back = image_from_volume_node(node)
@@ -279,8 +266,8 @@ def test_roi_covers_the_crop_box(mrml_scene, ct, result):
     np.testing.assert_allclose(node_ras_bounds(roi), ras_bounds(result.crop_box.apply(ct)), atol=1e-4)
 
 
-def test_roi_on_an_identity_direction_series_is_axis_aligned(mrml_scene):
-    image = read_image(DATA / "ts_example_ct_dicom")
+def test_roi_on_an_identity_direction_series_is_axis_aligned(mrml_scene, shared_data):
+    image = read_image(shared_data / "ts_example_ct_dicom")
     box = CropBox((2, 100, 50), (18, 400, 300), image.shape)
     roi = crop_box_to_roi_node(mrml_scene, box, image, "dicom crop")
     np.testing.assert_allclose(node_ras_bounds(roi), ras_bounds(box.apply(image)), atol=1e-4)

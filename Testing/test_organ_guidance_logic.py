@@ -19,25 +19,12 @@ from OrganGuidanceLib.mrml import (
 from OrganGuidanceLib.providers import MissingWeightsError, RunCancelled
 from OrganGuidanceLib.validation import InputError
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # TotalSegmentator v2 class name -> WORD id (shared/DESIGN.md), to fake a WORD-style second model.
 WORD_IDS = {"liver": 1, "spleen": 2, "kidney_left": 3, "kidney_right": 4, "stomach": 5, "gallbladder": 6,
             "esophagus": 7, "pancreas": 8, "duodenum": 9, "colon": 10, "small_bowel": 11, "urinary_bladder": 14}
 
 
-@pytest.fixture(scope="module")
-def ct() -> Image:
-    return read_image(DATA / "ts_example_ct.nii.gz", name="ts_example_ct")
 
-
-@pytest.fixture(scope="module")
-def organs() -> Image:
-    return read_image(DATA / "ts_example_ct_seg_total_v2.nii.gz", name="organs")
-
-
-@pytest.fixture(scope="module")
-def ts():
-    return load_convention("totalsegmentator")
 
 
 @pytest.fixture

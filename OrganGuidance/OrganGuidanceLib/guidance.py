@@ -1,6 +1,6 @@
 """Anatomy guidance: MOS -> OOI -> bowel wall -> body crop.
 
-AG-CRC (Sun et al.) Algorithm 1 (OOI generation, lines 8-15) and §III-D
+AG-CRC (anatomy-guided CRC segmentation, shared/papers) Algorithm 1 (OOI generation, lines 8-15) and §III-D
 (bowel wall); FLARE24 §3 (body crop). Dilations are expressed in millimetres
 (a ball, spacing-aware) instead of the paper's "t repeats" of an unspecified
 structuring element.

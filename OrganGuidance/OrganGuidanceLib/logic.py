@@ -33,7 +33,7 @@ from .mrml import (
 from .providers import ImportedLabelMapProvider, MissingWeightsError, RunCancelled, TotalSegmentatorProvider, check_totalsegmentator_weights
 from .validation import InputError, check_ct, check_label_map
 
-ProgressCallback = Callable[[str, float], None]  # (stage, fraction 0..1)
+ProgressCallback = Callable[[str, Optional[float]], None]  # (stage, fraction 0..1, None while unknown)
 
 SOURCE_KINDS = ("totalsegmentator", "node", "file", "none")
 DEVICES = ("auto", "cuda", "cpu")
@@ -175,7 +175,7 @@ class OrganGuidanceLogic:
                 report("TotalSegmentator", 0.0)
                 sources.append(
                     self._totalsegmentator(settings).segment_in_subprocess(
-                        job.ct, cancel, on_output=lambda line: report(f"TotalSegmentator: {line}", 0.0)
+                        job.ct, cancel, on_output=lambda line: report(f"TotalSegmentator: {line}", None)  # None: busy, no fraction known
                     )
                 )
             else:
