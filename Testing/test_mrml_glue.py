@@ -23,6 +23,8 @@ from OrganGuidanceLib.mrml import (
 )
 from OrganGuidanceLib.validation import InputError
 
+from mrml_helpers import segmentation_from_masks
+
 COLON = 20  # TotalSegmentator v2 `total` id (see shared/data/README.md)
 
 
@@ -47,17 +49,6 @@ def node_ras_bounds(node) -> np.ndarray:
     node.GetRASBounds(bounds)
     return np.array(bounds)
 
-
-def segmentation_from_masks(scene, reference: Image, masks: Dict[str, np.ndarray], name: str):
-    """A user-made segmentation, built with Slicer's own import (independent of the code under test)."""
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-    for segment_name, mask in masks.items():
-        label = add_volume_node(scene, reference.with_array(mask.astype(np.uint8)), "__mask__", labelmap=True)
-        assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label, node)
-        segmentation = node.GetSegmentation()
-        segmentation.GetNthSegment(segmentation.GetNumberOfSegments() - 1).SetName(segment_name)
-        scene.RemoveNode(label)
-    return node
 
 
 def segment_id(node, name: str) -> str:

@@ -19,6 +19,8 @@ from OrganGuidanceLib.mrml import (
 from OrganGuidanceLib.providers import MissingWeightsError, RunCancelled
 from OrganGuidanceLib.validation import InputError
 
+from mrml_helpers import segmentation_from_masks
+
 # TotalSegmentator v2 class name -> WORD id (shared/DESIGN.md), to fake a WORD-style second model.
 WORD_IDS = {"liver": 1, "spleen": 2, "kidney_left": 3, "kidney_right": 4, "stomach": 5, "gallbladder": 6,
             "esophagus": 7, "pancreas": 8, "duodenum": 9, "colon": 10, "small_bowel": 11, "urinary_bladder": 14}
@@ -45,17 +47,6 @@ def ct_node(mrml_scene, ct):
 def logic(mrml_scene) -> OrganGuidanceLogic:
     return OrganGuidanceLogic(mrml_scene)
 
-
-def segmentation_from_masks(scene, reference: Image, masks: dict, name: str):
-    """A user-made segmentation, built with Slicer's own import."""
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-    for segment_name, mask in masks.items():
-        label = add_volume_node(scene, reference.with_array(mask.astype(np.uint8)), "__mask__", labelmap=True)
-        assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label, node)
-        segmentation = node.GetSegmentation()
-        segmentation.GetNthSegment(segmentation.GetNumberOfSegments() - 1).SetName(segment_name)
-        scene.RemoveNode(label)
-    return node
 
 
 def test_label_map_node_plus_word_file_end_to_end(mrml_scene, ct, organs, ts, word_file, ct_node, logic):

@@ -61,8 +61,7 @@ def _distance(mask: np.ndarray, spacing: Spacing) -> np.ndarray:
     )
 
 
-def dilate_mm(mask: np.ndarray, radius_mm: float, spacing: Spacing) -> np.ndarray:
-    """Binary dilation by a ball of ``radius_mm`` (spacing-aware)."""
+def _threshold_distance(mask: np.ndarray, radius_mm: float, spacing: Spacing, dilate: bool) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     if radius_mm <= 0:
         return mask.copy()
@@ -70,24 +69,22 @@ def dilate_mm(mask: np.ndarray, radius_mm: float, spacing: Spacing) -> np.ndarra
     out = np.zeros(mask.shape, dtype=bool)
     if box is None:
         return out
-    margin = tuple(h + 1 for h in radius_in_voxels(radius_mm, spacing))
+    # Dilation can reach radius voxels beyond the box; erosion needs one voxel of
+    # background around it to keep the mask's own boundary in view.
+    margin = tuple(h + 1 for h in radius_in_voxels(radius_mm, spacing)) if dilate else (1,) * mask.ndim
     box = grow_box(box, margin, mask.shape)
-    distance_to_mask = _distance(~mask[box], spacing)
-    out[box] = distance_to_mask <= radius_mm + 1e-6
+    if dilate:
+        out[box] = _distance(~mask[box], spacing) <= radius_mm + 1e-6  # distance to the mask
+    else:
+        out[box] = _distance(mask[box], spacing) > radius_mm + 1e-6  # distance to the background
     return out
+
+
+def dilate_mm(mask: np.ndarray, radius_mm: float, spacing: Spacing) -> np.ndarray:
+    """Binary dilation by a ball of ``radius_mm`` (spacing-aware)."""
+    return _threshold_distance(mask, radius_mm, spacing, dilate=True)
 
 
 def erode_mm(mask: np.ndarray, radius_mm: float, spacing: Spacing) -> np.ndarray:
     """Binary erosion by a ball of ``radius_mm``; voxels outside the image count as inside."""
-    mask = np.asarray(mask, dtype=bool)
-    if radius_mm <= 0:
-        return mask.copy()
-    box = bounding_box(mask)
-    out = np.zeros(mask.shape, dtype=bool)
-    if box is None:
-        return out
-    # One voxel of background around the box keeps the mask's own boundary in view.
-    box = grow_box(box, (1,) * mask.ndim, mask.shape)
-    distance_to_background = _distance(mask[box], spacing)
-    out[box] = distance_to_background > radius_mm + 1e-6
-    return out
+    return _threshold_distance(mask, radius_mm, spacing, dilate=False)
