@@ -150,3 +150,15 @@ def test_bowel_wall_uses_undilated_ooi(result):
     np.testing.assert_array_equal(direct.array, result.bowel_wall.array)
     from_dilated = bowel_wall_mask(result.ooi, 3.0)
     assert not np.array_equal(from_dilated.array, result.bowel_wall.array)
+
+
+def test_bowel_wall_survives_widths_below_the_voxel_spacing(result):
+    """A 2 mm wall on 3 mm voxels still marks one voxel on each side of the OOI0 boundary."""
+    ooi0 = result.ooi0.array
+    thin = bowel_wall_mask(result.ooi0, 2.0).array
+    from scipy import ndimage
+
+    cross = ndimage.generate_binary_structure(3, 1)
+    edge = ndimage.binary_dilation(ooi0, cross) ^ ndimage.binary_erosion(ooi0, cross, border_value=1)
+    np.testing.assert_array_equal(thin, edge)
+    assert (thin & ooi0).any() and (thin & ~ooi0).any()

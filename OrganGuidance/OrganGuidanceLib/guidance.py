@@ -17,7 +17,7 @@ from .crop import BODY_THRESHOLD_HU, CropBox, body_crop_box
 from .image import Image
 from .io import image_from_sitk, image_to_sitk
 from .labels import DEFAULT_ORGAN_SET, ORGAN_SETS, LabelConvention
-from .morphology import dilate_mm, erode_mm
+from .morphology import bounding_box, dilate_mm, erode_mm, grow_box
 from .validation import InputError, check_ct, check_label_map, physical_overlap_fraction
 
 ProgressCallback = Callable[[str, float], None]  # (stage, fraction 0..1)
@@ -150,7 +150,26 @@ def bowel_wall_mask(ooi0: Image, width_mm: float) -> Image:
     spacing = ooi0.spacing_zyx
     mask = ooi0.array.astype(bool)
     wall = dilate_mm(mask, width_mm, spacing) ^ erode_mm(mask, width_mm, spacing)
+    if width_mm < max(spacing):
+        # A ball narrower than a voxel step misses the face neighbours along that axis, and the
+        # wall would thin out or vanish (e.g. 3 mm on 5 mm slices): keep one voxel on each side.
+        wall |= _edge_voxels(mask)
     return ooi0.with_array(wall, "Bowel wall")
+
+
+def _edge_voxels(mask: np.ndarray) -> np.ndarray:
+    """Voxels on either side of the mask boundary (6-connected), computed in the mask's box."""
+    from scipy import ndimage
+
+    edge = np.zeros(mask.shape, dtype=bool)
+    box = bounding_box(mask)
+    if box is None:
+        return edge
+    box = grow_box(box, (1, 1, 1), mask.shape)
+    cross = ndimage.generate_binary_structure(3, 1)
+    inner = mask[box]
+    edge[box] = ndimage.binary_dilation(inner, cross) ^ ndimage.binary_erosion(inner, cross, border_value=1)
+    return edge
 
 
 def run_guidance(

@@ -13,6 +13,9 @@ from typing import List, Optional
 from OrganGuidanceLib.cli import add_guidance_arguments, guidance_main
 from OrganGuidanceLib.demo import add_demo_arguments, demo_main
 
+from .evaluate import add_evaluate_arguments, evaluate_main
+from .training_cli import add_training_commands
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -26,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     guidance = commands.add_parser("guidance", help="organ masks -> organs-of-interest mask, bowel wall, body crop")
     add_guidance_arguments(guidance)
     guidance.set_defaults(run=guidance_main)
+    add_training_commands(commands)
+    evaluate = commands.add_parser("evaluate", help="Dice, NSD, precision, recall, HD95 of a prediction folder")
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(run=evaluate_main)
     return parser
 
 

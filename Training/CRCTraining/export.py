@@ -1,0 +1,91 @@
+"""``crcseg export``: a trained nnU-Net model -> a model bundle for the CRCSegmentation module."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+from CRCSegmentationLib.bundle import METADATA_FILE, BundleMetadata, sha256_of
+
+from . import __version__
+from .planning import CONFIGURATION, PLANS
+
+NNUNET_FILES = ("plans.json", "dataset.json", "dataset_fingerprint.json")
+
+
+def trained_model_folder(results: Path, dataset: str, trainer: str, configuration: str = CONFIGURATION,
+                         plans: str = PLANS) -> Path:
+    return Path(results) / dataset / f"{trainer}__{plans}__{configuration}"
+
+
+def export_bundle(
+    model_folder: Path,
+    output: Path,
+    folds: Sequence[str] = ("0",),
+    checkpoint: str = "checkpoint_final.pth",
+    name: Optional[str] = None,
+    description: str = "",
+) -> Path:
+    """Copy nnU-Net's files and the chosen folds' checkpoints, add ``crcseg_model.json``; atomic."""
+    model_folder, output = Path(model_folder), Path(output)
+    trainer, plans, configuration = model_folder.name.split("__")
+    missing = [f for f in ("plans.json", "dataset.json") if not (model_folder / f).is_file()]
+    checkpoints = {f"fold_{fold}/{checkpoint}": model_folder / f"fold_{fold}" / checkpoint for fold in folds}
+    missing += [str(p.relative_to(model_folder)) for p in checkpoints.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{model_folder}: cannot export, missing {', '.join(missing)}")
+    if output.exists():
+        raise FileExistsError(f"{output}: exists already; choose another folder or remove it first")
+    dataset_json = json.loads((model_folder / "dataset.json").read_text())
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-bundle-", dir=output.parent))
+    try:
+        for file in NNUNET_FILES:
+            if (model_folder / file).is_file():
+                shutil.copy2(model_folder / file, staging / file)
+        for relative, source in checkpoints.items():
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, staging / relative)
+        metadata = BundleMetadata(
+            name=name or model_folder.parent.name,
+            version=__version__,
+            trainer=trainer,
+            configuration=configuration,
+            plans=plans,
+            folds=[str(f) for f in folds],
+            checkpoint=checkpoint,
+            input_channels=_channel_names(dataset_json),
+            labels={str(k): int(v) for k, v in dataset_json["labels"].items()},
+            checkpoint_sha256={relative: sha256_of(staging / relative) for relative in checkpoints},
+            guidance=dataset_json.get("agcrc", {}),
+            description=description,
+            software=_software_versions(),
+        )
+        (staging / METADATA_FILE).write_text(metadata.to_json())
+        os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output
+
+
+def _channel_names(dataset_json: dict) -> list:
+    # nnU-Net's channel_names hold normalisation schemes ("CT", "noNorm"); prepare.py keeps readable names apart.
+    described = dataset_json.get("channel_descriptions")
+    source = described if described else dataset_json.get("channel_names", dataset_json.get("modality", {}))
+    return [str(source[key]) for key in sorted(source, key=int)]
+
+
+def _software_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("nnunetv2", "torch", "slicercrc"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return versions

@@ -1,0 +1,193 @@
+"""``crcseg prepare | plan | pretrain | train | predict | export``: thin wrappers over the training steps.
+
+Every step is resumable and takes ``--workdir DIR`` (nnU-Net's raw, preprocessed and
+results folders under DIR) or uses nnU-Net's own environment variables.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .planning import PAPER_TARGET_SPACING
+
+SAMPLING_TRAINERS = {  # AG-CRC Table VI, by the strategy names of sampling.py
+    "ag": "nnUNetTrainerAGSampling",
+    "uniform": "nnUNetTrainerSamplingUniform",
+    "uniform_ooi": "nnUNetTrainerSamplingUniformOOI",
+    "uniform_colon": "nnUNetTrainerSamplingUniformColon",
+    "hybrid": "nnUNetTrainerBaseline",
+    "hybrid_ooi": "nnUNetTrainerSamplingHybridOOI",
+    "hybrid_colon": "nnUNetTrainerSamplingHybridColon",
+}
+SSL_TRAINERS = {"bowel_wall": "nnUNetTrainerAGSSL", "inpaint": "nnUNetTrainerSSLInpaint", "mae": "nnUNetTrainerSSLMAE"}
+
+
+def _common(parser: argparse.ArgumentParser, dataset: bool = True) -> None:
+    parser.add_argument("--workdir", type=Path, help="folder for nnU-Net's raw/preprocessed/results folders "
+                        "(default: the nnUNet_raw, nnUNet_preprocessed, nnUNet_results environment variables)")
+    if dataset:
+        parser.add_argument("-d", "--dataset-id", type=int, required=True, help="nnU-Net dataset id, e.g. 501")
+
+
+def _schedule(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fold", default="0", help="cross-validation fold 0-4, or 'all' (default 0)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--num-gpus", type=int, default=1, help="more than 1: nnU-Net's DDP training")
+    parser.add_argument("--epochs", type=int, help="default: nnU-Net's 1000")
+    parser.add_argument("--iterations", type=int, help="iterations per epoch (default: nnU-Net's 250)")
+    parser.add_argument("--val-iterations", type=int, help="validation iterations per epoch (default 50)")
+    parser.add_argument("--no-final-validation", action="store_true",
+                        help="skip nnU-Net's sliding-window validation of the fold after training")
+
+
+def add_training_commands(commands) -> None:
+    prepare = commands.add_parser("prepare", help="dataset -> nnU-Net raw dataset with CT + MOS + OOI channels")
+    _common(prepare)
+    prepare.add_argument("source", type=Path, help="MSD (e.g. Task10_Colon) or nnU-Net raw dataset folder")
+    prepare.add_argument("--name", required=True, help="dataset name, e.g. ColonAGCRC")
+    prepare.add_argument("--organs", default="totalsegmentator",
+                         help="'totalsegmentator' (needs its weights) or a folder of organ label maps <case>.nii.gz")
+    prepare.add_argument("--convention", default="totalsegmentator", help="label convention of --organs")
+    prepare.add_argument("--second-organs", type=Path, help="folder of a second MOS source (Algorithm 1, WORD)")
+    prepare.add_argument("--second-convention", default="word")
+    prepare.add_argument("--dilation-mm", type=float, default=5.0)
+    prepare.add_argument("--wall-mm", type=float, default=3.0)
+    prepare.add_argument("--ssl", action="store_true", help="AG-SSL dataset: the bowel wall becomes the label")
+    prepare.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    prepare.add_argument("--full", action="store_true", help="TotalSegmentator's 1.5 mm models instead of --fast")
+    prepare.set_defaults(run=prepare_main)
+
+    plan = commands.add_parser("plan", help="nnU-Net planning + preprocessing (+ AG-sampling maps)")
+    _common(plan)
+    plan.add_argument("--paper-spacing", action="store_true", help="target spacing 5.0 x 0.78 x 0.78 mm (AG-CRC)")
+    plan.add_argument("--target-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"))
+    plan.add_argument("--gpu-memory-gb", type=float, help="nnU-Net's VRAM target (smaller: smaller patches)")
+    plan.add_argument("--processes", type=int, default=2)
+    plan.add_argument("--ssl-dataset-id", type=int, help="also preprocess this AG-SSL dataset with the same plans")
+    plan.add_argument("--no-verify", action="store_true", help="skip nnU-Net's dataset integrity check")
+    plan.set_defaults(run=plan_main)
+
+    pretrain = commands.add_parser("pretrain", help="self-supervised pretraining (AG-SSL, Eq. 7)")
+    _common(pretrain)
+    pretrain.add_argument("--masking", choices=sorted(SSL_TRAINERS), default="bowel_wall")
+    _schedule(pretrain)
+    pretrain.set_defaults(run=pretrain_main, fold="all")
+
+    train = commands.add_parser("train", help="supervised training (AG-sampling + AF-loss by default)")
+    _common(train)
+    train.add_argument("--trainer", help="nnU-Net trainer class (default nnUNetTrainerAGCRC)")
+    train.add_argument("--sampling", choices=sorted(SAMPLING_TRAINERS),
+                       help="Table VI ablation: sampling strategy alone (without AF-loss)")
+    train.add_argument("--pretrained", type=Path, help="checkpoint from `crcseg pretrain` to initialise from")
+    _schedule(train)
+    train.set_defaults(run=train_main)
+
+    predict = commands.add_parser("predict", help="predict a folder of prepared cases with a trained fold")
+    _common(predict)
+    predict.add_argument("-i", "--input", type=Path, required=True, help="folder of <case>_0000/1/2 files")
+    predict.add_argument("-o", "--output", type=Path, required=True)
+    predict.add_argument("--trainer", default="nnUNetTrainerAGCRC")
+    predict.add_argument("--folds", nargs="+", default=["0"])
+    predict.add_argument("--checkpoint", default="checkpoint_final.pth")
+    predict.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    predict.add_argument("--no-mirroring", action="store_true", help="no test-time mirroring (8x faster)")
+    predict.add_argument("--step-size", type=float, default=0.5, help="sliding-window step (fraction of a patch)")
+    predict.set_defaults(run=predict_main)
+
+    export = commands.add_parser("export", help="trained model -> model bundle for the CRCSegmentation module")
+    _common(export)
+    export.add_argument("-o", "--output", type=Path, required=True, help="bundle folder to create")
+    export.add_argument("--trainer", default="nnUNetTrainerAGCRC")
+    export.add_argument("--folds", nargs="+", default=["0"])
+    export.add_argument("--checkpoint", default="checkpoint_final.pth")
+    export.add_argument("--name", help="model name (default: the dataset name)")
+    export.add_argument("--description", default="")
+    export.set_defaults(run=export_main)
+
+
+def prepare_main(args: argparse.Namespace) -> int:
+    from OrganGuidanceLib.guidance import GuidanceParameters
+
+    from .nnunet_env import configure
+    from .prepare import prepare_dataset
+
+    paths = configure(args.workdir)
+    organs = args.organs if args.organs == "totalsegmentator" else Path(args.organs)
+    report = prepare_dataset(
+        args.source, args.dataset_id, args.name, paths.raw, organs=organs, convention=args.convention,
+        second_organs=args.second_organs, second_convention=args.second_convention,
+        parameters=GuidanceParameters(dilation_mm=args.dilation_mm, wall_width_mm=args.wall_mm, body_crop=False),
+        device=args.device, fast=not args.full, ssl=args.ssl,
+    )
+    print(report.summary())
+    return 0
+
+
+def plan_main(args: argparse.Namespace) -> int:
+    from .nnunet_env import configure
+    from .planning import patch_size, plan_and_preprocess, preprocess_with_plans_of, preprocessed_folder
+    from .sampling import precompute_sampling_maps
+
+    configure(args.workdir)
+    spacing = PAPER_TARGET_SPACING if args.paper_spacing else args.target_spacing
+    plans = plan_and_preprocess(args.dataset_id, spacing, args.gpu_memory_gb, args.processes, verify=not args.no_verify)
+    configuration = plans["configurations"]["3d_fullres"]
+    print(f"3d_fullres: spacing {configuration['spacing']} mm, patch {configuration['patch_size']}, "
+          f"batch {configuration['batch_size']}")
+    precompute_sampling_maps(preprocessed_folder(args.dataset_id), patch_size(args.dataset_id))
+    if args.ssl_dataset_id is not None:
+        preprocess_with_plans_of(args.dataset_id, args.ssl_dataset_id, args.processes)
+    return 0
+
+
+def _run_training(args: argparse.Namespace, trainer: str, pretrained=None) -> int:
+    import os
+
+    from .nnunet_env import configure
+    from .train import train
+    from .trainer_mixins import ENV_FINAL_VALIDATION
+
+    configure(args.workdir)
+    if args.no_final_validation:
+        os.environ[ENV_FINAL_VALIDATION] = "0"
+    checkpoint = train(
+        args.dataset_id, trainer, args.fold, pretrained_weights=pretrained, device=args.device,
+        num_gpus=args.num_gpus, epochs=args.epochs, iterations=args.iterations, val_iterations=args.val_iterations,
+    )
+    print(f"{trainer}: {checkpoint}")
+    return 0
+
+
+def pretrain_main(args: argparse.Namespace) -> int:
+    return _run_training(args, SSL_TRAINERS[args.masking])
+
+
+def train_main(args: argparse.Namespace) -> int:
+    if args.trainer and args.sampling:
+        raise SystemExit("crcseg train: give --trainer or --sampling, not both")
+    trainer = args.trainer or (SAMPLING_TRAINERS[args.sampling] if args.sampling else "nnUNetTrainerAGCRC")
+    return _run_training(args, trainer, args.pretrained)
+
+
+def predict_main(args: argparse.Namespace) -> int:
+    from .export import trained_model_folder
+    from .nnunet_env import configure, dataset_name, resolve_device
+    from .predict import predict_folder
+
+    paths = configure(args.workdir)
+    model = trained_model_folder(paths.results, dataset_name(args.dataset_id), args.trainer)
+    written = predict_folder(model, args.input, args.output, args.folds, args.checkpoint,
+                             resolve_device(args.device), not args.no_mirroring, args.step_size)
+    print(f"{len(written)} predictions in {args.output}")
+    return 0
+
+
+def export_main(args: argparse.Namespace) -> int:
+    from .export import export_bundle, trained_model_folder
+    from .nnunet_env import configure, dataset_name
+
+    paths = configure(args.workdir)
+    model = trained_model_folder(paths.results, dataset_name(args.dataset_id), args.trainer)
+    bundle = export_bundle(model, args.output, args.folds, args.checkpoint, args.name, args.description)
+    print(f"model bundle: {bundle}")
+    return 0
