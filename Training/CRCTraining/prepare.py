@@ -241,11 +241,7 @@ def _compute_case(case: SourceCase, inputs: Dict[str, Path], setup: _Setup) -> T
     statistics = {"ooi_voxels": int(ooi.sum()), "bowel_wall_voxels": int(result.bowel_wall.array.sum())}
     warnings = list(result.warnings)
     if not result.bowel_wall.array.any():
-        # OrganGuidanceLib measures the wall in whole voxels: a width below the voxel spacing leaves it empty.
-        message = (
-            f"the bowel wall is empty: wall width {setup.parameters.wall_width_mm} mm is narrower than the "
-            f"voxel spacing {tuple(round(s, 2) for s in ct.spacing)} mm; choose a wider wall"
-        )
+        message = "the bowel wall is empty (the organs of interest cover the whole image or nothing)"
         if setup.ssl:  # nothing to reconstruct, and nnU-Net's fingerprint needs some foreground
             raise InputError(f"{case.case_id}: {message}")
         warnings.append(message)
