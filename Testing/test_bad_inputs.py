@@ -8,8 +8,7 @@ import pytest
 
 from OrganGuidanceLib.guidance import GuidanceParameters, MOSSource, run_guidance
 from OrganGuidanceLib.image import Image
-from OrganGuidanceLib.io import read_image
-from OrganGuidanceLib.labels import load_convention, totalsegmentator_convention
+from OrganGuidanceLib.labels import load_convention
 from OrganGuidanceLib.providers import MissingWeightsError, TotalSegmentatorProvider
 from OrganGuidanceLib.validation import InputError
 

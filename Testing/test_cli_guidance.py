@@ -4,13 +4,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from CRCTraining.cli import main
 from OrganGuidanceLib.crop import CropBox
-from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import read_image, write_image
 
 

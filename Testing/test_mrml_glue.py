@@ -1,8 +1,6 @@
 """MRML glue under slicer-core (real MRML classes, no mocks) on the real example CT."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Dict
 
 import numpy as np
 import pytest

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import slicer
 
 from OrganGuidanceLib.guidance import GuidanceParameters, MOSSource, run_guidance
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import read_image, write_image
-from OrganGuidanceLib.labels import load_convention, word_convention
+from OrganGuidanceLib.labels import word_convention
 from OrganGuidanceLib.logic import GuidanceJob, OrganGuidanceLogic, OrganGuidanceSettings, OrganSourceChoice
 from OrganGuidanceLib.mrml import (
     BOWEL_WALL_SEGMENT_NAME, CROP_BOX_REFERENCE_ROLE, OOI_SEGMENT_NAME, add_volume_node, segment_mask,

@@ -24,7 +24,7 @@ from CRCTraining.predict import predict_folder
 from CRCTraining.prepare import prepare_dataset
 from CRCTraining.psm import SamplingMap
 from CRCTraining.sampling import psm_path
-from CRCTraining.train import fold_folder, train
+from CRCTraining.train import train
 from CRCTraining.trainer_mixins import ENV_FINAL_VALIDATION
 from OrganGuidanceLib.io import read_image
 

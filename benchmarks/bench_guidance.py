@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Dict
 
 import numpy as np
 from scipy import ndimage
@@ -25,19 +23,12 @@ from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.labels import word_convention
 from OrganGuidanceLib.morphology import ball, dilate_mm
+from timing import median_seconds  # benchmarks/timing.py
 
 DEFAULT_INPUT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "word_label_map.nii.gz"
 DILATION_MM = 5.0
 WALL_MM = 3.0
 
-
-def median_seconds(function: Callable[[], object], repeats: int) -> float:
-    times: List[float] = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def pseudo_ct(labels: Image, seed: int = 0) -> Image:

@@ -17,7 +17,6 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, List
 
 import numpy as np
 from scipy import ndimage
@@ -26,19 +25,12 @@ from CRCTraining.psm import compute_sampling_map, kernel_sigma
 from CRCTraining.sampling import CentreSampledDatasetBlosc2, precompute_sampling_maps
 from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.labels import word_convention
+from timing import median_seconds  # benchmarks/timing.py
 
 DEFAULT_INPUT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "word_label_map.nii.gz"
 PATCH = (48, 192, 192)
 WORD_TO_COMPACT = {5: 1, 9: 2, 11: 3, 10: 4, 13: 5}  # stomach, duodenum, small bowel, colon, rectum; others -> 6
 
-
-def median_seconds(function: Callable[[], object], repeats: int) -> float:
-    times: List[float] = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def tumor_stand_in(labels: np.ndarray) -> np.ndarray:

@@ -9,11 +9,12 @@ SHA-256 of every checkpoint so that a corrupt or tampered file is refused.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List
+
+from OrganGuidanceLib.checksum import sha256_of
 
 METADATA_FILE = "crcseg_model.json"
 FORMAT_VERSION = 1
@@ -22,13 +23,6 @@ FORMAT_VERSION = 1
 class BundleError(ValueError):
     """A model bundle is incomplete, inconsistent or corrupt; the message names the file."""
 
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

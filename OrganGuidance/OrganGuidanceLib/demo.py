@@ -24,6 +24,7 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 
 from .atomic import atomic_path
+from .checksum import sha256_of
 from .guidance import GuidanceParameters, GuidanceResult, MOSSource, run_guidance
 from .image import Image
 from .validation import InputError
@@ -64,13 +65,6 @@ class DemoReport:
 
 
 # --- sample download -----------------------------------------------------------------
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def fetch_sample(url: str, sha256: str, destination: Path, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> Path:
     """Download ``url`` to ``destination`` unless a verified copy is there; verify its SHA-256.

@@ -8,7 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from CRCSegmentationLib.bundle import METADATA_FILE, BundleMetadata, sha256_of
+from CRCSegmentationLib.bundle import METADATA_FILE, BundleMetadata
+from OrganGuidanceLib.checksum import sha256_of
 
 from . import __version__
 from .planning import CONFIGURATION, PLANS

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 import OrganGuidanceLib
 from OrganGuidanceLib.atomic import write_text_atomic
+from OrganGuidanceLib.checksum import update_with_file
 from OrganGuidanceLib.guidance import GuidanceParameters, MOSSource, run_guidance
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import read_image, write_image
@@ -146,9 +147,7 @@ def _hash_path(digest: "hashlib._Hash", path: Path) -> None:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
         digest.update(str(file.relative_to(path) if path.is_dir() else "").encode())
-        with open(file, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+        update_with_file(digest, file)
 
 
 def input_hash(inputs: Dict[str, Path], settings: dict) -> str:
