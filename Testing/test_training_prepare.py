@@ -11,8 +11,9 @@ import pytest
 
 from CRCTraining.datasets import DatasetError, list_cases, read_source_dataset
 from CRCTraining.phantom_dataset import make_phantom_dataset
+from OrganGuidanceLib.mos_codes import MOS_CODES, compact_mos
 from CRCTraining.prepare import (
-    CHANNEL_NAMES, MOS_CODES, PrepareError, compact_mos, case_outputs, prepare_dataset,
+    CHANNEL_NAMES, PrepareError, case_outputs, prepare_dataset,
 )
 from OrganGuidanceLib.guidance import GuidanceParameters, bowel_wall_mask
 from OrganGuidanceLib.image import Image

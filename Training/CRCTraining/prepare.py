@@ -35,6 +35,7 @@ from OrganGuidanceLib.atomic import write_text_atomic
 from OrganGuidanceLib.checksum import update_with_file
 from OrganGuidanceLib.guidance import GuidanceParameters, MOSSource, run_guidance
 from OrganGuidanceLib.image import Image
+from OrganGuidanceLib.mos_codes import MOS_CODES, compact_mos
 from OrganGuidanceLib.io import read_image, write_image
 from OrganGuidanceLib.labels import ORGAN_SETS, LabelConvention, load_convention
 from OrganGuidanceLib.validation import InputError, check_label_map
@@ -62,38 +63,11 @@ CHANNEL_DESCRIPTIONS = {"0": "CT", "1": "MOS", "2": "OOI"}  # AG-CRC Table V: CT
 # Compact, convention-independent MOS code: a model trained on TotalSegmentator maps can read a
 # WORD-style map (or the next TotalSegmentator release) without depending on their label ids.
 # Conventions without a rectum class (TotalSegmentator v2: rectum inside "colon") give 4, never 5.
-MOS_CODES: Dict[int, str] = {
-    0: "background", 1: "stomach", 2: "duodenum", 3: "small_bowel", 4: "colon", 5: "rectum", 6: "other_organ",
-}
-OTHER_ORGAN_CODE = 6
-
 Organs = Union[str, Path]  # "totalsegmentator" or a folder of label maps named <case>.nii.gz
 
 
 class PrepareError(InputError):
     """Dataset preparation cannot start, or every case failed; the message says why."""
-
-
-# --- MOS channel ------------------------------------------------------------------------------
-def mos_lookup_table(convention: LabelConvention, largest_value: int) -> np.ndarray:
-    """Label value -> compact MOS code, for values 0..``largest_value``."""
-    table = np.full(max(largest_value, max(convention.labels, default=0)) + 1, OTHER_ORGAN_CODE, dtype=np.uint8)
-    table[0] = 0
-    for code in range(1, OTHER_ORGAN_CODE):  # in code order, so colon (4) comes before rectum (5)
-        for value in convention.organ_labels.get(MOS_CODES[code], ()):
-            if table[value] == OTHER_ORGAN_CODE:  # TotalSegmentator's rectum is colon's id: it stays colon
-                table[value] = code
-    return table
-
-
-def compact_mos(label_map: Image, convention: LabelConvention) -> Image:
-    """Remap a MOS label map to ``MOS_CODES`` (0 background .. 6 any other organ)."""
-    check_label_map(label_map)
-    table = mos_lookup_table(convention, int(label_map.array.max()))
-    codes = np.empty(label_map.shape, dtype=np.uint8)
-    for index, slab in enumerate(label_map.array):  # slab by slab: no full-size int64 index array
-        codes[index] = table[slab.astype(np.intp)]
-    return label_map.with_array(codes, "MOS (compact code)")
 
 
 # --- report -----------------------------------------------------------------------------------
