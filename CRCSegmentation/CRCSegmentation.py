@@ -1,7 +1,9 @@
-"""3D Slicer module "CRC Segmentation": placeholder shell until the tumour models ship (no algorithm here)."""
+"""3D Slicer module "CRC Segmentation": a thin shell over CRCSegmentationLib (no algorithm here)."""
 from __future__ import annotations
 
-import qt
+import sys
+from pathlib import Path
+
 import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -10,6 +12,8 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+
+LIB_PACKAGE = "CRCSegmentationLib"
 
 
 class CRCSegmentation(ScriptedLoadableModule):
@@ -20,37 +24,55 @@ class CRCSegmentation(ScriptedLoadableModule):
         self.parent.dependencies = ["OrganGuidance"]
         self.parent.contributors = ["SlicerCRC contributors"]
         self.parent.helpText = _(
-            "Colorectal cancer segmentation on CT. Automatic tumour segmentation (an anatomy-guided 3D model "
-            "that takes the CT with its organ masks) and point-prompted U-SAM refinement come in later releases; "
-            "this release does not segment tumours yet.<br><br>"
-            "What works now: the <b>Organ Guidance</b> module computes the organ masks, the organs-of-interest "
-            "mask, the bowel wall and the body crop that the tumour model will use."
+            "Automatic colorectal tumor segmentation on CT:<ol>"
+            "<li>organ guidance: an <b>Organ Guidance</b> result in the scene (organ masks and the "
+            "organs-of-interest mask), or computed on the fly;</li>"
+            "<li>a 3D nnU-Net tumor model that takes the CT, the organ masks (MOS) and the organs-of-interest "
+            "mask (OOI) as input channels, run inside the body and the OOI bounding box (AG-CRC, FLARE24);</li>"
+            "<li>a 'Tumor' segment (SNOMED CT terminology) and a statistics table: volume, largest axial "
+            "diameter, cranio-caudal extent, number of components; export to .seg.nrrd and NIfTI.</li></ol>"
+            "Models come from the catalogue or a model folder. Demonstration models are not for clinical use. "
+            "A running segmentation can be cancelled; a cancelled run leaves the scene as it was. "
+            "From the Python console: <code>CRCSegmentationLib.logic.CRCSegmentationLogic(slicer.mrmlScene)"
+            ".process(ctNode, settings)</code>."
         )
         self.parent.acknowledgementText = _(
-            "Will implement methods from AG-CRC (anatomy-guided colorectal cancer segmentation in CT) and "
-            "CARE/U-SAM (point-prompted rectal cancer segmentation). The module layout follows Kitware's "
-            "SlicerNNUnet extension."
+            "Implements methods from:<ul>"
+            "<li>AG-CRC: anatomy-guided colorectal cancer segmentation in CT (organ masks and organs-of-interest "
+            "mask as input channels, OOI-restricted inference);</li>"
+            "<li>J. Wasserthal et al.: TotalSegmentator: Robust segmentation of 104 anatomic structures in CT "
+            "images, Radiology: Artificial Intelligence 5(5), e230024, 2023;</li>"
+            "<li>F. Isensee et al.: nnU-Net: a self-configuring method for deep learning-based biomedical image "
+            "segmentation, Nature Methods 18, 203-211, 2021;</li>"
+            "<li>Y. Luo et al.: Crop and Segment: Efficient Whole body pan-cancer segmentation, MICCAI FLARE 2024.</li>"
+            "</ul>The module layout follows Kitware's SlicerNNUnet extension."
         )
 
 
 class CRCSegmentationWidget(ScriptedLoadableModuleWidget):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        self.panel = None
+
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
-        label = qt.QLabel(_(
-            "Tumour segmentation is not available in this release.\n\n"
-            "For now, run the Organ Guidance module on your CT: it computes the organ masks, "
-            "the organs-of-interest mask, the bowel wall and the body crop."
-        ))
-        label.setWordWrap(True)
-        self.layout.addWidget(label)
-        self.openOrganGuidanceButton = qt.QPushButton(_("Open Organ Guidance"))
-        self.openOrganGuidanceButton.setToolTip(_("Switch to the Organ Guidance module."))
-        self.openOrganGuidanceButton.clicked.connect(self.onOpenOrganGuidance)
-        self.layout.addWidget(self.openOrganGuidanceButton)
-        self.layout.addStretch(1)
+        # Imported here so that a broken or half-installed Lib cannot stop Slicer from listing the module.
+        from CRCSegmentationLib.widget import CRCSegmentationPanel
 
-    def onOpenOrganGuidance(self) -> None:
-        slicer.util.selectModule("OrganGuidance")
+        self.panel = CRCSegmentationPanel()
+        self.layout.addWidget(self.panel)
+
+    def cleanup(self) -> None:
+        if self.panel is not None:
+            self.panel.cleanup()
+
+    def onReload(self) -> None:
+        """Reload the Lib's submodules too: drop them so that the module file imports them afresh."""
+        for name in sorted(sys.modules):
+            if name == LIB_PACKAGE or name.startswith(LIB_PACKAGE + "."):
+                print(f"Reloading {name}")
+                del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
 
 
 class CRCSegmentationTest(ScriptedLoadableModuleTest):
@@ -59,12 +81,52 @@ class CRCSegmentationTest(ScriptedLoadableModuleTest):
 
     def runTest(self) -> None:
         self.setUp()
-        self.test_open_organ_guidance()
+        self.test_tumor_segment_from_known_mask()
+        self.setUp()
+        self.test_pytest_suite()
 
-    def test_open_organ_guidance(self) -> None:
-        """The only action this release offers: the button switches to Organ Guidance."""
-        slicer.util.selectModule("CRCSegmentation")
-        widget = slicer.util.getModuleWidget("CRCSegmentation")
-        widget.openOrganGuidanceButton.click()
-        self.assertEqual(slicer.util.selectedModule(), "OrganGuidance")
-        self.delayDisplay("CRC Segmentation opens Organ Guidance")
+    def test_tumor_segment_from_known_mask(self) -> None:
+        """A mask on a cropped grid becomes a 'Tumor' segment at the same place, with its statistics."""
+        import numpy as np
+
+        from CRCSegmentationLib.mrml import (
+            STATISTICS_REFERENCE_ROLE, statistics_to_table_node, table_row, tumor_segment_id, tumor_to_segmentation_node,
+        )
+        from CRCSegmentationLib.statistics import tumor_statistics
+        from OrganGuidanceLib.crop import CropBox
+        from OrganGuidanceLib.mrml import image_from_volume_node
+
+        self.delayDisplay("Building a synthetic CT and a tumor mask")
+        ijkToRas = np.diag([1.0, 1.0, 2.5, 1.0])
+        ctNode = slicer.util.addVolumeFromArray(np.full((20, 40, 40), 40, np.int16), ijkToRas, "Synthetic CT")
+        ct = image_from_volume_node(ctNode)
+        mask = np.zeros(ct.shape, np.uint8)
+        mask[8:12, 10:20, 15:25] = 1  # 4 x 10 x 10 voxels = 1 ml
+        box = CropBox((5, 5, 5), (15, 30, 30), ct.shape)
+        segmentation = tumor_to_segmentation_node(slicer.mrmlScene, box.apply(ct.with_array(mask)), ctNode)
+        segmentId = tumor_segment_id(segmentation)
+        exported = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, ctNode)
+        self.assertTrue(np.array_equal(exported > 0, mask > 0))
+        table = statistics_to_table_node(slicer.mrmlScene, tumor_statistics(ct.with_array(mask)), "statistics")
+        segmentation.SetNodeReferenceID(STATISTICS_REFERENCE_ROLE, table.GetID())
+        self.assertAlmostEqual(table_row(table)["Volume"], 1.0, places=6)
+        self.delayDisplay("Tumor segment and statistics passed")
+
+    def test_pytest_suite(self) -> None:
+        """Run the repository's pytest files of CRCSegmentationLib inside Slicer's Python (source checkout only)."""
+        testing = Path(__file__).resolve().parent.parent / "Testing"
+        if not testing.is_dir():
+            self.delayDisplay("No Testing folder next to the module (installed extension): pytest suite skipped")
+            return
+        try:
+            import pytest
+        except ImportError:
+            self.delayDisplay("pytest is not installed in Slicer's Python: pytest suite skipped")
+            return
+        files = [str(path) for path in sorted(testing.glob("test_crcsegmentation_*.py"))]
+        if not files:
+            self.delayDisplay("No CRCSegmentation test files found: pytest suite skipped")
+            return
+        exitCode = pytest.main(["-q", "-p", "no:cacheprovider", "-m", "not slow and not network", *files])
+        self.assertEqual(int(exitCode), 0, f"pytest exit code {int(exitCode)} for {files}")
+        self.delayDisplay("CRCSegmentationLib pytest suite passed")

@@ -285,8 +285,10 @@ def test_ag_dataset_precomputes_reuses_and_refreshes_maps(blosc2_folder):
 
     dataset = centre_sampled_dataset_class(str(blosc2_folder))(str(blosc2_folder), strategy="ag", patch_size=PATCH)
     with pytest.warns(UserWarning, match="no up-to-date sampling map"):
-        batch = loader(dataset).generate_train_batch()  # the maps are for 8 x 24 x 24: recomputed on the fly
-    assert SamplingMap.load(paths[0]).patch_size == PATCH
+        for identifier in dataset.identifiers:  # every map is for 8 x 24 x 24: each is recomputed on the fly
+            dataset.load_case(identifier)
+    assert all(SamplingMap.load(path).patch_size == PATCH for path in paths)
+    batch = loader(dataset).generate_train_batch()
     assert batch["data"].shape == (8, 3, *PATCH)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

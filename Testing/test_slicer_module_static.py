@@ -56,13 +56,13 @@ def parse(path: Path) -> ast.Module:
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
-def ui_tree() -> ET.ElementTree:
-    return ET.parse(UI_FILE)
+def ui_tree(ui_file: Path = UI_FILE) -> ET.ElementTree:
+    return ET.parse(ui_file)
 
 
-def ui_widgets() -> Dict[str, ET.Element]:
+def ui_widgets(ui_file: Path = UI_FILE) -> Dict[str, ET.Element]:
     """objectName -> <widget> element, the root widget excluded (it is not a child)."""
-    root = ui_tree().getroot().find("widget")
+    root = ui_tree(ui_file).getroot().find("widget")
     return {w.get("name"): w for w in root.iter("widget") if w is not root}
 
 
@@ -73,10 +73,10 @@ def ui_property(widget: ET.Element, name: str) -> Optional[ET.Element]:
     return None
 
 
-def ui_parameter_names() -> Dict[str, str]:
+def ui_parameter_names(ui_file: Path = UI_FILE) -> Dict[str, str]:
     """SlicerParameterName -> objectName."""
     names = {}
-    for object_name, widget in ui_widgets().items():
+    for object_name, widget in ui_widgets(ui_file).items():
         prop = ui_property(widget, "SlicerParameterName")
         if prop is not None:
             names[prop.findtext("string")] = object_name
@@ -471,3 +471,217 @@ def test_requirements_are_pinned_and_torch_goes_through_pytorch_utils():
     assert [r.import_name for r in everything if r.installer == "pytorch"] == ["torch"]
     assert "torch" not in " ".join(install.pip_requirements(everything))
     assert "connected-components-3d==" in install.describe(install.CORE_REQUIREMENTS)
+
+
+# ---------------------------------------------------------------------------- CRCSegmentation module
+CRC = REPO_ROOT / "CRCSegmentation"
+CRC_LIB = CRC / "CRCSegmentationLib"
+CRC_UI_FILE = CRC / "Resources" / "UI" / "CRCSegmentation.ui"
+CRC_WIDGET_FILE = CRC_LIB / "widget.py"
+CRC_MODULE_FILE = CRC / "CRCSegmentation.py"
+CRC_SECTION_TITLES = {"Inputs", "Model", "Advanced", "Output", "Results"}
+CRC_UNBOUND_FIELDS = {"modelName"}  # set from the model combo box, whose items come from the catalogue
+# Parameter-node field -> SegmentationParameters field, for the defaults and ranges checks.
+SEGMENTATION_FIELDS = {
+    "device": "device",
+    "mirroring": "mirroring",
+    "restrictToOoi": "restrict_to_ooi",
+    "ooiMarginMm": "ooi_margin_mm",
+    "bodyCrop": "body_crop",
+    "keepWithinOoi": "keep_within_ooi",
+    "minComponentMl": "min_component_ml",
+}
+
+
+def test_crc_ui_is_a_qmrmlwidget_with_unique_names_and_declared_custom_widgets():
+    root = ui_tree(CRC_UI_FILE).getroot()
+    assert root.find("widget").get("class") == "qMRMLWidget" and root.findtext("class") == "CRCSegmentation"
+    names = [w.get("name") for w in root.iter("widget")] + [l.get("name") for l in root.iter("layout")]
+    assert all(names) and not sorted({n for n in names if names.count(n) > 1})
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {w.get("class") for w in root.iter("widget")}
+    assert not sorted(c for c in used if not c.startswith("Q") and c not in declared)
+    for custom in root.iter("customwidget"):
+        assert custom.findtext("header") == f"{custom.findtext('class')}.h"
+
+
+def test_crc_ui_has_the_sections_and_controls_the_module_needs():
+    widgets = ui_widgets(CRC_UI_FILE)
+    titles = {ui_property(w, "text").findtext("string") for w in widgets.values() if w.get("class") == "ctkCollapsibleButton"}
+    assert titles == CRC_SECTION_TITLES
+    by_class: Dict[str, Set[str]] = {}
+    for name, widget in widgets.items():
+        by_class.setdefault(widget.get("class"), set()).add(name)
+    assert {"applyButton", "cancelButton", "exportButton"} <= by_class["QPushButton"]
+    assert by_class["QProgressBar"] == {"progressBar"} and "statusLabel" in by_class["QLabel"]
+    assert by_class["qMRMLTableView"] == {"statisticsTableView"}
+    assert {"modelComboBox", "deviceComboBox", "guidanceSourceComboBox"} <= by_class["QComboBox"]
+    output = widgets["outputSegmentationSelector"]
+    assert [s.text for s in ui_property(output, "nodeTypes").iter("string")] == ["vtkMRMLSegmentationNode"]
+    for flag in ("noneEnabled", "addEnabled", "renameEnabled"):
+        assert ui_property(output, flag).findtext("bool") == "true", flag
+    guidance = widgets["guidanceNodeSelector"]
+    assert [s.text for s in ui_property(guidance, "nodeTypes").iter("string")] == ["vtkMRMLSegmentationNode"]
+
+
+def test_crc_every_mrml_widget_receives_the_scene():
+    root = ui_tree(CRC_UI_FILE).getroot()
+    connected = {
+        c.findtext("receiver") for c in root.iter("connection")
+        if c.findtext("sender") == "CRCSegmentation" and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+        and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
+    }
+    mrml_widgets = {name for name, w in ui_widgets(CRC_UI_FILE).items() if w.get("class", "").startswith("qMRML")}
+    assert mrml_widgets and mrml_widgets <= connected, f"not connected: {sorted(mrml_widgets - connected)}"
+
+
+@pytest.mark.parametrize("path", (CRC_WIDGET_FILE, CRC_MODULE_FILE), ids=lambda p: p.name)
+def test_crc_every_ui_attribute_used_in_code_exists_in_the_ui_file(path):
+    missing = sorted(ui_attribute_uses(path) - set(ui_widgets(CRC_UI_FILE)))
+    assert not missing, f"{path.name} uses ui names that {CRC_UI_FILE.name} lacks: {missing}"
+
+
+def test_crc_widget_code_uses_the_ui_file():
+    assert len(ui_attribute_uses(CRC_WIDGET_FILE)) >= 10
+    text = CRC_WIDGET_FILE.read_text()
+    assert 'MODULE_NAME = "CRCSegmentation"' in text and '"UI"' in text and "loadUI" in text
+
+
+def test_crc_parameter_names_are_wrapper_fields_and_every_field_has_a_widget():
+    fields = set(wrapper_fields(parse(CRC_WIDGET_FILE)))
+    bound = {name.split(".")[0] for name in ui_parameter_names(CRC_UI_FILE)}
+    assert not sorted(bound - fields), f"SlicerParameterName without a parameter-node field: {sorted(bound - fields)}"
+    unbound = fields - bound
+    assert unbound == CRC_UNBOUND_FIELDS, f"parameter-node fields without a widget: {sorted(unbound - CRC_UNBOUND_FIELDS)}"
+
+
+def test_crc_each_bound_widget_has_a_connector_for_its_field_type():
+    tree = parse(CRC_WIDGET_FILE)
+    constants = module_constants(tree)
+    fields = wrapper_fields(tree)
+    widgets = ui_widgets(CRC_UI_FILE)
+    for parameter, object_name in ui_parameter_names(CRC_UI_FILE).items():
+        text = annotation_text(fields[parameter], constants)
+        widget_class = widgets[object_name].get("class")
+        if "vtkMRML" in text:
+            expected = {"qMRMLNodeComboBox"}
+        elif "pathlib.Path" in text:
+            expected = {"ctkPathLineEdit"}
+        elif text == "bool":
+            expected = {"QCheckBox"}
+        elif "float" in text:
+            expected = {"ctkSliderWidget", "QDoubleSpinBox"}
+            assert "WithinRange" in text, f"{parameter}: a bounded float keeps the spin box and the engine in step"
+        elif "str" in text:
+            expected = {"QComboBox"}
+            assert "Choice" in text, f"{parameter}: a QComboBox needs the Choice annotation"
+        else:
+            raise AssertionError(f"{parameter}: no known connector for {text}")
+        assert widget_class in expected, f"{parameter} ({text}) is bound to a {widget_class}, expected {expected}"
+
+
+def test_crc_wrapper_annotations_evaluate_on_python_3_9_and_resolve_in_module_globals():
+    tree = parse(CRC_WIDGET_FILE)
+    constants = module_constants(tree)
+    defined = set(constants) | set(dir(builtins))
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            defined |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            defined |= {a.asname or a.name for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+    for name, field in wrapper_fields(tree).items():
+        annotation = field.annotation
+        if isinstance(annotation, ast.Name) and annotation.id in constants:
+            annotation = constants[annotation.id]
+        assert not any(isinstance(n, ast.BinOp) for n in ast.walk(annotation)), f"{name}: use Union/Optional"
+        unknown = {n.id for n in ast.walk(annotation) if isinstance(n, ast.Name)} - defined
+        assert not unknown, f"{name}: annotation uses names that are not module globals: {unknown}"
+
+
+def test_crc_widget_builds_settings_with_fields_the_engine_has():
+    import dataclasses
+
+    from CRCSegmentationLib.inference import SegmentationParameters
+    from CRCSegmentationLib.logic import CRCSegmentationSettings
+    from OrganGuidanceLib.logic import OrganGuidanceSettings, OrganSourceChoice
+
+    classes = {c.__name__: c for c in (SegmentationParameters, CRCSegmentationSettings, OrganGuidanceSettings, OrganSourceChoice)}
+    seen = set()
+    for node in ast.walk(parse(CRC_WIDGET_FILE)):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") in classes:
+            cls = classes[node.func.id]
+            unknown = {k.arg for k in node.keywords} - {f.name for f in dataclasses.fields(cls)}
+            assert not unknown, f"{cls.__name__} has no fields {unknown}"
+            assert not node.args, f"{cls.__name__}: pass fields by name"
+            seen.add(cls.__name__)
+    assert seen == set(classes)
+
+
+def test_crc_wrapper_defaults_and_ranges_match_the_engine():
+    from CRCSegmentationLib.inference import SegmentationParameters
+
+    fields = wrapper_fields(parse(CRC_WIDGET_FILE))
+    engine = SegmentationParameters()
+    for parameter, engine_field in SEGMENTATION_FIELDS.items():
+        default = ast.literal_eval(fields[parameter].value)
+        assert default == getattr(engine, engine_field), f"{parameter} default {default} != {engine_field}"
+        for call in ast.walk(fields[parameter].annotation):
+            if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "WithinRange":
+                for bound in (ast.literal_eval(arg) for arg in call.args):
+                    valid, reason = SegmentationParameters(**{engine_field: bound}).is_valid()
+                    assert valid, f"{parameter}: the widget allows {bound}, which the engine rejects: {reason}"
+
+
+def test_crc_spin_box_ranges_and_defaults_match_the_wrapper():
+    fields = wrapper_fields(parse(CRC_WIDGET_FILE))
+    widgets = ui_widgets(CRC_UI_FILE)
+    for parameter, object_name in ui_parameter_names(CRC_UI_FILE).items():
+        widget = widgets[object_name]
+        if widget.get("class") != "QDoubleSpinBox":
+            continue
+        bounds = [ast.literal_eval(a) for call in ast.walk(fields[parameter].annotation)
+                  if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "WithinRange" for a in call.args]
+        ui_bounds = [float(ui_property(widget, p).findtext("double")) for p in ("minimum", "maximum")]
+        assert ui_bounds == bounds, f"{object_name}: range {ui_bounds} != {bounds}"
+        assert float(ui_property(widget, "value").findtext("double")) == ast.literal_eval(fields[parameter].value)
+
+
+def test_crc_wrapper_choices_are_values_the_logic_accepts():
+    from CRCSegmentationLib import inference, logic
+    from OrganGuidanceLib import logic as guidance_logic
+
+    constants = {k: v for k, v in module_constants(parse(CRC_WIDGET_FILE)).items() if isinstance(v, ast.Tuple)}
+    values = {name: ast.literal_eval(node) for name, node in constants.items()}
+    assert set(values["GUIDANCE_SOURCES"]) == set(logic.GUIDANCE_SOURCES)
+    assert set(values["ORGAN_SOURCES"]) <= set(guidance_logic.SOURCE_KINDS) - {"none"}
+    assert set(values["DEVICES"]) == set(inference.DEVICES) == set(guidance_logic.DEVICES)
+    assert set(values["CONVENTIONS"]) == {"totalsegmentator", "word"}
+
+
+def test_crc_widget_imports_no_engine_module_at_load_time():
+    """The engine imports torch and nnU-Net; the widget must load before they are installed."""
+    lib_imports = set()
+    for name, level in top_level_imports(parse(CRC_WIDGET_FILE)):
+        if level or name.startswith("CRCSegmentationLib"):
+            lib_imports.add(name)
+        elif name.startswith("OrganGuidanceLib."):
+            assert name.split(".")[1] in ("widget", "install"), f"widget.py imports {name} at load time"
+    assert not lib_imports, f"widget.py imports {sorted(lib_imports)} at load time"
+
+
+def test_crc_statistics_role_in_widget_matches_the_lib():
+    from CRCSegmentationLib import mrml
+
+    assert f'STATISTICS_REFERENCE_ROLE = "{mrml.STATISTICS_REFERENCE_ROLE}"' in CRC_WIDGET_FILE.read_text()
+
+
+def test_crc_module_file_is_thin_and_acknowledges_its_sources():
+    text = CRC_MODULE_FILE.read_text(encoding="utf-8")
+    for name in ("AG-CRC", "TotalSegmentator", "nnU-Net"):
+        assert name in text, name
+    tree = parse(CRC_MODULE_FILE)
+    classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
+    assert classes == ["CRCSegmentation", "CRCSegmentationWidget", "CRCSegmentationTest"]
+    assert "CRCSegmentationPanel" in text and "onReload" in text

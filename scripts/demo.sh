@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (first time) and run the demo: organ guidance on a generated abdominal CT phantom.
+# Set up (first time) and run the demo: organ guidance + automatic tumor segmentation on a generated CT phantom.
 # Extra arguments go to `crcseg demo` (e.g. --sample ts-example, -o OUT).
 set -euo pipefail
 cd "$(dirname "$0")/.."

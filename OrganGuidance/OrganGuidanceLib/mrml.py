@@ -295,7 +295,7 @@ def organ_color(name: str, value: int = 0) -> Tuple[float, float, float]:
     return PALETTE[value % len(PALETTE)]
 
 
-def _cropped_oriented_image(mask_or_labels: np.ndarray, ijk_to_ras: np.ndarray) -> "slicer.vtkOrientedImageData":
+def cropped_oriented_image(mask_or_labels: np.ndarray, ijk_to_ras: np.ndarray) -> "slicer.vtkOrientedImageData":
     # Only the bounding box is stored, as Slicer does: a clinical CT has ~50 M voxels.
     box = bounding_box(mask_or_labels)
     if box is None:
@@ -323,7 +323,7 @@ def build_guidance_segments(result: GuidanceResult, organ_names: Dict[int, str] 
     present = [int(v) for v in np.unique(mos) if v]
     if present:
         dtype = np.uint8 if max(present) < 256 else (np.uint16 if max(present) < 65536 else np.int32)
-        shared = _cropped_oriented_image(mos.astype(dtype, copy=False), ijk_to_ras)  # one layer for all organs
+        shared = cropped_oriented_image(mos.astype(dtype, copy=False), ijk_to_ras)  # one layer for all organs
         for value in present:
             raw = names.get(value, f"label {value}")
             segments.append(_segment(organ_display_name(raw), organ_color(raw, value), shared, value, "mos"))
@@ -331,20 +331,20 @@ def build_guidance_segments(result: GuidanceResult, organ_names: Dict[int, str] 
         (result.ooi, OOI_SEGMENT_NAME, OOI_COLOR, "ooi"),
         (result.bowel_wall, BOWEL_WALL_SEGMENT_NAME, BOWEL_WALL_COLOR, "bowel_wall"),
     ):
-        segments.append(_segment(name, color, _cropped_oriented_image(image.array.astype(np.uint8), ijk_to_ras), 1, tag))
+        segments.append(_segment(name, color, cropped_oriented_image(image.array.astype(np.uint8), ijk_to_ras), 1, tag))
     return segments
 
 
-def _check_node_in_scene(scene, node, role: str) -> None:
+def check_node_in_scene(scene, node, role: str) -> None:
     if node is None or node.GetScene() is None or scene.GetNodeByID(node.GetID()) is None:
         raise InputError(f"{role}: node {node_name(node) if node is not None else 'None'} is not in the scene")
 
 
-def _segment_id_for(segmentation, name: str) -> str:
+def segment_id_for(segmentation, name: str) -> str:
     return segmentation.GenerateUniqueSegmentID(_normalised(name) or "segment")
 
 
-def _replace_segments(segmentation, segments: Sequence["slicer.vtkSegment"]) -> None:
+def replace_segments(segmentation, segments: Sequence["slicer.vtkSegment"]) -> None:
     """Replace segments whose names are ours (keeping their IDs and order); add the others."""
     for segment in segments:
         existing_id = segmentation.GetSegmentIdBySegmentName(segment.GetName())
@@ -354,7 +354,7 @@ def _replace_segments(segmentation, segments: Sequence["slicer.vtkSegment"]) -> 
             segmentation.RemoveSegment(existing_id)
             segmentation.AddSegment(segment, existing_id, following)
         else:
-            segmentation.AddSegment(segment, _segment_id_for(segmentation, segment.GetName()))
+            segmentation.AddSegment(segment, segment_id_for(segmentation, segment.GetName()))
 
 
 def guidance_to_segmentation_node(scene, result: GuidanceResult, ct_node, output_node=None, organ_names: Dict[int, str] | None = None):
@@ -364,11 +364,11 @@ def guidance_to_segmentation_node(scene, result: GuidanceResult, ct_node, output
     segmentation given as ``output_node`` keeps all its other segments; only segments
     named like ours are replaced. Everything is built before the scene is touched.
     """
-    _check_node_in_scene(scene, ct_node, "CT")
+    check_node_in_scene(scene, ct_node, "CT")
     if output_node is not None:
         if not output_node.IsA("vtkMRMLSegmentationNode"):
             raise InputError(f"{node_name(output_node)}: is a {output_node.GetClassName()}, not a segmentation; choose a segmentation as output")
-        _check_node_in_scene(scene, output_node, "output segmentation")
+        check_node_in_scene(scene, output_node, "output segmentation")
         if output_node.GetTransformNodeID() != ct_node.GetTransformNodeID():
             raise InputError(
                 f"{node_name(output_node)}: is under another transform than {node_name(ct_node)}; "
@@ -382,7 +382,7 @@ def guidance_to_segmentation_node(scene, result: GuidanceResult, ct_node, output
         node.SetName(scene.GenerateUniqueName(f"{node_name(ct_node)} organ guidance"))
         segmentation = node.GetSegmentation()
         for segment in segments:
-            segmentation.AddSegment(segment, _segment_id_for(segmentation, segment.GetName()))
+            segmentation.AddSegment(segment, segment_id_for(segmentation, segment.GetName()))
         scene.AddNode(node)
         node.CreateDefaultDisplayNodes()
         node.SetReferenceImageGeometryParameterFromVolumeNode(ct_node)
@@ -392,7 +392,7 @@ def guidance_to_segmentation_node(scene, result: GuidanceResult, ct_node, output
 
     if output_node.GetNodeReference(geometry_role) is None:
         output_node.SetReferenceImageGeometryParameterFromVolumeNode(ct_node)
-    _replace_segments(output_node.GetSegmentation(), segments)
+    replace_segments(output_node.GetSegmentation(), segments)
     if output_node.GetDisplayNode() is None:
         output_node.CreateDefaultDisplayNodes()
     return output_node

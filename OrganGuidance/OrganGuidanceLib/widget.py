@@ -411,7 +411,7 @@ class OrganGuidancePanel(qt.QWidget):
         try:
             with slicer.util.WaitCursor():
                 if any(requirement.installer == "pytorch" for requirement in missing):
-                    self._installTorch()  # before TotalSegmentator, or pip pulls a generic torch wheel
+                    self.installTorch()  # before TotalSegmentator, or pip pulls a generic torch wheel
                 pipRequirements = install.pip_requirements(missing)
                 if pipRequirements:
                     # A space-separated string: every Slicer release's pip_install accepts it.
@@ -432,7 +432,7 @@ class OrganGuidancePanel(qt.QWidget):
         return True
 
     @staticmethod
-    def _installTorch() -> None:
+    def installTorch() -> None:
         """PyTorch through the PyTorch extension, which picks the build for the GPU driver."""
         try:
             import PyTorchUtils

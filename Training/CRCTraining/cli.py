@@ -10,8 +10,9 @@ import argparse
 import sys
 from typing import List, Optional
 
+from CRCSegmentationLib.demo import add_tumor_demo_arguments, tumor_demo_main
+from CRCSegmentationLib.batch import add_segment_arguments, segment_main
 from OrganGuidanceLib.cli import add_guidance_arguments, guidance_main
-from OrganGuidanceLib.demo import add_demo_arguments, demo_main
 
 from .evaluate import add_evaluate_arguments, evaluate_main
 from .training_cli import add_training_commands
@@ -23,9 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="SlicerCRC: colorectal cancer segmentation on CT (anatomy guidance, tumor segmentation, training)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser("demo", help="run organ guidance on a generated phantom (or the public TotalSegmentator sample)")
-    add_demo_arguments(demo)
-    demo.set_defaults(run=demo_main)
+    demo = commands.add_parser("demo", help="organ guidance + demo-model tumor segmentation on a generated phantom "
+                               "(--guidance-only, or --sample for the public TotalSegmentator sample)")
+    add_tumor_demo_arguments(demo)
+    demo.set_defaults(run=tumor_demo_main)
     guidance = commands.add_parser("guidance", help="organ masks -> organs-of-interest mask, bowel wall, body crop")
     add_guidance_arguments(guidance)
     guidance.set_defaults(run=guidance_main)
@@ -33,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="Dice, NSD, precision, recall, HD95 of a prediction folder")
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(run=evaluate_main)
+    segment = commands.add_parser("segment", help="tumor segmentation of a CT file or folder with a trained model")
+    add_segment_arguments(segment)
+    segment.set_defaults(run=segment_main)
     return parser
 
 

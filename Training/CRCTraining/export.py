@@ -43,6 +43,9 @@ def export_bundle(
     dataset_json = json.loads((model_folder / "dataset.json").read_text())
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-bundle-", dir=output.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle is meant to be shared
     try:
         for file in NNUNET_FILES:
             if (model_folder / file).is_file():

@@ -16,6 +16,8 @@ from typing import Optional
 
 import torch
 
+from CRCSegmentationLib.nnunet_trainers import register_trainer_folder
+
 TRAINERS_FOLDER = Path(__file__).resolve().parent / "nnunet_trainers"
 
 
@@ -51,12 +53,8 @@ class NNUNetPaths:
 
 
 def register_trainers() -> None:
-    """Put our trainer folder on ``nnUNet_extTrainer`` (once, in front)."""
-    current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
-    if str(TRAINERS_FOLDER) not in current:
-        os.environ["nnUNet_extTrainer"] = os.pathsep.join([str(TRAINERS_FOLDER), *current])
-    # 0 breaks nnU-Net's planning (set_num_threads(0)); 1 keeps small machines responsive.
-    os.environ.setdefault("nnUNet_n_proc_DA", str(max(1, min(8, (os.cpu_count() or 2) - 1))))
+    """Put our trainer folder on ``nnUNet_extTrainer`` (once, in front); shared with inference."""
+    register_trainer_folder(TRAINERS_FOLDER)
 
 
 def configure(workdir: Optional[Path]) -> NNUNetPaths:

@@ -1,0 +1,226 @@
+"""Where a tumor model comes from: our model bundle or a plain nnU-Net v2 results folder.
+
+Both are nnU-Net's trained-model layout (``plans.json``, ``dataset.json``,
+``fold_N/<checkpoint>.pth``); a bundle adds ``crcseg_model.json`` with the input
+channels and the SHA-256 of every checkpoint (``bundle.verify_bundle``).
+``open_model`` checks everything a run needs before any inference starts, so that a
+user learns about a missing fold or corrupt weights at once, with the file named.
+
+Checkpoints are opened with ``torch.load(weights_only=True)``: a tampered pickle
+cannot run code. nnU-Net 2.8.1 checkpoints hold tensors, dicts, lists, strings and
+numbers, plus numpy float32 scalars in their training log (``logging``, ``_best_ema``),
+which ``weights_only`` refuses by default ("Unsupported global: numpy._core.multiarray.
+scalar", then "numpy.dtypes.Float32DType"). Exactly those are allow-listed
+(``CHECKPOINT_SAFE_GLOBALS``): rebuilding a numpy scalar from its bytes runs no code.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+from OrganGuidanceLib.validation import InputError
+
+from .bundle import METADATA_FILE, BundleError, BundleMetadata, verify_bundle
+
+KNOWN_CHANNELS = ("CT", "MOS", "OOI")  # AG-CRC Table V inputs; prepare.py writes them in this order
+DEFAULT_CHECKPOINT = "checkpoint_final.pth"
+# Keys nnU-Net's predictor reads from a checkpoint (initialize_from_trained_model_folder).
+REQUIRED_CHECKPOINT_KEYS = ("network_weights", "trainer_name", "init_args")
+
+
+class ModelError(BundleError, InputError):
+    """A model folder cannot be used; the message names the folder or file and the problem."""
+
+
+@dataclass
+class ModelSource:
+    """A validated model: nnU-Net's folder plus what our engine needs to know to feed it."""
+
+    folder: Path  # nnU-Net trained-model layout
+    folds: List[str]  # "0".."4" or "all"
+    checkpoint: str  # file name inside each fold folder
+    input_channels: List[str]  # subset of KNOWN_CHANNELS in the model's channel order, e.g. ["CT"]
+    labels: Dict[str, int]
+    name: str
+    trainer: str
+    is_bundle: bool = False
+    metadata: Optional[BundleMetadata] = None
+    description: str = ""
+
+    @property
+    def tumor_label(self) -> int:
+        """The label value the engine reports as tumor."""
+        if "tumor" in self.labels:
+            return int(self.labels["tumor"])
+        foreground = [int(v) for k, v in self.labels.items() if k != "background" and isinstance(v, int)]
+        if len(foreground) == 1:
+            return foreground[0]
+        raise ModelError(f"{self.folder}: no 'tumor' label among {self.labels}; cannot tell which label is tumor")
+
+    @property
+    def nnunet_folds(self) -> tuple:
+        """Folds as nnU-Net's predictor wants them (ints, or the string "all")."""
+        return tuple(int(f) if str(f).isdigit() else str(f) for f in self.folds)
+
+    def checkpoint_paths(self) -> List[Path]:
+        return [self.folder / f"fold_{fold}" / self.checkpoint for fold in self.folds]
+
+    def check_channels(self, available: Sequence[str]) -> None:
+        """Raise ``ModelError`` when the model needs an input channel the caller cannot provide."""
+        missing = [c for c in self.input_channels if c not in available]
+        if missing:
+            raise ModelError(
+                f"model '{self.name}' needs the input channels {self.input_channels} ({len(self.input_channels)}), "
+                f"but only {list(available)} ({len(available)}) are available; missing {missing}"
+                + (": run organ guidance first (the MOS and OOI channels come from it)" if "CT" in available else "")
+            )
+
+
+def open_model(path: Union[str, Path], folds: Optional[Sequence[Union[str, int]]] = None,
+               checkpoint: Optional[str] = None, load_checkpoints: bool = True) -> ModelSource:
+    """Validate a bundle or nnU-Net results folder and describe it; raises ``ModelError``.
+
+    ``folds``: None = the bundle's folds, or every ``fold_*`` holding the checkpoint.
+    ``load_checkpoints``: also unpickle every checkpoint (``weights_only=True``) and check its
+    network's input channels against ``dataset.json``; off only where the caller loads them next anyway.
+    """
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ModelError(f"{folder}: no such model folder")
+    if (folder / METADATA_FILE).is_file():
+        source = _open_bundle(folder, folds, checkpoint)
+    else:
+        source = _open_results_folder(folder, folds, checkpoint)
+    if load_checkpoints:
+        for path in source.checkpoint_paths():
+            _check_checkpoint(path, len(source.input_channels))
+    return source
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ModelError(f"{path.parent}: {path.name} is missing; not an nnU-Net trained-model folder")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{path}: unreadable ({error})") from error
+
+
+def _open_bundle(folder: Path, folds, checkpoint) -> ModelSource:
+    try:
+        metadata = verify_bundle(folder)  # SHA-256 of every recorded checkpoint
+    except BundleError as error:
+        raise ModelError(str(error)) from error
+    checkpoint = checkpoint or metadata.checkpoint
+    chosen = [str(f) for f in folds] if folds is not None else list(metadata.folds)
+    for fold in chosen:
+        relative = f"fold_{fold}/{checkpoint}"
+        if relative not in metadata.checkpoint_sha256:
+            raise ModelError(
+                f"{folder}: fold {fold} / {checkpoint} is not part of this bundle (it has "
+                f"{sorted(metadata.checkpoint_sha256)}); unrecorded weights are not used"
+            )
+    dataset = _read_json(folder / "dataset.json")
+    channels = _channels_from_names(folder, metadata.input_channels)
+    if len(channels) != _dataset_channel_count(folder, dataset):
+        raise ModelError(
+            f"{folder}: {METADATA_FILE} lists {len(channels)} input channels {channels}, dataset.json "
+            f"{_dataset_channel_count(folder, dataset)}; the bundle is inconsistent"
+        )
+    return ModelSource(folder, chosen, checkpoint, channels, dict(metadata.labels), metadata.name, metadata.trainer,
+                       True, metadata, metadata.description)
+
+
+def _open_results_folder(folder: Path, folds, checkpoint) -> ModelSource:
+    parts = folder.name.split("__")
+    if len(parts) != 3:
+        raise ModelError(
+            f"{folder}: neither a model bundle ({METADATA_FILE} missing) nor an nnU-Net results folder "
+            "named <trainer>__<plans>__<configuration>"
+        )
+    _read_json(folder / "plans.json")
+    dataset = _read_json(folder / "dataset.json")
+    checkpoint = checkpoint or DEFAULT_CHECKPOINT
+    if folds is None:
+        chosen = sorted(p.name[len("fold_"):] for p in folder.glob("fold_*") if (p / checkpoint).is_file())
+        if not chosen:
+            raise ModelError(f"{folder}: no fold_* folder holds {checkpoint}; train a fold first or name another checkpoint")
+    else:
+        chosen = [str(f) for f in folds]
+    for fold in chosen:
+        fold_folder = folder / f"fold_{fold}"
+        if not fold_folder.is_dir():
+            present = sorted(p.name for p in folder.glob("fold_*"))
+            raise ModelError(f"{folder}: fold {fold} is missing (present: {present or 'none'})")
+        if not (fold_folder / checkpoint).is_file():
+            present = sorted(p.name for p in fold_folder.glob("*.pth"))
+            raise ModelError(f"{fold_folder}: checkpoint {checkpoint} is missing (present: {present or 'none'})")
+    names = dataset.get("channel_descriptions") or dataset.get("channel_names") or dataset.get("modality") or {}
+    channels = _channels_from_names(folder, [names[k] for k in sorted(names, key=int)])
+    labels = {str(k): v for k, v in dataset.get("labels", {}).items()}
+    return ModelSource(folder, chosen, checkpoint, channels, labels, folder.parent.name, parts[0], False, None,
+                       str(dataset.get("description", "")))
+
+
+def _dataset_channel_count(folder: Path, dataset: dict) -> int:
+    names = dataset.get("channel_names") or dataset.get("modality")
+    if not names:
+        raise ModelError(f"{folder}: dataset.json has no channel_names")
+    return len(names)
+
+
+def _channels_from_names(folder: Path, names: Sequence[str]) -> List[str]:
+    """Map the model's channel names to ours; an unknown name means we cannot build that input."""
+    channels = []
+    for index, name in enumerate(names):
+        canonical = str(name).strip().upper()
+        if canonical not in KNOWN_CHANNELS:
+            raise ModelError(
+                f"{folder}: input channel {index} is '{name}'; this engine builds only {list(KNOWN_CHANNELS)} "
+                "(add channel_descriptions to dataset.json to name them)"
+            )
+        channels.append(canonical)
+    if not channels or channels[0] != "CT":
+        raise ModelError(f"{folder}: the first input channel must be CT, the model has {channels or 'none'}")
+    return channels
+
+
+def checkpoint_safe_globals() -> list:
+    """The numpy globals an nnU-Net checkpoint's training log needs (numpy 1.25+ and 2.x names)."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core to numpy._core
+    return [core.multiarray.scalar, np.dtype, np.dtypes.Float32DType, np.dtypes.Float64DType]
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Unpickle a checkpoint without running code (``weights_only=True``); ``ModelError`` if corrupt."""
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+            data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file; all mean "unusable"
+        raise ModelError(
+            f"{path}: cannot be loaded as a weights-only checkpoint ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); the file is corrupt, truncated, or holds code"
+        ) from error
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: holds a {type(data).__name__}, not an nnU-Net checkpoint")
+    missing = [k for k in REQUIRED_CHECKPOINT_KEYS if k not in data]
+    if missing:
+        raise ModelError(f"{path}: not an nnU-Net checkpoint (keys {missing} are missing)")
+    return data
+
+
+def _check_checkpoint(path: Path, expected_channels: int) -> None:
+    weights = load_checkpoint(path)["network_weights"]
+    # The first 5D/4D convolution kernel is (out, in, *kernel): "in" is the number of input channels.
+    first = next((w for w in weights.values() if hasattr(w, "ndim") and w.ndim >= 4), None)
+    if first is not None and int(first.shape[1]) != expected_channels:
+        raise ModelError(
+            f"{path}: the network takes {int(first.shape[1])} input channels but dataset.json describes "
+            f"{expected_channels}; wrong checkpoint for this folder"
+        )

@@ -1,0 +1,98 @@
+"""nnU-Net's predictor with its sliding window restricted to a box of the image.
+
+Cropping the input to the box would move nnU-Net's tile grid (tile positions are spread
+evenly over the image it is given), so a restricted prediction would differ from the
+full-volume one wherever an imperfect network depends on where a tile falls. Instead the
+whole CT is preprocessed as nnU-Net does (normalisation, resampling to the model spacing),
+the tile grid is the full-volume one, and only the tiles that touch the box are run. Every
+tile that covers a voxel inside the box touches the box, so inside it the result is the
+full-volume result (same tiles, same Gaussian weights, same order); outside, no tile ran.
+
+``predict_single_npy_array`` is unrolled into its three nnU-Net calls (preprocess, logits,
+back to the original grid) so that the box can be mapped into the preprocessed grid between
+them. Imports nnU-Net at module level: import this module only when predicting.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+Window = Tuple[List[int], List[int]]  # start, stop per axis of the preprocessed (transposed, resampled) grid
+
+
+class RestrictedPredictor(nnUNetPredictor):
+    """``nnUNetPredictor`` that can skip the tiles outside a box (``predict_in_box``)."""
+
+    window: Optional[Window] = None
+    preprocessed_shape: Optional[Sequence[int]] = None
+    tiles_run: int = 0  # of the last prediction, for benchmarks and tests
+    tiles_total: int = 0
+
+    def _internal_get_sliding_window_slicers(self, image_size):
+        slicers = super()._internal_get_sliding_window_slicers(image_size)
+        self.tiles_total = len(slicers)
+        if self.window is not None:
+            # nnU-Net pads an image smaller than the patch, content centred (lower pad = difference // 2).
+            offset = [max(0, int(p) - int(s)) // 2 for p, s in zip(image_size, self.preprocessed_shape)]
+            start = [a + o for a, o in zip(self.window[0], offset)]
+            stop = [b + o for b, o in zip(self.window[1], offset)]
+            slicers = [s for s in slicers if _touches(s[1:], start, stop)]
+        self.tiles_run = len(slicers)
+        return slicers
+
+    def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
+        logits = super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
+        if self.window is not None:
+            torch.nan_to_num_(logits, nan=0.0)  # voxels no tile covered: 0 / 0 weights
+        return logits
+
+    def predict_in_box(self, image: np.ndarray, spacing_zyx: Sequence[float], start: Sequence[int],
+                       stop: Sequence[int], probabilities: bool):
+        """Like ``predict_single_npy_array(image, {'spacing': spacing_zyx})``, tiles limited to the box.
+
+        ``image``: (C, Z, Y, X) float32 on the CT grid; the box in its array indices. Returns the
+        label map (and the class probabilities if asked) on the CT grid; outside the box they are
+        meaningless and the caller discards them.
+        """
+        plans, configuration = self.plans_manager, self.configuration_manager
+        preprocessor = configuration.preprocessor_class(verbose=False)
+        data, _, properties = preprocessor.run_case_npy(
+            image, None, {"spacing": [float(s) for s in spacing_zyx]}, plans, configuration, self.dataset_json)
+        self.window = self._window(start, stop, properties, data.shape[1:])
+        self.preprocessed_shape = data.shape[1:]
+        try:
+            logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
+        finally:
+            self.window = None
+        return convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, plans, configuration, self.label_manager, properties, return_probabilities=probabilities)
+
+    def _window(self, start: Sequence[int], stop: Sequence[int], properties: dict,
+                preprocessed_shape: Sequence[int]) -> Window:
+        """The CT-grid box in the preprocessed grid: transposed, cropped to non-zero, resampled."""
+        forward = list(self.plans_manager.transpose_forward)
+        bbox = properties["bbox_used_for_cropping"]  # [low, high) per transposed axis
+        cropped = properties["shape_after_cropping_and_before_resampling"]
+        window_start, window_stop = [], []
+        for j, axis in enumerate(forward):
+            low = int(bbox[j][0])
+            a = min(max(int(start[axis]) - low, 0), int(cropped[j]))
+            b = min(max(int(stop[axis]) - low, 0), int(cropped[j]))
+            scale = float(preprocessed_shape[j]) / float(cropped[j])
+            # One voxel more on each side: resampling back to the CT grid interpolates across the edge.
+            window_start.append(max(0, int(np.floor(a * scale)) - 1))
+            window_stop.append(min(int(preprocessed_shape[j]), int(np.ceil(b * scale)) + 1))
+        return window_start, window_stop
+
+
+def _touches(slices, start: Sequence[int], stop: Sequence[int]) -> bool:
+    """Whether a tile (slices, or an int for a 2D configuration's slice index) overlaps the window."""
+    for item, low, high in zip(slices, start, stop):
+        first, last = (item, item + 1) if isinstance(item, (int, np.integer)) else (item.start, item.stop)
+        if first >= high or last <= low:
+            return False
+    return True
