@@ -24,7 +24,7 @@ import pathlib
 import threading
 import time
 import traceback
-from typing import Annotated, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import qt
 import slicer
@@ -128,17 +128,22 @@ def settingsFromParameterNode(parameterNode: OrganGuidanceParameterNode):
     )
 
 
-def getParameterNode(scene) -> OrganGuidanceParameterNode:
-    """The module's singleton parameter node in ``scene``, created on first use."""
-    node = scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
+def singletonParameterNode(scene, moduleName: str):
+    """The scripted-module node that holds ``moduleName``'s parameters in ``scene``, created on first use."""
+    node = scene.GetSingletonNode(moduleName, "vtkMRMLScriptedModuleNode")
     if node is None:
         node = scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
         node.UnRegister(None)  # the Python variable owns it now (as ScriptedLoadableModuleLogic does)
-        node.SetSingletonTag(MODULE_NAME)
-        node.SetName(scene.GenerateUniqueName(MODULE_NAME))
-        node.SetAttribute("ModuleName", MODULE_NAME)
+        node.SetSingletonTag(moduleName)
+        node.SetName(scene.GenerateUniqueName(moduleName))
+        node.SetAttribute("ModuleName", moduleName)
         node = scene.AddNode(node)
-    return OrganGuidanceParameterNode(node)
+    return node
+
+
+def getParameterNode(scene) -> OrganGuidanceParameterNode:
+    """The module's singleton parameter node in ``scene``, created on first use."""
+    return OrganGuidanceParameterNode(singletonParameterNode(scene, MODULE_NAME))
 
 
 class BackgroundRun:
@@ -207,23 +212,47 @@ def organSetLabel(key: str) -> str:
     return f"{titles.get(key, key)} ({organs})"
 
 
-class OrganGuidancePanel(qt.QWidget):
-    """The module's GUI. Receives its logic in the constructor so tests can hand it another."""
+class RunMessages(NamedTuple):
+    """The user-visible texts in which the panels built on ``RunPanelBase`` differ."""
 
-    def __init__(self, logic: Any = None, parent: Any = None, showDialogs: bool = True) -> None:
+    applyTooltip: str  # the Apply button's tooltip when nothing blocks it
+    preparing: str  # status while ``logic.prepare`` runs
+    startFailed: str  # the settings or ``logic.prepare`` failed
+    runFailed: str  # ``logic.compute`` raised
+    applyFailed: str  # ``logic.apply`` raised
+    overwriteQuestion: str  # formatted with ``name`` and ``count`` of the output segmentation
+    title: str  # window title of the overwrite question
+
+
+class RunPanelBase(qt.QWidget):
+    """What a module panel needs to run its logic as prepare / compute in a worker / apply.
+
+    Shared by ``OrganGuidancePanel`` and CRCSegmentation's panel. The panel's parameter node
+    has ``inputVolume`` (the CT) and ``outputSegmentation``; its .ui file has ``applyButton``,
+    ``cancelButton``, ``statusLabel`` and ``progressBar``; its logic has ``prepare(ct, settings)``,
+    ``compute(job, cancel, report)`` and ``apply(job, result, outputNode)``. A subclass loads its
+    .ui file, hands it to this constructor, sets up what else it needs, calls
+    ``initializeParameterNode`` and implements the hooks: ``_createLogic``, ``_sceneParameterNode``,
+    ``settings``, ``_updateGui``, ``_sections``, ``_ensureDependencies``, ``_runMessages`` and
+    ``_doneText`` (and ``_labelComboBoxes`` where its combo boxes need readable texts).
+    """
+
+    def __init__(self, uiWidget: Any, logic: Any = None, parent: Any = None, showDialogs: bool = True) -> None:
         super().__init__(parent)
         self._logic = logic
         self._showDialogs = showDialogs
-        self._parameterNode: Optional[OrganGuidanceParameterNode] = None
+        self._parameterNode: Any = None
         self._guiTag: Any = None
         self._parameterObserver: Optional[int] = None
         self._run: Optional[BackgroundRun] = None
         self._runContext: Tuple[Any, Any, Any] = (None, None, None)  # job, output node, CT node
-        self._coreMissing = bool(install.missing_requirements(install.CORE_REQUIREMENTS))
+        # True while the packages the settings need are missing: Apply then offers to install
+        # them instead of being blocked by a failing settings check.
+        self._coreMissing = False
 
         layout = qt.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        self._uiWidget = slicer.util.loadUI(str(RESOURCES / "UI" / f"{MODULE_NAME}.ui"))
+        self._uiWidget = uiWidget
         layout.addWidget(self._uiWidget)
         self.ui = slicer.util.childWidgetVariables(self._uiWidget)
         self._uiWidget.setMRMLScene(slicer.mrmlScene)
@@ -238,30 +267,51 @@ class OrganGuidancePanel(qt.QWidget):
             slicer.mrmlScene.AddObserver(slicer.mrmlScene.StartCloseEvent, self._onSceneStartClose),
             slicer.mrmlScene.AddObserver(slicer.mrmlScene.EndCloseEvent, self._onSceneEndClose),
         ]
-        self.initializeParameterNode()
 
-    # ------------------------------------------------------------------ logic and settings
+    # ------------------------------------------------------------------ hooks
+    def _createLogic(self) -> Any:
+        """The module's logic (import the engine here, not at load time)."""
+        raise NotImplementedError
+
+    def _sceneParameterNode(self) -> Any:
+        """The module's parameter node in ``slicer.mrmlScene``."""
+        raise NotImplementedError
+
+    def settings(self) -> Any:
+        """The parameter node as the logic's settings."""
+        raise NotImplementedError
+
+    def _updateGui(self, *args: Any) -> None:
+        """Show the parameter node's state (called whenever it is modified)."""
+        raise NotImplementedError
+
+    def _sections(self) -> Sequence[Any]:
+        """The sections whose parameters must not change under a running job."""
+        raise NotImplementedError
+
+    def _ensureDependencies(self) -> bool:
+        """True when every package of the run imports; otherwise ask, then install."""
+        raise NotImplementedError
+
+    def _runMessages(self) -> RunMessages:
+        raise NotImplementedError
+
+    def _doneText(self, seconds: float, job: Any, result: Any, segmentation: Any) -> str:
+        """The status after a run that reached the scene."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ logic and parameter node
     def getLogic(self):
         """Created on first use: importing the engine needs the dependencies installed."""
         if self._logic is None:
-            from .logic import OrganGuidanceLogic
-
-            self._logic = OrganGuidanceLogic(slicer.mrmlScene)
+            self._logic = self._createLogic()
         return self._logic
 
-    def parameterNode(self) -> Optional[OrganGuidanceParameterNode]:
+    def parameterNode(self) -> Any:
         return self._parameterNode
 
-    def settings(self):
-        return settingsFromParameterNode(self._parameterNode)
-
-    def usesTotalSegmentator(self) -> bool:
-        p = self._parameterNode
-        return p is not None and "totalsegmentator" in (p.primaryKind, p.secondaryKind)
-
-    # ------------------------------------------------------------------ parameter node <-> GUI
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(getParameterNode(slicer.mrmlScene))
+        self.setParameterNode(self._sceneParameterNode())
         if self._parameterNode.inputVolume is None:
             # A label map is a scalar volume subclass too; a CT is what is wanted here.
             volumes = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
@@ -269,7 +319,7 @@ class OrganGuidancePanel(qt.QWidget):
             if volumes:
                 self._parameterNode.inputVolume = volumes[0]
 
-    def setParameterNode(self, parameterNode: Optional[OrganGuidanceParameterNode]) -> None:
+    def setParameterNode(self, parameterNode: Any) -> None:
         if self._parameterNode is not None:
             self._parameterNode.disconnectGui(self._guiTag)
             self._parameterNode.RemoveObserver(self._parameterObserver)
@@ -290,61 +340,17 @@ class OrganGuidancePanel(qt.QWidget):
 
     def _labelComboBoxes(self) -> None:
         """Readable item texts; the connectors fill the combo boxes with the raw choice values."""
-        sourceLabels = {
-            "totalsegmentator": _("TotalSegmentator (run on the CT)"),
-            "node": _("Label map or segmentation in the scene"),
-            "file": _("Label map file"),
-            "none": _("None"),
-        }
-        conventionLabels = {
-            "totalsegmentator": _("TotalSegmentator (task total)"),
-            "word": _("WORD"),
-            "json": _("JSON mapping file"),
-        }
-        deviceLabels = {"auto": _("Auto (GPU when available)"), "cuda": _("GPU (CUDA)"), "cpu": _("CPU")}
-        labels: List[Tuple[Any, Dict[str, str]]] = [
-            (self.ui.primarySourceComboBox, sourceLabels),
-            (self.ui.secondarySourceComboBox, sourceLabels),
-            (self.ui.primaryConventionComboBox, conventionLabels),
-            (self.ui.secondaryConventionComboBox, conventionLabels),
-            (self.ui.organSetComboBox, {key: organSetLabel(key) for key in ORGAN_SETS}),
-            (self.ui.deviceComboBox, deviceLabels),
-        ]
+
+    @staticmethod
+    def _setItemTexts(labels: Sequence[Tuple[Any, Dict[str, str]]]) -> None:
+        """Replace each combo box's raw choice values by the readable texts given for them."""
         for comboBox, texts in labels:
             for index in range(comboBox.count):
                 key = comboBox.itemText(index)
                 if key in texts:
                     comboBox.setItemText(index, texts[key])  # the connector reads the index, not the text
 
-    def _updateGui(self, *args: Any) -> None:
-        p = self._parameterNode
-        if p is None:
-            return
-        primaryImported = p.primaryKind in ("node", "file")
-        secondaryImported = p.secondaryKind in ("node", "file")
-        rows: Sequence[Tuple[Any, Any, bool]] = (
-            (self.ui.primaryNodeLabel, self.ui.primaryNodeSelector, p.primaryKind == "node"),
-            (self.ui.primaryFileLabel, self.ui.primaryFilePathLineEdit, p.primaryKind == "file"),
-            (self.ui.primaryConventionLabel, self.ui.primaryConventionComboBox, primaryImported),
-            (self.ui.primaryMappingLabel, self.ui.primaryMappingPathLineEdit,
-             primaryImported and p.primaryConvention == "json"),
-            (self.ui.secondaryNodeLabel, self.ui.secondaryNodeSelector, p.secondaryKind == "node"),
-            (self.ui.secondaryFileLabel, self.ui.secondaryFilePathLineEdit, p.secondaryKind == "file"),
-            (self.ui.secondaryConventionLabel, self.ui.secondaryConventionComboBox, secondaryImported),
-            (self.ui.secondaryMappingLabel, self.ui.secondaryMappingPathLineEdit,
-             secondaryImported and p.secondaryConvention == "json"),
-        )
-        for label, field, visible in rows:
-            label.setVisible(visible)
-            field.setVisible(visible)
-        usesTotalSegmentator = self.usesTotalSegmentator()
-        for widget in (self.ui.fastCheckBox, self.ui.deviceLabel, self.ui.deviceComboBox):
-            widget.setEnabled(usesTotalSegmentator)
-        for widget in (self.ui.bodyThresholdLabel, self.ui.bodyThresholdSpinBox,
-                       self.ui.cropMarginLabel, self.ui.cropMarginSpinBox):
-            widget.setEnabled(p.bodyCrop)
-        self._updateButtons()
-
+    # ------------------------------------------------------------------ state shown in the GUI
     def _applyBlocker(self) -> str:
         """Why Apply cannot run now, or "" when it can."""
         p = self._parameterNode
@@ -364,17 +370,13 @@ class OrganGuidancePanel(qt.QWidget):
         running = self._run is not None
         blocker = "" if running else self._applyBlocker()
         self.ui.applyButton.setEnabled(not running and not blocker)
-        self.ui.applyButton.setToolTip(
-            blocker or _("Compute the organs-of-interest mask, the bowel wall and the body crop.")
-        )
+        self.ui.applyButton.setToolTip(blocker or self._runMessages().applyTooltip)
         self.ui.cancelButton.setEnabled(running and not self._run.cancel.is_set())
         if blocker:
             self._setStatus(blocker)
 
     def _setRunning(self, running: bool) -> None:
-        for section in (self.ui.inputsCollapsibleButton, self.ui.organMasksCollapsibleButton,
-                        self.ui.guidanceCollapsibleButton, self.ui.outputCollapsibleButton,
-                        self.ui.advancedCollapsibleButton):
+        for section in self._sections():
             section.setEnabled(not running)  # the parameters must not change under a running job
         self._updateButtons()
 
@@ -388,26 +390,24 @@ class OrganGuidancePanel(qt.QWidget):
         self.ui.progressBar.setRange(0, 100)
         self.ui.progressBar.setValue(int(round(100 * min(max(float(fraction), 0.0), 1.0))))
 
+    def _reportError(self, message: str, error: BaseException, details: str = "") -> None:
+        details = details or "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        self._setStatus(f"{message} {error}")
+        if self._showDialogs:
+            slicer.util.errorDisplay(f"{message}\n\n{error}", detailedText=details)
+
     # ------------------------------------------------------------------ dependencies
-    def _ensureDependencies(self, totalsegmentator: bool) -> bool:
-        """True when every package of the run imports; otherwise ask, then install."""
-        required = install.requirements(totalsegmentator=totalsegmentator)
-        missing = install.missing_requirements(required)
-        if not missing:
-            return True
-        question = "\n\n".join([
-            _("Organ Guidance needs Python packages that are not installed yet:"),
-            install.describe(missing),
-            _("Install them now? This needs an internet connection and can take several minutes, "
-              "during which Slicer does not respond."),
-        ])
+    def _askToInstall(self, question: str) -> bool:
+        """Ask ``question``; False (and the status says why nothing started) unless the user agrees."""
         if not self._showDialogs or not slicer.util.confirmOkCancelDisplay(
             question, windowTitle=_("Install Python packages")
         ):
             self._setStatus(_("Not started: required Python packages are not installed."))
             return False
-        self._setStatus(_("Installing Python packages..."))
-        slicer.app.processEvents()
+        return True
+
+    def _installRequirements(self, missing: Sequence[Any]) -> bool:
+        """Install ``missing`` (PyTorch first); False after reporting a failure."""
         try:
             with slicer.util.WaitCursor():
                 if any(requirement.installer == "pytorch" for requirement in missing):
@@ -419,16 +419,14 @@ class OrganGuidancePanel(qt.QWidget):
         except Exception as error:
             self._reportError(_("Installing Python packages failed."), error)
             return False
-        importlib.invalidate_caches()
-        self._coreMissing = bool(install.missing_requirements(install.CORE_REQUIREMENTS))
+        return True
+
+    def _allInstalled(self, required: Sequence[Any], stillMissingMessage: str) -> bool:
+        """True when every package of ``required`` imports now; otherwise report the missing ones."""
         stillMissing = install.missing_requirements(required)
         if stillMissing:
-            self._reportError(
-                _("These packages are still missing after installation; restart Slicer and try again:"),
-                RuntimeError(install.describe(stillMissing)),
-            )
+            self._reportError(stillMissingMessage, RuntimeError(install.describe(stillMissing)))
             return False
-        self._setStatus(_("Python packages installed."))
         return True
 
     @staticmethod
@@ -452,11 +450,12 @@ class OrganGuidancePanel(qt.QWidget):
     def onApply(self) -> None:
         if self._run is not None or self._parameterNode is None:
             return
-        if not self._ensureDependencies(self.usesTotalSegmentator()):
+        if not self._ensureDependencies():
             self._updateButtons()
             return
         p = self._parameterNode
         ctNode, outputNode = p.inputVolume, p.outputSegmentation
+        messages = self._runMessages()
         try:
             settings = self.settings()
             valid, reason = settings.is_valid()
@@ -465,11 +464,11 @@ class OrganGuidancePanel(qt.QWidget):
             if not self._confirmOutputNode(outputNode):
                 self._setStatus(_("Not started."))
                 return
-            self._setStatus(_("Preparing inputs..."))
+            self._setStatus(messages.preparing)
             with slicer.util.WaitCursor():
                 job = self.getLogic().prepare(ctNode, settings)
         except Exception as error:
-            self._reportError(_("Organ guidance could not start."), error)
+            self._reportError(messages.startFailed, error)
             return
         self._run = BackgroundRun(self.getLogic().compute, job)
         self._runContext = (job, outputNode, ctNode)
@@ -507,6 +506,7 @@ class OrganGuidancePanel(qt.QWidget):
         result, error, details = run.outcome()
         job, outputNode, ctNode = self._runContext
         self._runContext = (None, None, None)
+        messages = self._runMessages()
         try:
             if run.cancel.is_set() or isCancellation(error):
                 # Nothing reaches the scene: apply() is the only step that writes to it.
@@ -515,19 +515,15 @@ class OrganGuidancePanel(qt.QWidget):
                 return
             if error is not None:
                 self._setProgress(0.0)
-                self._reportError(_("Organ guidance failed."), error, details)
+                self._reportError(messages.runFailed, error, details)
                 return
             with slicer.util.WaitCursor():
                 segmentation = self.getLogic().apply(job, result, outputNode)
                 self._showResult(segmentation, ctNode)
             self._setProgress(1.0)
-            self._setStatus(_("Done in {seconds:.1f} s: {count} segments in '{name}'.").format(
-                seconds=time.monotonic() - run.startTime,
-                count=segmentation.GetSegmentation().GetNumberOfSegments(),
-                name=segmentation.GetName(),
-            ))
+            self._setStatus(self._doneText(time.monotonic() - run.startTime, job, result, segmentation))
         except Exception as applyError:
-            self._reportError(_("The organ guidance result could not be added to the scene."), applyError)
+            self._reportError(messages.applyFailed, applyError)
         finally:
             self._setRunning(False)
 
@@ -538,12 +534,10 @@ class OrganGuidancePanel(qt.QWidget):
         count = outputNode.GetSegmentation().GetNumberOfSegments()
         if count == 0:
             return True
+        messages = self._runMessages()
         return slicer.util.confirmOkCancelDisplay(
-            _("The output segmentation '{name}' already holds {count} segment(s). "
-              "Write the organ guidance segments into it?\n\n"
-              "Choose 'Create new segmentation' as output to leave it untouched.").format(
-                name=outputNode.GetName(), count=count),
-            windowTitle=_("Organ Guidance"),
+            messages.overwriteQuestion.format(name=outputNode.GetName(), count=count),
+            windowTitle=messages.title,
         )
 
     def _showResult(self, segmentation: Any, ctNode: Any) -> None:
@@ -558,12 +552,6 @@ class OrganGuidancePanel(qt.QWidget):
             self._parameterNode.outputSegmentation = segmentation
         if ctNode is not None and ctNode.GetScene() is not None:
             slicer.util.setSliceViewerLayers(background=ctNode)
-
-    def _reportError(self, message: str, error: BaseException, details: str = "") -> None:
-        details = details or "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        self._setStatus(f"{message} {error}")
-        if self._showDialogs:
-            slicer.util.errorDisplay(f"{message}\n\n{error}", detailedText=details)
 
     # ------------------------------------------------------------------ scene and lifetime
     def _onSceneStartClose(self, caller: Any = None, event: Any = None) -> None:
@@ -584,3 +572,137 @@ class OrganGuidancePanel(qt.QWidget):
             slicer.mrmlScene.RemoveObserver(tag)
         self._sceneObservers = []
         self.setParameterNode(None)
+
+
+class OrganGuidancePanel(RunPanelBase):
+    """The module's GUI. Receives its logic in the constructor so tests can hand it another."""
+
+    def __init__(self, logic: Any = None, parent: Any = None, showDialogs: bool = True) -> None:
+        uiWidget = slicer.util.loadUI(str(RESOURCES / "UI" / f"{MODULE_NAME}.ui"))
+        super().__init__(uiWidget, logic, parent, showDialogs)
+        self._coreMissing = bool(install.missing_requirements(install.CORE_REQUIREMENTS))
+        self.initializeParameterNode()
+
+    # ------------------------------------------------------------------ logic and settings
+    def _createLogic(self):
+        from .logic import OrganGuidanceLogic
+
+        return OrganGuidanceLogic(slicer.mrmlScene)
+
+    def _sceneParameterNode(self) -> OrganGuidanceParameterNode:
+        return getParameterNode(slicer.mrmlScene)
+
+    def settings(self):
+        return settingsFromParameterNode(self._parameterNode)
+
+    def usesTotalSegmentator(self) -> bool:
+        p = self._parameterNode
+        return p is not None and "totalsegmentator" in (p.primaryKind, p.secondaryKind)
+
+    # ------------------------------------------------------------------ parameter node <-> GUI
+    def _labelComboBoxes(self) -> None:
+        """Readable item texts; the connectors fill the combo boxes with the raw choice values."""
+        sourceLabels = {
+            "totalsegmentator": _("TotalSegmentator (run on the CT)"),
+            "node": _("Label map or segmentation in the scene"),
+            "file": _("Label map file"),
+            "none": _("None"),
+        }
+        conventionLabels = {
+            "totalsegmentator": _("TotalSegmentator (task total)"),
+            "word": _("WORD"),
+            "json": _("JSON mapping file"),
+        }
+        deviceLabels = {"auto": _("Auto (GPU when available)"), "cuda": _("GPU (CUDA)"), "cpu": _("CPU")}
+        labels: List[Tuple[Any, Dict[str, str]]] = [
+            (self.ui.primarySourceComboBox, sourceLabels),
+            (self.ui.secondarySourceComboBox, sourceLabels),
+            (self.ui.primaryConventionComboBox, conventionLabels),
+            (self.ui.secondaryConventionComboBox, conventionLabels),
+            (self.ui.organSetComboBox, {key: organSetLabel(key) for key in ORGAN_SETS}),
+            (self.ui.deviceComboBox, deviceLabels),
+        ]
+        self._setItemTexts(labels)
+
+    def _updateGui(self, *args: Any) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        primaryImported = p.primaryKind in ("node", "file")
+        secondaryImported = p.secondaryKind in ("node", "file")
+        rows: Sequence[Tuple[Any, Any, bool]] = (
+            (self.ui.primaryNodeLabel, self.ui.primaryNodeSelector, p.primaryKind == "node"),
+            (self.ui.primaryFileLabel, self.ui.primaryFilePathLineEdit, p.primaryKind == "file"),
+            (self.ui.primaryConventionLabel, self.ui.primaryConventionComboBox, primaryImported),
+            (self.ui.primaryMappingLabel, self.ui.primaryMappingPathLineEdit,
+             primaryImported and p.primaryConvention == "json"),
+            (self.ui.secondaryNodeLabel, self.ui.secondaryNodeSelector, p.secondaryKind == "node"),
+            (self.ui.secondaryFileLabel, self.ui.secondaryFilePathLineEdit, p.secondaryKind == "file"),
+            (self.ui.secondaryConventionLabel, self.ui.secondaryConventionComboBox, secondaryImported),
+            (self.ui.secondaryMappingLabel, self.ui.secondaryMappingPathLineEdit,
+             secondaryImported and p.secondaryConvention == "json"),
+        )
+        for label, field, visible in rows:
+            label.setVisible(visible)
+            field.setVisible(visible)
+        usesTotalSegmentator = self.usesTotalSegmentator()
+        for widget in (self.ui.fastCheckBox, self.ui.deviceLabel, self.ui.deviceComboBox):
+            widget.setEnabled(usesTotalSegmentator)
+        for widget in (self.ui.bodyThresholdLabel, self.ui.bodyThresholdSpinBox,
+                       self.ui.cropMarginLabel, self.ui.cropMarginSpinBox):
+            widget.setEnabled(p.bodyCrop)
+        self._updateButtons()
+
+    def _sections(self) -> Sequence[Any]:
+        return (self.ui.inputsCollapsibleButton, self.ui.organMasksCollapsibleButton,
+                self.ui.guidanceCollapsibleButton, self.ui.outputCollapsibleButton,
+                self.ui.advancedCollapsibleButton)
+
+    # ------------------------------------------------------------------ dependencies
+    def _ensureDependencies(self) -> bool:
+        """True when every package of the run imports; otherwise ask, then install."""
+        required = install.requirements(totalsegmentator=self.usesTotalSegmentator())
+        missing = install.missing_requirements(required)
+        if not missing:
+            return True
+        question = "\n\n".join([
+            _("Organ Guidance needs Python packages that are not installed yet:"),
+            install.describe(missing),
+            _("Install them now? This needs an internet connection and can take several minutes, "
+              "during which Slicer does not respond."),
+        ])
+        if not self._askToInstall(question):
+            return False
+        self._setStatus(_("Installing Python packages..."))
+        slicer.app.processEvents()
+        if not self._installRequirements(missing):
+            return False
+        importlib.invalidate_caches()
+        self._coreMissing = bool(install.missing_requirements(install.CORE_REQUIREMENTS))
+        if not self._allInstalled(
+            required, _("These packages are still missing after installation; restart Slicer and try again:")
+        ):
+            return False
+        self._setStatus(_("Python packages installed."))
+        return True
+
+    # ------------------------------------------------------------------ running
+    def _runMessages(self) -> RunMessages:
+        return RunMessages(
+            applyTooltip=_("Compute the organs-of-interest mask, the bowel wall and the body crop."),
+            preparing=_("Preparing inputs..."),
+            startFailed=_("Organ guidance could not start."),
+            runFailed=_("Organ guidance failed."),
+            applyFailed=_("The organ guidance result could not be added to the scene."),
+            overwriteQuestion=_("The output segmentation '{name}' already holds {count} segment(s). "
+                                "Write the organ guidance segments into it?\n\n"
+                                "Choose 'Create new segmentation' as output to leave it untouched."),
+            title=_("Organ Guidance"),
+        )
+
+    def _doneText(self, seconds: float, job: Any, result: Any, segmentation: Any) -> str:
+        return _("Done in {seconds:.1f} s: {count} segments in '{name}'.").format(
+            seconds=seconds,
+            count=segmentation.GetSegmentation().GetNumberOfSegments(),
+            name=segmentation.GetName(),
+        )
