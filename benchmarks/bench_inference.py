@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--organs", type=Path, default=SHARED / "ts_example_ct_seg_total_v2.nii.gz")
     parser.add_argument("--convention", default="totalsegmentator")
     parser.add_argument("--phantom", action="store_true", help="a generated phantom instead of --ct/--organs")
+    parser.add_argument("--phantom-shape", type=int, nargs=3, default=(80, 128, 128), metavar=("Z", "Y", "X"),
+                        help="phantom grid (voxels at 4 x 2.9 x 2.9 mm); a tall grid is a chest-to-pelvis scan")
     parser.add_argument("--mirroring", action="store_true", help="test-time mirroring in both runs")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -55,8 +57,9 @@ def main() -> None:
     if args.phantom:
         from CRCTraining.phantom_dataset import make_phantom_case
 
-        phantom = make_phantom_case(8, seed=11, shape_zyx=(80, 128, 128))
-        ct, organs, args.ct = phantom.ct, phantom.labels, Path("phantom 80x128x128")
+        shape = tuple(args.phantom_shape)
+        phantom = make_phantom_case(8, seed=11, shape_zyx=shape)
+        ct, organs, args.ct = phantom.ct, phantom.labels, Path("phantom {}x{}x{}".format(*shape))
     else:
         ct, organs = read_image(args.ct, name=args.ct.name), read_image(args.organs, name="organs")
     guidance = run_guidance(ct, [MOSSource(organs, load_convention(args.convention))])
