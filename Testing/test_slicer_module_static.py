@@ -272,11 +272,9 @@ def test_wrapper_annotations_evaluate_on_python_3_9():
         assert not any(isinstance(n, ast.BinOp) for n in ast.walk(annotation)), f"{name}: use Union/Optional"
 
 
-def test_wrapper_annotations_resolve_in_module_globals():
-    """get_type_hints resolves the (string) annotations in widget.py's globals: every name must be there."""
-    tree = parse(WIDGET_FILE)
-    constants = module_constants(tree)
-    defined = set(constants) | set(dir(builtins))
+def module_globals(tree: ast.Module) -> set:
+    """Names a module defines at top level (constants, imports, functions, classes) plus builtins."""
+    defined = set(module_constants(tree)) | set(dir(builtins))
     for node in tree.body:
         if isinstance(node, ast.Import):
             defined |= {(a.asname or a.name).split(".")[0] for a in node.names}
@@ -284,6 +282,14 @@ def test_wrapper_annotations_resolve_in_module_globals():
             defined |= {a.asname or a.name for a in node.names}
         elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             defined.add(node.name)
+    return defined
+
+
+def test_wrapper_annotations_resolve_in_module_globals():
+    """get_type_hints resolves the (string) annotations in widget.py's globals: every name must be there."""
+    tree = parse(WIDGET_FILE)
+    constants = module_constants(tree)
+    defined = module_globals(tree)
     for name, field in wrapper_fields(tree).items():
         annotation = field.annotation
         if isinstance(annotation, ast.Name) and annotation.id in constants:
@@ -583,14 +589,7 @@ def test_crc_each_bound_widget_has_a_connector_for_its_field_type():
 def test_crc_wrapper_annotations_evaluate_on_python_3_9_and_resolve_in_module_globals():
     tree = parse(CRC_WIDGET_FILE)
     constants = module_constants(tree)
-    defined = set(constants) | set(dir(builtins))
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            defined |= {(a.asname or a.name).split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            defined |= {a.asname or a.name for a in node.names}
-        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            defined.add(node.name)
+    defined = module_globals(tree)
     for name, field in wrapper_fields(tree).items():
         annotation = field.annotation
         if isinstance(annotation, ast.Name) and annotation.id in constants:

@@ -28,6 +28,7 @@ from OrganGuidanceLib.mrml import (
     OOI_SEGMENT_NAME,
     SEGMENT_TAG as GUIDANCE_SEGMENT_TAG,
     check_node_in_scene,
+    check_output_segmentation_node,
     cropped_oriented_image,
     replace_segments,
     segment_id_for,
@@ -195,17 +196,6 @@ def tumor_segment(mask: Image, reference: Image, name: str = TUMOR_SEGMENT_NAME)
     return segment
 
 
-def _check_output_node(scene, output_node, ct_node) -> None:
-    if not output_node.IsA("vtkMRMLSegmentationNode"):
-        raise InputError(f"{node_name(output_node)}: is a {output_node.GetClassName()}, not a segmentation; choose a segmentation as output")
-    check_node_in_scene(scene, output_node, "output segmentation")
-    if output_node.GetTransformNodeID() != ct_node.GetTransformNodeID():
-        raise InputError(
-            f"{node_name(output_node)}: is under another transform than {node_name(ct_node)}; "
-            "harden or remove the transform, or write to a new segmentation"
-        )
-
-
 def tumor_to_segmentation_node(scene, mask: Image, ct_node, output_node=None, ct: Optional[Image] = None):
     """Write a tumor mask as a "Tumor" segment referenced to ``ct_node``'s geometry.
 
@@ -216,7 +206,7 @@ def tumor_to_segmentation_node(scene, mask: Image, ct_node, output_node=None, ct
     """
     check_node_in_scene(scene, ct_node, "CT")
     if output_node is not None:
-        _check_output_node(scene, output_node, ct_node)
+        check_output_segmentation_node(scene, output_node, ct_node)
     reference = ct if ct is not None else image_from_volume_node(ct_node)
     segment = tumor_segment(mask, reference)
     if output_node is None:

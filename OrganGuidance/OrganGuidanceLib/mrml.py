@@ -357,6 +357,18 @@ def replace_segments(segmentation, segments: Sequence["slicer.vtkSegment"]) -> N
             segmentation.AddSegment(segment, segment_id_for(segmentation, segment.GetName()))
 
 
+def check_output_segmentation_node(scene, output_node, ct_node) -> None:
+    """A user-chosen output must be a segmentation in this scene, under the CT's transform."""
+    if not output_node.IsA("vtkMRMLSegmentationNode"):
+        raise InputError(f"{node_name(output_node)}: is a {output_node.GetClassName()}, not a segmentation; choose a segmentation as output")
+    check_node_in_scene(scene, output_node, "output segmentation")
+    if output_node.GetTransformNodeID() != ct_node.GetTransformNodeID():
+        raise InputError(
+            f"{node_name(output_node)}: is under another transform than {node_name(ct_node)}; "
+            "harden or remove the transform, or write to a new segmentation"
+        )
+
+
 def guidance_to_segmentation_node(scene, result: GuidanceResult, ct_node, output_node=None, organ_names: Dict[int, str] | None = None):
     """Write a guidance result as one segmentation node referenced to ``ct_node``.
 
@@ -366,14 +378,7 @@ def guidance_to_segmentation_node(scene, result: GuidanceResult, ct_node, output
     """
     check_node_in_scene(scene, ct_node, "CT")
     if output_node is not None:
-        if not output_node.IsA("vtkMRMLSegmentationNode"):
-            raise InputError(f"{node_name(output_node)}: is a {output_node.GetClassName()}, not a segmentation; choose a segmentation as output")
-        check_node_in_scene(scene, output_node, "output segmentation")
-        if output_node.GetTransformNodeID() != ct_node.GetTransformNodeID():
-            raise InputError(
-                f"{node_name(output_node)}: is under another transform than {node_name(ct_node)}; "
-                "harden or remove the transform, or write to a new segmentation"
-            )
+        check_output_segmentation_node(scene, output_node, ct_node)
     segments = build_guidance_segments(result, organ_names)
     geometry_role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
 
