@@ -253,6 +253,9 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", nargs="+", default=None, help="folds to ensemble (default: all available)")
     parser.add_argument("--checkpoint", default=None, help="checkpoint file name (default: checkpoint_final.pth)")
     parser.add_argument("--min-component-ml", type=float, default=0.0, help="remove tumor components smaller than this")
+    parser.add_argument("--exact-tiles", action="store_true",
+                        help="run every full-volume tile touching the OOI box: inside it, exactly nnU-Net's "
+                             "full-volume result (default: skip tiles weighing < 5 %% of their peak on the OOI)")
 
 
 def resolve_model(spec: str) -> Path:
@@ -268,7 +271,8 @@ def resolve_model(spec: str) -> Path:
 def segment_main(args: argparse.Namespace) -> int:
     model = open_model(resolve_model(args.model), folds=args.folds, checkpoint=args.checkpoint)
     parameters = SegmentationParameters(device=args.device, mirroring=not args.no_mirroring,
-                                        min_component_ml=args.min_component_ml)
+                                        min_component_ml=args.min_component_ml,
+                                        min_tile_weight=0.0 if args.exact_tiles else SegmentationParameters.min_tile_weight)
     report = segment_files(args.input, model, args.output, organs=args.organs, references=args.references,
                            parameters=parameters, convention=args.convention)
     print(report.summary())

@@ -9,8 +9,11 @@ Steps (DESIGN.md, data flow):
    mm (AG-CRC trains with the AF-loss, Eq. 8, which ignores everything outside the OOI, so the
    network has learned nothing there); an empty OOI falls back to the body crop with a warning;
 3. nnU-Net's preprocessing, sliding window (Gaussian weighting, optional mirroring TTA) and
-   resampling back, with only the tiles that touch the region run (``restricted_predictor``):
-   inside the region the result is the full-volume result, outside nothing is predicted;
+   resampling back on the full-volume tile grid (``restricted_predictor``), with only the tiles
+   that matter run: by default those whose Gaussian weight reaches 5 % of their peak on an OOI
+   voxel (the others would only add their faint rim there), or, with ``min_tile_weight=0``,
+   every tile touching the region (then inside it the result is exactly the full-volume one);
+   outside, nothing is predicted;
 4. post-processing on the CT grid (tumor kept within the OOI, small components removed).
 
 The predictor is built once per ``TumorSegmenter``; a batch reuses it. CUDA that fails or runs
@@ -63,6 +66,12 @@ class SegmentationParameters:
     # elsewhere than on the full volume, and a network that depends on tile position gives another
     # result (benchmarks/bench_inference.py). False: full-volume tiles, those touching the region run.
     crop_input: bool = False
+    # With keep_within_ooi, tiles are chosen by the OOI itself: a tile runs only if its Gaussian weight
+    # (nnU-Net's, sigma = patch / 8) reaches this fraction of its peak on an OOI voxel; the tiles left
+    # out would only add their faint rim. 0: every tile touching the OOI box runs, and inside the box
+    # the result is exactly nnU-Net's full-volume one. 0.05 measured (benchmarks/bench_inference.py):
+    # about half the tiles, probabilities within 0.007 of the full-volume ones inside the OOI.
+    min_tile_weight: float = 0.05
 
     def is_valid(self) -> Tuple[bool, str]:
         if self.device not in DEVICES:
@@ -71,6 +80,8 @@ class SegmentationParameters:
             return False, f"tile step size {self.tile_step_size} is outside (0, 1] (fraction of the patch size)"
         if not 0 <= self.ooi_margin_mm <= 200:
             return False, f"OOI margin {self.ooi_margin_mm} mm is outside 0..200 mm"
+        if not 0 <= self.min_tile_weight < 1:
+            return False, f"minimum tile weight {self.min_tile_weight} is outside [0, 1) (fraction of the Gaussian peak)"
         if self.min_component_ml < 0:
             return False, f"minimum component volume {self.min_component_ml} ml is negative"
         return True, ""
@@ -213,7 +224,8 @@ class TumorSegmenter:
         step("tumor model", 0.1)
         tick = time.perf_counter()
         window = CropBox.full(given.shape) if self.parameters.crop_input else region  # type: ignore[arg-type]
-        labels, probabilities, used = self._predict(channels, ct, window, warnings)
+        focus_channel = self._focus_channel(guidance)
+        labels, probabilities, used = self._predict(channels, ct, window, warnings, focus_channel)
         if self.parameters.crop_input:  # back onto the CT grid
             labels = _paste(labels, region)
             probabilities = None if probabilities is None else _paste(probabilities, region)
@@ -223,6 +235,8 @@ class TumorSegmenter:
         tick = time.perf_counter()
         outside = np.ones(ct.shape, bool)
         outside[region.slices] = False  # no tile ran there: nothing is predicted
+        if focus_channel is not None:  # tiles were chosen by the OOI: only its voxels are predicted
+            outside |= guidance.ooi.array == 0  # type: ignore[union-attr]
         tumor = (labels == self.model.tumor_label) & ~outside
         mask = self.postprocess(ct.with_array(tumor.astype(np.uint8), "Tumor"), guidance, warnings)
         probability_image = None
@@ -266,7 +280,16 @@ class TumorSegmenter:
             return box
         return CropBox(start, stop, tuple(ct.shape))  # type: ignore[arg-type]
 
-    def _predict(self, channels: np.ndarray, ct: Image, region: CropBox, warnings: List[str]):
+    def _focus_channel(self, guidance: Optional[GuidanceResult]) -> Optional[int]:
+        """The OOI input channel when tiles are chosen by the OOI (``min_tile_weight`` > 0), else None."""
+        p = self.parameters
+        if (p.min_tile_weight <= 0 or p.crop_input or not (p.restrict_to_ooi and p.keep_within_ooi)
+                or guidance is None or "OOI" not in self.model.input_channels or not guidance.ooi.array.any()):
+            return None
+        return self.model.input_channels.index("OOI")
+
+    def _predict(self, channels: np.ndarray, ct: Image, region: CropBox, warnings: List[str],
+                 focus_channel: Optional[int] = None):
         """Labels and tumor probabilities on the CT grid (valid in ``region``); CUDA failures retried on the CPU."""
         import torch
 
@@ -275,8 +298,10 @@ class TumorSegmenter:
 
         def run(on):
             # SimpleITK's axis order, which nnU-Net's preprocessing used: array (z, y, x), spacing (z, y, x).
-            return self._predictor(on).predict_in_box(channels, ct.spacing_zyx, region.start, region.stop,
-                                                      want_probabilities)
+            predictor = self._predictor(on)
+            predictor.min_tile_weight = self.parameters.min_tile_weight
+            return predictor.predict_in_box(channels, ct.spacing_zyx, region.start, region.stop,
+                                            want_probabilities, focus_channel)
 
         try:
             result = run(device)

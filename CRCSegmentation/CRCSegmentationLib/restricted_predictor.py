@@ -11,6 +11,13 @@ full-volume result (same tiles, same Gaussian weights, same order); outside, no 
 ``predict_single_npy_array`` is unrolled into its three nnU-Net calls (preprocess, logits,
 back to the original grid) so that the box can be mapped into the preprocessed grid between
 them. Imports nnU-Net at module level: import this module only when predicting.
+
+Optionally the tiles are chosen by a focus mask (the OOI) instead of the box: a tile runs only
+where its Gaussian weight (nnU-Net's, sigma = patch / 8) reaches ``min_tile_weight`` of its peak
+on some focus voxel. With 0 every tile touching the focus runs (exact inside it); with a cutoff,
+tiles that would only add their faint rim to the focus are skipped: inside the focus the
+result then differs from the full-volume one only by those rim contributions
+(``benchmarks/bench_inference.py`` measures the Dice and the time).
 """
 from __future__ import annotations
 
@@ -18,8 +25,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from scipy.ndimage import binary_dilation
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
 Window = Tuple[List[int], List[int]]  # start, stop per axis of the preprocessed (transposed, resampled) grid
 
@@ -29,6 +38,8 @@ class RestrictedPredictor(nnUNetPredictor):
 
     window: Optional[Window] = None
     preprocessed_shape: Optional[Sequence[int]] = None
+    focus: Optional[np.ndarray] = None  # bool, preprocessed grid: choose tiles by this mask, not the box
+    min_tile_weight: float = 0.0  # fraction of the Gaussian peak a tile must reach on a focus voxel
     tiles_run: int = 0  # of the last prediction, for benchmarks and tests
     tiles_total: int = 0
 
@@ -41,8 +52,30 @@ class RestrictedPredictor(nnUNetPredictor):
             start = [a + o for a, o in zip(self.window[0], offset)]
             stop = [b + o for b, o in zip(self.window[1], offset)]
             slicers = [s for s in slicers if _touches(s[1:], start, stop)]
+            if self.focus is not None:
+                slicers = self._focused(slicers, offset)
         self.tiles_run = len(slicers)
         return slicers
+
+    def _focused(self, slicers, offset: Sequence[int]):
+        """The tiles whose Gaussian weight reaches ``min_tile_weight`` x peak on a focus voxel."""
+        patch = [int(p) for p in self.configuration_manager.patch_size]
+        weight = compute_gaussian(tuple(patch), sigma_scale=1.0 / 8, value_scaling_factor=1.0,
+                                  dtype=torch.float32, device=torch.device("cpu")).numpy()
+        strong = weight >= self.min_tile_weight * float(weight.max())
+        kept = []
+        for tile in slicers:
+            spatial = tile[1:]
+            if any(isinstance(item, (int, np.integer)) for item in spatial):  # 2D configuration: the box decides
+                kept.append(tile)
+                continue
+            # The tile in the unpadded grid, and the same part of the tile's own weight map.
+            low = [item.start - o for item, o in zip(spatial, offset)]
+            inside = tuple(slice(max(0, a), min(a + p, n)) for a, p, n in zip(low, patch, self.focus.shape))
+            local = tuple(slice(s.start - a, s.stop - a) for s, a in zip(inside, low))
+            if np.any(self.focus[inside] & strong[local]):
+                kept.append(tile)
+        return kept
 
     def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
         logits = super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
@@ -51,7 +84,7 @@ class RestrictedPredictor(nnUNetPredictor):
         return logits
 
     def predict_in_box(self, image: np.ndarray, spacing_zyx: Sequence[float], start: Sequence[int],
-                       stop: Sequence[int], probabilities: bool):
+                       stop: Sequence[int], probabilities: bool, focus_channel: Optional[int] = None):
         """Like ``predict_single_npy_array(image, {'spacing': spacing_zyx})``, tiles limited to the box.
 
         ``image``: (C, Z, Y, X) float32 on the CT grid; the box in its array indices. Returns the
@@ -64,10 +97,13 @@ class RestrictedPredictor(nnUNetPredictor):
             image, None, {"spacing": [float(s) for s in spacing_zyx]}, plans, configuration, self.dataset_json)
         self.window = self._window(start, stop, properties, data.shape[1:])
         self.preprocessed_shape = data.shape[1:]
+        # nnU-Net resamples the 0/1 channel with splines: 0.5 is its edge, as in training (losses.py).
+        # One voxel more: resampling back to the CT grid interpolates across the focus edge.
+        self.focus = None if focus_channel is None else binary_dilation(data[focus_channel] > 0.5)
         try:
             logits = self.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
         finally:
-            self.window = None
+            self.window = self.focus = None
         return convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, plans, configuration, self.label_manager, properties, return_probabilities=probabilities)
 
