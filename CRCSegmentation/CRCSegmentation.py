@@ -30,7 +30,10 @@ class CRCSegmentation(ScriptedLoadableModule):
             "<li>a 3D nnU-Net tumor model that takes the CT, the organ masks (MOS) and the organs-of-interest "
             "mask (OOI) as input channels, run inside the body and the OOI bounding box (AG-CRC, FLARE24);</li>"
             "<li>a 'Tumor' segment (SNOMED CT terminology) and a statistics table: volume, largest axial "
-            "diameter, cranio-caudal extent, number of components; export to .seg.nrrd and NIfTI.</li></ol>"
+            "diameter, cranio-caudal extent, number of components; export to .seg.nrrd and NIfTI;</li>"
+            "<li>point refinement with U-SAM: green (tumor) and red (not tumor) points re-segment the axial slice "
+            "they are placed on; Propagate carries that slice to its neighbours; Undo restores the replaced slices. "
+            "Needs a trained U-SAM checkpoint.</li></ol>"
             "Models come from the catalogue or a model folder. Demonstration models are not for clinical use. "
             "A running segmentation can be cancelled; a cancelled run leaves the scene as it was. "
             "From the Python console: <code>CRCSegmentationLib.logic.CRCSegmentationLogic(slicer.mrmlScene)"
@@ -44,7 +47,9 @@ class CRCSegmentation(ScriptedLoadableModule):
             "images, Radiology: Artificial Intelligence 5(5), e230024, 2023;</li>"
             "<li>F. Isensee et al.: nnU-Net: a self-configuring method for deep learning-based biomedical image "
             "segmentation, Nature Methods 18, 203-211, 2021;</li>"
-            "<li>Y. Luo et al.: Crop and Segment: Efficient Whole body pan-cancer segmentation, MICCAI FLARE 2024.</li>"
+            "<li>Y. Luo et al.: Crop and Segment: Efficient Whole body pan-cancer segmentation, MICCAI FLARE 2024;</li>"
+            "<li>CARE / U-SAM: a U-shaped, point-prompted Segment Anything model for rectal cancer segmentation "
+            "(A. Kirillov et al.: Segment Anything, ICCV 2023).</li>"
             "</ul>The module layout follows Kitware's SlicerNNUnet extension."
         )
 

@@ -485,7 +485,7 @@ CRC_LIB = CRC / "CRCSegmentationLib"
 CRC_UI_FILE = CRC / "Resources" / "UI" / "CRCSegmentation.ui"
 CRC_WIDGET_FILE = CRC_LIB / "widget.py"
 CRC_MODULE_FILE = CRC / "CRCSegmentation.py"
-CRC_SECTION_TITLES = {"Inputs", "Model", "Advanced", "Output", "Results"}
+CRC_SECTION_TITLES = {"Inputs", "Model", "Advanced", "Output", "Point refinement", "Results"}
 CRC_UNBOUND_FIELDS = {"modelName"}  # set from the model combo box, whose items come from the catalogue
 # Parameter-node field -> SegmentationParameters field, for the defaults and ranges checks.
 SEGMENTATION_FIELDS = {

@@ -9,7 +9,10 @@ The same three steps as ``OrganGuidanceLib.logic``, so MRML stays on the main th
   ``TumorSegmenter``; it can be cancelled;
 - ``apply`` (main thread) writes the "Tumor" segment and the statistics table.
 
-``process`` chains the three for the Python console and batch scripts. The engine
+``process`` chains the three for the Python console and batch scripts.
+``PointRefinementLogic`` refines the "Tumor" segment afterwards (or from scratch) with
+U-SAM point prompts, slice by slice, with propagation and undo (main thread: a click is
+one decoder pass on a cached slice encoding). The engine
 (``inference``, ``catalogue``, ``statistics``) is imported on use: it needs PyTorch
 and nnU-Net, which may be installed only after the module has loaded.
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from OrganGuidanceLib.guidance import GuidanceResult
 from OrganGuidanceLib.image import Image
@@ -261,3 +264,129 @@ def model_choices() -> Sequence[Tuple[str, str]]:
             description = f"{description} (demonstration model, not for clinical use)".strip()
         choices.append((entry.name, description))
     return choices
+
+
+# --- point-prompted refinement (U-SAM) ----------------------------------------------
+@dataclass
+class RefinementStep:
+    """What one refinement changed, for undo: the previous masks of the slices it replaced."""
+
+    segmentation_node_id: str
+    segment_id: str
+    previous: Dict[int, Any]  # slice index -> previous mask (rows x cols, bool)
+
+
+class PointRefinementLogic:
+    """Point-prompted refinement of the "Tumor" segment with U-SAM, one axial slice per click.
+
+    Works on top of an automatic "Tumor" segment (its slices are the starting state) or
+    from scratch (an empty "Tumor" segment is created). Only the refined slices of the
+    segment are written (``mrml_points.write_segment_slices``); each write is undoable.
+    ``model`` is any U-SAM object (``usam.USAM``: a trained checkpoint via ``load_model``,
+    or, for scripts and tests, any model with its ``encode_image`` / ``decode``).
+    """
+
+    def __init__(self, scene, model: Any = None, device: str = "cpu", undo_depth: int = 20) -> None:
+        self.scene = scene
+        self.undo_depth = int(undo_depth)
+        self.undo_stack: List[RefinementStep] = []
+        self.last_slice: Optional[int] = None  # slice of the last click, the default seed of ``propagate``
+        self.segmenter = None
+        self._image: Optional[Tuple[Tuple[str, int], Image]] = None  # the last CT read, by (node ID, voxel MTime)
+        register_segmentation_converter_rules()
+        if model is not None:
+            self.set_model(model, device)
+
+    def set_model(self, model: Any, device: str = "cpu") -> None:
+        from .interactive import InteractiveSegmenter
+
+        self.segmenter = InteractiveSegmenter(model, device)
+
+    def reset(self) -> None:
+        """Forget undo steps, the last slice and cached encodings (e.g. the scene was closed); keep the model."""
+        self.undo_stack = []
+        self.last_slice = None
+        self._image = None
+        if self.segmenter is not None:
+            self.segmenter.cache.clear()
+
+    def load_model(self, checkpoint: str, device: str = "auto") -> None:
+        """A trained U-SAM checkpoint; InputError when the path is empty or missing (random init is not offered)."""
+        path = Path(str(checkpoint or "")).expanduser()
+        if not str(checkpoint or "").strip():
+            raise InputError("U-SAM checkpoint: no file chosen; choose a trained U-SAM checkpoint (.pt)")
+        if not path.is_file():
+            raise InputError(f"U-SAM checkpoint: {path} does not exist")
+        import torch
+
+        from .usam import load_usam_checkpoint
+
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.set_model(load_usam_checkpoint(path, device=device), device)
+
+    # --- main thread (MRML) ----------------------------------------------------------
+    def _volume(self, ct_node) -> Tuple[Image, Tuple[str, int]]:
+        if self.segmenter is None:
+            raise InputError("U-SAM: no model loaded; choose a trained U-SAM checkpoint")
+        if ct_node is None or not ct_node.IsA("vtkMRMLScalarVolumeNode") or ct_node.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise InputError("CT: no CT volume selected")
+        # The voxels' modification time: a changed CT gets new encodings (see embedding_cache).
+        key = (ct_node.GetID(), int(ct_node.GetImageData().GetMTime()))
+        if self._image is None or self._image[0] != key:  # a clinical CT is 100+ MB: copy it once, not per click
+            self._image = (key, image_from_volume_node(ct_node))
+        return self._image[1], key
+
+    def refine(self, ct_node, segmentation_node, positive_node, negative_node, last_role: Optional[str] = None,
+               slice_index: Optional[int] = None):
+        """Refine the slice of the last placed point from the points on it; returns (segmentation node, result)."""
+        from .mrml_points import prompt_points
+
+        image, (volume, modified) = self._volume(ct_node)
+        points, labels = prompt_points(positive_node, negative_node, ct_node, last_role)
+        result = self.segmenter.refine(image, points, labels, slice_index, volume, modified)
+        node = self._write(ct_node, segmentation_node, image, result.slices)
+        self.last_slice = result.seed_slice
+        return node, result
+
+    def propagate(self, ct_node, segmentation_node, slice_index: Optional[int] = None, settings: Any = None):
+        """Carry the tumor of ``slice_index`` (default: the last refined slice) to its neighbours."""
+        from .mrml import tumor_segment_id
+        from .mrml_points import read_segment_slices
+
+        image, (volume, modified) = self._volume(ct_node)
+        seed = self.last_slice if slice_index is None else int(slice_index)
+        if seed is None:
+            raise InputError("propagation: refine a slice first (place a point on the tumor) or give a slice index")
+        if segmentation_node is None:
+            raise InputError("propagation: no segmentation with a 'Tumor' segment")
+        seed_mask = read_segment_slices(segmentation_node, tumor_segment_id(segmentation_node), image, [seed])[seed]
+        result = self.segmenter.propagate(image, seed, seed_mask, settings, volume, modified)
+        return self._write(ct_node, segmentation_node, image, result.slices), result
+
+    def undo(self) -> bool:
+        """Restore the slices the last refinement replaced; False when there is nothing to undo."""
+        from .mrml_points import write_segment_slices
+
+        while self.undo_stack:
+            step = self.undo_stack.pop()
+            node = self.scene.GetNodeByID(step.segmentation_node_id)
+            if node is None or node.GetSegmentation().GetSegment(step.segment_id) is None:
+                continue  # its segmentation was removed: nothing to restore there
+            role = node.GetReferenceImageGeometryReferenceRole()
+            reference = node.GetNodeReference(role)
+            if reference is None:
+                raise InputError(f"{node_name(node)}: has no reference CT volume; cannot undo")
+            write_segment_slices(node, step.segment_id, image_from_volume_node(reference), step.previous)
+            return True
+        return False
+
+    def _write(self, ct_node, segmentation_node, image: Image, masks: Dict[int, Any]):
+        from .mrml_points import ensure_tumor_segment, read_segment_slices, write_segment_slices
+
+        node, segment_id = ensure_tumor_segment(self.scene, segmentation_node, ct_node, image)
+        if masks:
+            previous = read_segment_slices(node, segment_id, image, masks)
+            write_segment_slices(node, segment_id, image, masks)
+            self.undo_stack.append(RefinementStep(node.GetID(), segment_id, previous))
+            del self.undo_stack[:-self.undo_depth]
+        return node

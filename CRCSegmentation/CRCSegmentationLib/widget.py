@@ -12,6 +12,10 @@ the engine as Organ Guidance's panel does (both build on
   ``threading.Event``;
 - ``logic.apply`` back on the main thread, only if the run was not cancelled.
 
+Point refinement (U-SAM) runs on the main thread, one axial slice per placed point
+(a decoder pass, the slice's image encoding cached): the panel observes the point
+lists' ``PointPositionDefinedEvent`` and calls ``PointRefinementLogic``.
+
 Nothing of the engine is imported at load time: it needs PyTorch and nnU-Net, which
 may be installed only after the module has loaded.
 """
@@ -41,6 +45,8 @@ STATISTICS_REFERENCE_ROLE = "crcSegmentationStatistics"  # = mrml.STATISTICS_REF
 # The tumor model runs through nnU-Net v2 (which brings its PyTorch needs); PyTorch itself comes
 # through the PyTorch extension, as for TotalSegmentator.
 NNUNET_REQUIREMENT = install.Requirement("nnunetv2", "nnunetv2==2.8.1", "nnU-Net v2, which runs the tumor model")
+USAM_REQUIREMENT = install.Requirement("segment_anything", "segment-anything==1.0", "Segment Anything, on which U-SAM point refinement builds")
+POINT_ROLES = ("positive", "negative")  # = mrml_points.POINT_ROLES (mrml_points needs the engine)
 
 OrganNode = Union[slicer.vtkMRMLLabelMapVolumeNode, slicer.vtkMRMLSegmentationNode, None]
 
@@ -74,6 +80,8 @@ class CRCSegmentationParameterNode:
     minComponentMl: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
     outputSegmentation: slicer.vtkMRMLSegmentationNode
     exportFolder: pathlib.Path
+    usamCheckpoint: pathlib.Path
+    propagationMm: Annotated[float, WithinRange(0.0, 200.0)] = 40.0  # = interactive.PropagationSettings.max_distance_mm
 
 
 def settingsFromParameterNode(parameterNode: CRCSegmentationParameterNode):
@@ -123,6 +131,7 @@ class CRCSegmentationPanel(RunPanelBase):
         self.ui.exportButton.clicked.connect(self.onExport)
         self.ui.modelComboBox.currentIndexChanged.connect(self._onModelChosen)
         self._fillModelComboBox()
+        self._setupRefinement()
         self.initializeParameterNode()
 
     # ------------------------------------------------------------------ logic and settings
@@ -171,6 +180,7 @@ class CRCSegmentationPanel(RunPanelBase):
                     break
         if not p.modelName and self.ui.modelComboBox.count:
             p.modelName = self.ui.modelComboBox.itemData(0) or ""
+        self._observePointLists(create=False)  # point lists of a loaded scene; new ones when the section opens
 
     def _labelComboBoxes(self) -> None:
         """Readable item texts; the connectors fill the combo boxes with the raw choice values."""
@@ -229,7 +239,7 @@ class CRCSegmentationPanel(RunPanelBase):
     def _sections(self) -> Sequence[Any]:
         return (self.ui.inputsCollapsibleButton, self.ui.modelCollapsibleButton,
                 self.ui.advancedCollapsibleButton, self.ui.outputCollapsibleButton,
-                self.ui.resultsCollapsibleButton)
+                self.ui.refinementCollapsibleButton, self.ui.resultsCollapsibleButton)
 
     def _showStatistics(self, segmentationNode: Any) -> None:
         table = segmentationNode.GetNodeReference(STATISTICS_REFERENCE_ROLE) if segmentationNode is not None else None
@@ -299,3 +309,157 @@ class CRCSegmentationPanel(RunPanelBase):
         """Select the result, show it over the CT in the slice views and in 3D, and its statistics."""
         super()._showResult(segmentation, ctNode)
         self._showStatistics(segmentation)
+
+    # ------------------------------------------------------------------ point refinement (U-SAM)
+    def _setupRefinement(self) -> None:
+        self._refinement: Any = None  # logic.PointRefinementLogic, created on first use
+        self._refinementModel: Tuple[str, str] = ("", "")  # (checkpoint, device) of the loaded model
+        self._pointLists: Dict[str, Any] = {}
+        self._pointObservers: List[Tuple[Any, int]] = []
+        self.ui.propagateButton.clicked.connect(self.onPropagate)
+        self.ui.undoButton.clicked.connect(self.onUndoRefinement)
+        self.ui.clearPointsButton.clicked.connect(self.onClearPoints)
+        self.ui.refinementCollapsibleButton.contentsCollapsed.connect(self._onRefinementSectionCollapsed)
+        for placeWidget in (self.ui.positivePointsPlaceWidget, self.ui.negativePointsPlaceWidget):
+            placeWidget.setMRMLScene(slicer.mrmlScene)
+            placeWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
+            placeWidget.buttonsVisible = False
+            placeWidget.placeButton().show()
+        self._updateRefinementButtons()
+
+    def _onRefinementSectionCollapsed(self, collapsed: bool) -> None:
+        if not collapsed:
+            self._observePointLists(create=True)
+
+    def _observePointLists(self, create: bool) -> None:
+        """Find (or create) the green and red point lists and refine whenever a point is placed."""
+        try:
+            from .mrml_points import point_list_node
+        except Exception as error:  # engine not installed yet: the section says so
+            self._setRefinementStatus(_("Point refinement unavailable: {error}").format(error=error))
+            return
+        self._removePointObservers()
+        placeWidgets = {"positive": self.ui.positivePointsPlaceWidget, "negative": self.ui.negativePointsPlaceWidget}
+        for role in POINT_ROLES:
+            node = point_list_node(slicer.mrmlScene, role, create=create)
+            self._pointLists[role] = node
+            placeWidgets[role].setCurrentNode(node)
+            if node is not None:
+                tag = node.AddObserver(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
+                                       lambda caller, event, role=role: self._onPointPlaced(role))
+                self._pointObservers.append((node, tag))
+
+    def _removePointObservers(self) -> None:
+        for node, tag in self._pointObservers:
+            node.RemoveObserver(tag)
+        self._pointObservers = []
+
+    def _onPointPlaced(self, role: str) -> None:
+        # After the markups interaction has finished with the point (not inside its event).
+        qt.QTimer.singleShot(0, lambda: self.refineAtPoints(role))
+
+    def _refinementLogic(self) -> Any:
+        """The refinement logic with the chosen checkpoint loaded (reloaded when it or the device changes)."""
+        torch = [r for r in install.TOTALSEGMENTATOR_REQUIREMENTS if r.import_name == "torch"]
+        missing = install.missing_requirements(install.requirements() + torch + [USAM_REQUIREMENT])
+        if missing and not self._installForRefinement(missing):
+            return None
+        from .logic import PointRefinementLogic
+
+        if self._refinement is None:
+            self._refinement = PointRefinementLogic(slicer.mrmlScene)
+        p = self._parameterNode
+        wanted = (pathText(p.usamCheckpoint), p.device)
+        if self._refinement.segmenter is None or wanted != self._refinementModel:
+            with slicer.util.WaitCursor():
+                self._refinement.load_model(wanted[0], p.device)  # InputError: no checkpoint, missing file
+            self._refinementModel = wanted
+        return self._refinement
+
+    def _installForRefinement(self, missing: Sequence[Any]) -> bool:
+        question = "\n\n".join([
+            _("Point refinement needs Python packages that are not installed yet:"),
+            install.describe(missing),
+            _("Install them now? This needs an internet connection and can take several minutes."),
+        ])
+        return self._askToInstall(question) and self._installRequirements(missing)
+
+    def _runRefinement(self, action: str, work: Any) -> None:
+        """Run one refinement step on the main thread; input errors go to the section's status line."""
+        from OrganGuidanceLib.validation import InputError
+
+        p = self._parameterNode
+        try:
+            logic = self._refinementLogic()
+            if logic is None:
+                return
+            with slicer.util.WaitCursor():
+                segmentation, result = work(logic, p)
+        except InputError as error:
+            self._setRefinementStatus(str(error))
+            return
+        except Exception as error:
+            self._reportError(_("{action} failed.").format(action=action), error)
+            return
+        p.outputSegmentation = segmentation
+        segmentation.CreateDefaultDisplayNodes()
+        slices = result.slice_indices
+        text = _("{action}: slices {slices} replaced.").format(action=action, slices=", ".join(str(k) for k in slices)) \
+            if slices else _("{action}: nothing changed.").format(action=action)
+        if result.ignored_points:
+            text += " " + _("{count} point(s) on other slices were not used.").format(count=len(result.ignored_points))
+        if result.stop_reasons:
+            text += " " + "; ".join(f"{side}: {why}" for side, why in sorted(result.stop_reasons.items()))
+        self._setRefinementStatus(text)
+        self._updateRefinementButtons()
+
+    def refineAtPoints(self, lastRole: str = "positive") -> None:
+        """Refine the axial slice of the point just placed, from the points on that slice."""
+        if self._parameterNode is None or self._run is not None:
+            return
+        lists = self._pointLists
+        self._runRefinement(_("Refinement"), lambda logic, p: logic.refine(
+            p.inputVolume, p.outputSegmentation, lists.get("positive"), lists.get("negative"), last_role=lastRole))
+
+    def onPropagate(self) -> None:
+        from .interactive import PropagationSettings
+
+        settings = PropagationSettings(max_distance_mm=self._parameterNode.propagationMm)
+        self._runRefinement(_("Propagation"), lambda logic, p: logic.propagate(
+            p.inputVolume, p.outputSegmentation, settings=settings))
+
+    def onUndoRefinement(self) -> None:
+        if self._refinement is None:
+            return
+        try:
+            undone = self._refinement.undo()
+        except Exception as error:
+            self._reportError(_("Undo failed."), error)
+            return
+        self._setRefinementStatus(_("Last refinement undone.") if undone else _("Nothing to undo."))
+        self._updateRefinementButtons()
+
+    def onClearPoints(self) -> None:
+        for node in self._pointLists.values():
+            if node is not None:
+                node.RemoveAllControlPoints()
+
+    def _updateRefinementButtons(self) -> None:
+        logic = self._refinement
+        self.ui.propagateButton.setEnabled(logic is not None and logic.last_slice is not None)
+        self.ui.undoButton.setEnabled(logic is not None and bool(logic.undo_stack))
+
+    def _setRefinementStatus(self, text: str) -> None:
+        self.ui.refinementStatusLabel.setText(text)
+
+    def _onSceneEndClose(self, caller: Any = None, event: Any = None) -> None:
+        self._removePointObservers()
+        self._pointLists = {}
+        if self._refinement is not None:  # its undo steps and cached encodings belong to the closed scene
+            self._refinement.reset()
+        super()._onSceneEndClose(caller, event)
+        self._updateRefinementButtons()
+
+    def cleanup(self) -> None:
+        self._removePointObservers()
+        super().cleanup()

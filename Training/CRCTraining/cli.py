@@ -16,6 +16,7 @@ from OrganGuidanceLib.cli import add_guidance_arguments, guidance_main
 
 from .evaluate import add_evaluate_arguments, evaluate_main
 from .training_cli import add_training_commands
+from .usam_cli import add_usam_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_guidance_arguments(guidance)
     guidance.set_defaults(run=guidance_main)
     add_training_commands(commands)
+    add_usam_commands(commands)
     evaluate = commands.add_parser("evaluate", help="Dice, NSD, precision, recall, HD95 of a prediction folder")
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(run=evaluate_main)

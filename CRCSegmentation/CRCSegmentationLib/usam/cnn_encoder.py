@@ -1,0 +1,48 @@
+"""U-SAM's convolutional encoder: UNet-style downsampling path that tokenises the image (paper Eq. 5)."""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+from torch import Tensor, nn
+
+from .config import CNN_CHANNELS
+
+
+class DoubleConv(nn.Sequential):
+    """(3x3 conv -> BatchNorm -> ReLU) x 2, as in U-SAM's backbone.py and UNet."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class DownBlock(nn.Sequential):
+    """f_{i+1} = Conv(MaxPool(f_i)): halves the resolution (paper Eq. 5)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(nn.MaxPool2d(2), DoubleConv(in_channels, out_channels))
+
+
+class CNNEncoder(nn.Module):
+    """Images B x 3 x S x S -> (f4: B x 768 x S/16 x S/16, skips [f0..f3]).
+
+    f0: B x 32 x S x S, f1: B x 64 x S/2 x S/2, f2: B x 128 x S/4 x S/4, f3: B x 256 x S/8 x S/8.
+    f4 replaces SAM's patch embedding: one 768-channel token per 16 x 16 pixels.
+    """
+
+    def __init__(self, in_channels: int = 3, channels: Sequence[int] = CNN_CHANNELS) -> None:
+        super().__init__()
+        self.stem = DoubleConv(in_channels, channels[0])
+        self.downs = nn.ModuleList(DownBlock(a, b) for a, b in zip(channels[:-1], channels[1:]))
+
+    def forward(self, images: Tensor) -> Tuple[Tensor, List[Tensor]]:
+        features = [self.stem(images)]
+        for down in self.downs:
+            features.append(down(features[-1]))
+        return features[-1], features[:-1]
