@@ -29,9 +29,11 @@ OG = REPO_ROOT / "OrganGuidance"
 OG_LIB = OG / "OrganGuidanceLib"
 UI_FILE = OG / "Resources" / "UI" / "OrganGuidance.ui"
 WIDGET_FILE = OG_LIB / "widget.py"
+RUN_PANEL_FILE = OG_LIB / "run_panel.py"  # the run/install half of both panels (RunPanelBase)
 MODULE_FILE = OG / "OrganGuidance.py"
-GUI_FILES = (WIDGET_FILE, MODULE_FILE)
-# Imports that need the Slicer application (Qt); only widget.py and the module files may use them.
+GUI_FILES = (WIDGET_FILE, RUN_PANEL_FILE, MODULE_FILE)
+GUI_LIB_FILE_NAMES = ("widget.py", "run_panel.py")
+# Imports that need the Slicer application (Qt); only the GUI files and the module files may use them.
 GUI_IMPORTS = ("qt", "ctk", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
 # Lib modules widget.py may import at load time: they import nothing outside the standard library.
 DEPENDENCY_FREE_LIB_MODULES = {"install", "labels"}
@@ -368,12 +370,12 @@ def test_module_sources_parse_with_python_3_9_grammar(path):
         assert "from __future__ import annotations" in source, f"{path.name}: X | Y hints need the future import"
 
 
-LIB_FILES = [p for m in MODULES for p in python_files(REPO_ROOT / m / f"{m}Lib") if p.name != "widget.py"]
+LIB_FILES = [p for m in MODULES for p in python_files(REPO_ROOT / m / f"{m}Lib") if p.name not in GUI_LIB_FILE_NAMES]
 
 
 @pytest.mark.parametrize("path", LIB_FILES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_lib_stays_headless(path):
-    """Only widget.py may import Qt, CTK or Slicer's application-only Python modules."""
+    """Only widget.py and run_panel.py may import Qt, CTK or Slicer's application-only Python modules."""
     for name, level in imported_modules(parse(path)):
         if level:
             continue
@@ -393,14 +395,19 @@ def test_module_file_imports_its_lib_lazily():
 
 
 def test_widget_imports_only_dependency_free_lib_modules_at_load_time():
-    """The engine imports edt and cc3d; the widget must load before they are installed."""
-    lib_imports = set()
-    for name, level in top_level_imports(parse(WIDGET_FILE)):
-        if level or name.startswith("OrganGuidanceLib"):
-            parts = [p for p in name.split(".") if p and p != "OrganGuidanceLib"]
-            if parts:
-                lib_imports.add(parts[0])
-    assert lib_imports and lib_imports <= DEPENDENCY_FREE_LIB_MODULES, lib_imports
+    """The engine imports edt and cc3d; the widget (and run_panel, which it imports) must load before they are installed."""
+    def lib_imports(path: Path) -> set:
+        found = set()
+        for name, level in top_level_imports(parse(path)):
+            if level or name.startswith("OrganGuidanceLib"):
+                parts = [p for p in name.split(".") if p and p != "OrganGuidanceLib"]
+                if parts:
+                    found.add(parts[0])
+        return found
+
+    widget_imports = lib_imports(WIDGET_FILE)
+    assert "run_panel" in widget_imports and widget_imports <= DEPENDENCY_FREE_LIB_MODULES | {"run_panel"}, widget_imports
+    assert lib_imports(RUN_PANEL_FILE) <= DEPENDENCY_FREE_LIB_MODULES, lib_imports(RUN_PANEL_FILE)
     if not hasattr(sys, "stdlib_module_names"):
         pytest.skip("the standard-library check needs Python 3.10+ (sys.stdlib_module_names)")
     for module in DEPENDENCY_FREE_LIB_MODULES:
@@ -541,7 +548,7 @@ def test_crc_every_mrml_widget_receives_the_scene():
     assert mrml_widgets and mrml_widgets <= connected, f"not connected: {sorted(mrml_widgets - connected)}"
 
 
-@pytest.mark.parametrize("path", (CRC_WIDGET_FILE, CRC_MODULE_FILE), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", (CRC_WIDGET_FILE, RUN_PANEL_FILE, CRC_MODULE_FILE), ids=lambda p: p.name)
 def test_crc_every_ui_attribute_used_in_code_exists_in_the_ui_file(path):
     missing = sorted(ui_attribute_uses(path) - set(ui_widgets(CRC_UI_FILE)))
     assert not missing, f"{path.name} uses ui names that {CRC_UI_FILE.name} lacks: {missing}"
@@ -666,7 +673,7 @@ def test_crc_widget_imports_no_engine_module_at_load_time():
         if level or name.startswith("CRCSegmentationLib"):
             lib_imports.add(name)
         elif name.startswith("OrganGuidanceLib."):
-            assert name.split(".")[1] in ("widget", "install"), f"widget.py imports {name} at load time"
+            assert name.split(".")[1] in ("run_panel", "widget", "install"), f"widget.py imports {name} at load time"
     assert not lib_imports, f"widget.py imports {sorted(lib_imports)} at load time"
 
 

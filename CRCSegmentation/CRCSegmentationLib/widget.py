@@ -4,10 +4,10 @@ The only file of this package that imports Qt, CTK or the Slicer application. It
 builds the GUI from ``Resources/UI/CRCSegmentation.ui``, keeps the user's choices in
 a parameter node (``CRCSegmentationParameterNode``, saved with the scene) and runs
 the engine as Organ Guidance's panel does (both build on
-``OrganGuidanceLib.widget.RunPanelBase``):
+``OrganGuidanceLib.run_panel.RunPanelBase``):
 
 - ``logic.prepare`` on the main thread (reads MRML nodes, opens the model);
-- ``logic.compute`` in a worker thread (``OrganGuidanceLib.widget.BackgroundRun``)
+- ``logic.compute`` in a worker thread (``OrganGuidanceLib.run_panel.BackgroundRun``)
   that touches neither Qt nor MRML; a ``QTimer`` polls its progress; Cancel sets a
   ``threading.Event``;
 - ``logic.apply`` back on the main thread, only if the run was not cancelled.
@@ -30,7 +30,7 @@ from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
 from OrganGuidanceLib import install
-from OrganGuidanceLib.widget import RunMessages, RunPanelBase, pathText, singletonParameterNode
+from OrganGuidanceLib.run_panel import RunMessages, RunPanelBase, pathText, singletonParameterNode
 
 MODULE_NAME = "CRCSegmentation"
 RESOURCES = pathlib.Path(__file__).resolve().parent.parent / "Resources"
