@@ -11,10 +11,11 @@ import pytest
 import slicer
 import torch
 import vtk
+from scipy import ndimage
 
 from CRCSegmentationLib.interactive import PropagationSettings
 from CRCSegmentationLib.logic import PointRefinementLogic
-from CRCSegmentationLib.mrml import tumor_segment_id, tumor_to_segmentation_node
+from CRCSegmentationLib.mrml import STATISTICS_REFERENCE_ROLE, table_row, tumor_segment_id, tumor_to_segmentation_node
 from CRCSegmentationLib.mrml_points import POINT_ROLE_ATTRIBUTE, point_list_node, prompt_points
 from CRCSegmentationLib.usam import build_usam, slice_to_input
 from OrganGuidanceLib.image import Image
@@ -98,6 +99,15 @@ def test_fiducial_at_a_voxel_centre_reaches_the_model_as_that_voxel(mrml_scene, 
     assert np.flatnonzero(mask.any(axis=(1, 2))).tolist() == [k] and mask[k, j, i]
 
 
+def check_statistics_table(node, tumor: np.ndarray, ct) -> None:
+    """The segmentation's statistics table follows the refined tumor (volume and components from numpy)."""
+    table = node.GetNodeReference(STATISTICS_REFERENCE_ROLE)
+    assert table is not None
+    row = table_row(table)
+    assert row["Volume"] == pytest.approx(tumor.sum() * np.prod(ct.spacing) / 1000.0)
+    assert row["Components"] == ndimage.label(tumor, structure=np.ones((3, 3, 3)))[1]
+
+
 def test_refinement_replaces_only_its_slices_and_undo_restores_exactly(mrml_scene, ct, ct_node, points):
     positive, negative = points
     node = automatic_result(mrml_scene, ct, ct_node)
@@ -126,8 +136,12 @@ def test_refinement_replaces_only_its_slices_and_undo_restores_exactly(mrml_scen
         assert np.array_equal(after_propagation[index], mask)
     assert np.array_equal(exported(mrml_scene, node, colon_id, ct_node), before_colon)  # other segments untouched
 
+    check_statistics_table(node, after_propagation, ct)
+
     assert logic.undo() and np.array_equal(exported(mrml_scene, node, tumor_id, ct_node), after)
+    check_statistics_table(node, after, ct)
     assert logic.undo() and np.array_equal(exported(mrml_scene, node, tumor_id, ct_node), before_tumor)
+    check_statistics_table(node, before_tumor, ct)
     assert not logic.undo()
     assert np.array_equal(exported(mrml_scene, node, colon_id, ct_node), before_colon)
 

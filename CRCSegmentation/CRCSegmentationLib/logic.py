@@ -376,7 +376,9 @@ class PointRefinementLogic:
             reference = node.GetNodeReference(role)
             if reference is None:
                 raise InputError(f"{node_name(node)}: has no reference CT volume; cannot undo")
-            write_segment_slices(node, step.segment_id, image_from_volume_node(reference), step.previous)
+            image = image_from_volume_node(reference)
+            write_segment_slices(node, step.segment_id, image, step.previous)
+            self._refresh_statistics(node, step.segment_id, image)
             return True
         return False
 
@@ -389,4 +391,22 @@ class PointRefinementLogic:
             write_segment_slices(node, segment_id, image, masks)
             self.undo_stack.append(RefinementStep(node.GetID(), segment_id, previous))
             del self.undo_stack[:-self.undo_depth]
+            self._refresh_statistics(node, segment_id, image)
         return node
+
+    def _refresh_statistics(self, segmentation_node, segment_id: str, image: Image) -> None:
+        """The segmentation's statistics table (as the automatic run writes it) for the refined tumor."""
+        from OrganGuidanceLib.crop import CropBox
+        from OrganGuidanceLib.morphology import bounding_box
+        from OrganGuidanceLib.mrml import segment_mask
+
+        from .statistics import tumor_statistics
+
+        mask = image.with_array(segment_mask(segmentation_node, segment_id, image).astype("uint8"), "Tumor")
+        box = bounding_box(mask.array)
+        if box is not None:  # statistics do not depend on the grid's extent: the tumor's box is enough
+            mask = CropBox(tuple(s.start for s in box), tuple(s.stop for s in box), mask.shape).apply(mask)
+        previous = segmentation_node.GetNodeReference(STATISTICS_REFERENCE_ROLE)
+        table = statistics_to_table_node(self.scene, tumor_statistics(mask),
+                                         f"{node_name(segmentation_node)} statistics", previous)
+        segmentation_node.SetNodeReferenceID(STATISTICS_REFERENCE_ROLE, table.GetID())
