@@ -16,8 +16,9 @@ import re
 import struct
 import sys
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
 import pytest
 
@@ -31,7 +32,6 @@ UI_FILE = OG / "Resources" / "UI" / "OrganGuidance.ui"
 WIDGET_FILE = OG_LIB / "widget.py"
 RUN_PANEL_FILE = OG_LIB / "run_panel.py"  # the run/install half of both panels (RunPanelBase)
 MODULE_FILE = OG / "OrganGuidance.py"
-GUI_FILES = (WIDGET_FILE, RUN_PANEL_FILE, MODULE_FILE)
 GUI_LIB_FILE_NAMES = ("widget.py", "run_panel.py")
 # Imports that need the Slicer application (Qt); only the GUI files and the module files may use them.
 GUI_IMPORTS = ("qt", "ctk", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
@@ -46,6 +46,25 @@ GUIDANCE_FIELDS = {
     "bodyCrop": "body_crop",
     "bodyThresholdHu": "body_threshold_hu",
     "cropMarginMm": "crop_margin_mm",
+}
+
+
+CRC = REPO_ROOT / "CRCSegmentation"
+CRC_LIB = CRC / "CRCSegmentationLib"
+CRC_UI_FILE = CRC / "Resources" / "UI" / "CRCSegmentation.ui"
+CRC_WIDGET_FILE = CRC_LIB / "widget.py"
+CRC_MODULE_FILE = CRC / "CRCSegmentation.py"
+CRC_SECTION_TITLES = {"Inputs", "Model", "Advanced", "Output", "Point refinement", "Results"}
+CRC_UNBOUND_FIELDS = {"modelName"}  # set from the model combo box, whose items come from the catalogue
+# Parameter-node field -> SegmentationParameters field, for the defaults and ranges checks.
+SEGMENTATION_FIELDS = {
+    "device": "device",
+    "mirroring": "mirroring",
+    "restrictToOoi": "restrict_to_ooi",
+    "ooiMarginMm": "ooi_margin_mm",
+    "bodyCrop": "body_crop",
+    "keepWithinOoi": "keep_within_ooi",
+    "minComponentMl": "min_component_ml",
 }
 
 
@@ -169,10 +188,36 @@ def png_size(path: Path) -> Tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------- the .ui file
-def test_ui_is_a_qmrmlwidget_with_unique_names_and_declared_custom_widgets():
-    root = ui_tree().getroot()
-    top = root.find("widget")
-    assert top.get("class") == "qMRMLWidget"
+@dataclass(frozen=True)
+class Panel:
+    """One module's GUI: its .ui file, widget code and module file, and what its .ui must hold."""
+
+    name: str  # the module name: the .ui's top widget and class, ``MODULE_NAME`` in widget.py
+    ui_file: Path
+    widget_file: Path
+    module_file: Path
+    section_titles: FrozenSet[str]
+    buttons: FrozenSet[str]
+    unbound_fields: FrozenSet[str] = frozenset()  # parameter-node fields set by code, not by a widget
+
+    @property
+    def gui_files(self) -> Tuple[Path, ...]:
+        return (self.widget_file, RUN_PANEL_FILE, self.module_file)  # RunPanelBase serves both panels
+
+
+PANELS = (
+    Panel("OrganGuidance", UI_FILE, WIDGET_FILE, MODULE_FILE, frozenset(SECTION_TITLES),
+          frozenset({"applyButton", "cancelButton"})),
+    Panel("CRCSegmentation", CRC_UI_FILE, CRC_WIDGET_FILE, CRC_MODULE_FILE, frozenset(CRC_SECTION_TITLES),
+          frozenset({"applyButton", "cancelButton", "exportButton"}), frozenset(CRC_UNBOUND_FIELDS)),
+)
+per_panel = pytest.mark.parametrize("panel", PANELS, ids=lambda p: p.name)
+
+
+@per_panel
+def test_ui_is_a_qmrmlwidget_with_unique_names_and_declared_custom_widgets(panel):
+    root = ui_tree(panel.ui_file).getroot()
+    assert root.find("widget").get("class") == "qMRMLWidget" and root.findtext("class") == panel.name
     names = [w.get("name") for w in root.iter("widget")] + [l.get("name") for l in root.iter("layout")]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     assert not duplicates, f"objectNames used twice: {duplicates}"
@@ -185,64 +230,68 @@ def test_ui_is_a_qmrmlwidget_with_unique_names_and_declared_custom_widgets():
         assert custom.findtext("header") == f"{custom.findtext('class')}.h"
 
 
-def test_ui_has_the_sections_and_controls_the_module_needs():
-    widgets = ui_widgets()
+@per_panel
+def test_ui_has_the_sections_and_controls_every_run_panel_needs(panel):
+    widgets = ui_widgets(panel.ui_file)
     titles = {ui_property(w, "text").findtext("string") for w in widgets.values()
               if w.get("class") == "ctkCollapsibleButton"}
-    assert titles == SECTION_TITLES
+    assert titles == panel.section_titles
     by_class: Dict[str, Set[str]] = {}
     for name, widget in widgets.items():
         by_class.setdefault(widget.get("class"), set()).add(name)
-    assert {"applyButton", "cancelButton"} <= by_class["QPushButton"]
-    assert by_class["QProgressBar"] == {"progressBar"}
-    assert "statusLabel" in by_class["QLabel"]
+    assert panel.buttons <= by_class["QPushButton"]
+    assert by_class["QProgressBar"] == {"progressBar"} and "statusLabel" in by_class["QLabel"]
     output = widgets["outputSegmentationSelector"]
     assert [s.text for s in ui_property(output, "nodeTypes").iter("string")] == ["vtkMRMLSegmentationNode"]
     for flag in ("noneEnabled", "addEnabled", "renameEnabled"):
         assert ui_property(output, flag).findtext("bool") == "true", flag
 
 
-def test_every_node_combobox_receives_the_scene():
-    """A qMRMLNodeComboBox shows no nodes unless mrmlSceneChanged reaches its setMRMLScene."""
-    root = ui_tree().getroot()
-    top = root.find("widget").get("name")
+@per_panel
+def test_every_mrml_widget_receives_the_scene(panel):
+    """A qMRML widget shows no nodes unless mrmlSceneChanged reaches its setMRMLScene."""
+    root = ui_tree(panel.ui_file).getroot()
     connected = {
         c.findtext("receiver") for c in root.iter("connection")
-        if c.findtext("sender") == top and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+        if c.findtext("sender") == panel.name and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
         and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
     }
-    comboboxes = {name for name, w in ui_widgets().items() if w.get("class") == "qMRMLNodeComboBox"}
-    assert comboboxes and comboboxes <= connected, f"not connected: {sorted(comboboxes - connected)}"
+    mrml_widgets = {name for name, w in ui_widgets(panel.ui_file).items() if w.get("class", "").startswith("qMRML")}
+    assert mrml_widgets and mrml_widgets <= connected, f"not connected: {sorted(mrml_widgets - connected)}"
 
 
-@pytest.mark.parametrize("path", GUI_FILES, ids=lambda p: p.name)
-def test_every_ui_attribute_used_in_code_exists_in_the_ui_file(path):
-    missing = sorted(ui_attribute_uses(path) - set(ui_widgets()))
-    assert not missing, f"{path.name} uses ui names that {UI_FILE.name} lacks: {missing}"
+@pytest.mark.parametrize("panel,path", [(panel, path) for panel in PANELS for path in panel.gui_files],
+                         ids=lambda value: value.name)
+def test_every_ui_attribute_used_in_code_exists_in_the_ui_file(panel, path):
+    missing = sorted(ui_attribute_uses(path) - set(ui_widgets(panel.ui_file)))
+    assert not missing, f"{path.name} uses ui names that {panel.ui_file.name} lacks: {missing}"
 
 
-def test_widget_code_uses_the_ui_file():
-    assert len(ui_attribute_uses(WIDGET_FILE)) >= 10  # the check above must not pass on an empty set
-    assert f'"{UI_FILE.parent.name}"' in WIDGET_FILE.read_text() and "loadUI" in WIDGET_FILE.read_text()
+@per_panel
+def test_widget_code_uses_the_ui_file(panel):
+    assert len(ui_attribute_uses(panel.widget_file)) >= 10  # the check above must not pass on an empty set
+    text = panel.widget_file.read_text()
+    assert f'MODULE_NAME = "{panel.name}"' in text and '"UI"' in text and "loadUI" in text
 
 
-# ---------------------------------------------------------------------------- parameter node
-def test_slicer_parameter_names_are_wrapper_fields_and_every_field_has_a_widget():
-    fields = set(wrapper_fields(parse(WIDGET_FILE)))
-    bound = ui_parameter_names()
-    unknown = sorted(name for name in bound if name.split(".")[0] not in fields)
+@per_panel
+def test_slicer_parameter_names_are_wrapper_fields_and_every_field_has_a_widget(panel):
+    fields = set(wrapper_fields(parse(panel.widget_file)))
+    bound = {name.split(".")[0] for name in ui_parameter_names(panel.ui_file)}
+    unknown = sorted(bound - fields)
     assert not unknown, f"SlicerParameterName without a parameter-node field: {unknown}"
-    unbound = sorted(fields - {name.split(".")[0] for name in bound})
-    assert not unbound, f"parameter-node fields without a widget in {UI_FILE.name}: {unbound}"
+    unbound = fields - bound
+    assert unbound == panel.unbound_fields, f"parameter-node fields without a widget in {panel.ui_file.name}: {sorted(unbound)}"
 
 
-def test_each_bound_widget_has_a_connector_for_its_field_type():
+@per_panel
+def test_each_bound_widget_has_a_connector_for_its_field_type(panel):
     """Mirror of parameterNodeWrapper's GUI connectors: a wrong pairing fails only inside Slicer."""
-    tree = parse(WIDGET_FILE)
+    tree = parse(panel.widget_file)
     constants = module_constants(tree)
     fields = wrapper_fields(tree)
-    widgets = ui_widgets()
-    for parameter, object_name in ui_parameter_names().items():
+    widgets = ui_widgets(panel.ui_file)
+    for parameter, object_name in ui_parameter_names(panel.ui_file).items():
         text = annotation_text(fields[parameter], constants)
         widget_class = widgets[object_name].get("class")
         if "vtkMRML" in text:
@@ -253,25 +302,13 @@ def test_each_bound_widget_has_a_connector_for_its_field_type():
             expected = {"QCheckBox"}
         elif "float" in text:
             expected = {"ctkSliderWidget", "QDoubleSpinBox"}
-            if widget_class == "ctkSliderWidget":
-                assert "WithinRange" in text, f"{parameter}: a ctkSliderWidget needs a bounded float"
+            assert "WithinRange" in text, f"{parameter}: a bounded float keeps the widget and the engine in step"
         elif "str" in text:
             expected = {"QComboBox"}
             assert "Choice" in text, f"{parameter}: a QComboBox needs the Choice annotation"
         else:
             raise AssertionError(f"{parameter}: no known connector for {text}")
         assert widget_class in expected, f"{parameter} ({text}) is bound to a {widget_class}, expected {expected}"
-
-
-def test_wrapper_annotations_evaluate_on_python_3_9():
-    """parameterNodeWrapper calls typing.get_type_hints: ``X | Y`` would fail on Slicer 5.8's Python 3.9."""
-    tree = parse(WIDGET_FILE)
-    constants = module_constants(tree)
-    for name, field in wrapper_fields(tree).items():
-        annotation = field.annotation
-        if isinstance(annotation, ast.Name) and annotation.id in constants:
-            annotation = constants[annotation.id]
-        assert not any(isinstance(n, ast.BinOp) for n in ast.walk(annotation)), f"{name}: use Union/Optional"
 
 
 def module_globals(tree: ast.Module) -> set:
@@ -287,19 +324,22 @@ def module_globals(tree: ast.Module) -> set:
     return defined
 
 
-def test_wrapper_annotations_resolve_in_module_globals():
-    """get_type_hints resolves the (string) annotations in widget.py's globals: every name must be there."""
-    tree = parse(WIDGET_FILE)
+@per_panel
+def test_wrapper_annotations_evaluate_on_python_3_9_and_resolve_in_module_globals(panel):
+    """parameterNodeWrapper calls typing.get_type_hints in widget.py's globals: ``X | Y`` would fail on
+    Slicer 5.8's Python 3.9, and every name must be a module global."""
+    tree = parse(panel.widget_file)
     constants = module_constants(tree)
     defined = module_globals(tree)
     for name, field in wrapper_fields(tree).items():
         annotation = field.annotation
         if isinstance(annotation, ast.Name) and annotation.id in constants:
             annotation = constants[annotation.id]
+        assert not any(isinstance(n, ast.BinOp) for n in ast.walk(annotation)), f"{name}: use Union/Optional"
         unknown = {n.id for n in ast.walk(annotation) if isinstance(n, ast.Name)} - defined
         assert not unknown, f"{name}: annotation uses names that are not module globals: {unknown}"
 
-
+# ---------------------------------------------------------------------------- OrganGuidance parameter node
 def test_widget_builds_settings_with_fields_the_engine_has():
     """Keyword arguments of the settings dataclasses in widget.py exist (the widget cannot run here)."""
     import dataclasses
@@ -487,123 +527,15 @@ def test_requirements_are_pinned_and_torch_goes_through_pytorch_utils():
 
 
 # ---------------------------------------------------------------------------- CRCSegmentation module
-CRC = REPO_ROOT / "CRCSegmentation"
-CRC_LIB = CRC / "CRCSegmentationLib"
-CRC_UI_FILE = CRC / "Resources" / "UI" / "CRCSegmentation.ui"
-CRC_WIDGET_FILE = CRC_LIB / "widget.py"
-CRC_MODULE_FILE = CRC / "CRCSegmentation.py"
-CRC_SECTION_TITLES = {"Inputs", "Model", "Advanced", "Output", "Point refinement", "Results"}
-CRC_UNBOUND_FIELDS = {"modelName"}  # set from the model combo box, whose items come from the catalogue
-# Parameter-node field -> SegmentationParameters field, for the defaults and ranges checks.
-SEGMENTATION_FIELDS = {
-    "device": "device",
-    "mirroring": "mirroring",
-    "restrictToOoi": "restrict_to_ooi",
-    "ooiMarginMm": "ooi_margin_mm",
-    "bodyCrop": "body_crop",
-    "keepWithinOoi": "keep_within_ooi",
-    "minComponentMl": "min_component_ml",
-}
-
-
-def test_crc_ui_is_a_qmrmlwidget_with_unique_names_and_declared_custom_widgets():
-    root = ui_tree(CRC_UI_FILE).getroot()
-    assert root.find("widget").get("class") == "qMRMLWidget" and root.findtext("class") == "CRCSegmentation"
-    names = [w.get("name") for w in root.iter("widget")] + [l.get("name") for l in root.iter("layout")]
-    assert all(names) and not sorted({n for n in names if names.count(n) > 1})
-    declared = {c.findtext("class") for c in root.iter("customwidget")}
-    used = {w.get("class") for w in root.iter("widget")}
-    assert not sorted(c for c in used if not c.startswith("Q") and c not in declared)
-    for custom in root.iter("customwidget"):
-        assert custom.findtext("header") == f"{custom.findtext('class')}.h"
-
-
-def test_crc_ui_has_the_sections_and_controls_the_module_needs():
+def test_crc_ui_has_its_own_controls():
     widgets = ui_widgets(CRC_UI_FILE)
-    titles = {ui_property(w, "text").findtext("string") for w in widgets.values() if w.get("class") == "ctkCollapsibleButton"}
-    assert titles == CRC_SECTION_TITLES
     by_class: Dict[str, Set[str]] = {}
     for name, widget in widgets.items():
         by_class.setdefault(widget.get("class"), set()).add(name)
-    assert {"applyButton", "cancelButton", "exportButton"} <= by_class["QPushButton"]
-    assert by_class["QProgressBar"] == {"progressBar"} and "statusLabel" in by_class["QLabel"]
     assert by_class["qMRMLTableView"] == {"statisticsTableView"}
     assert {"modelComboBox", "deviceComboBox", "guidanceSourceComboBox"} <= by_class["QComboBox"]
-    output = widgets["outputSegmentationSelector"]
-    assert [s.text for s in ui_property(output, "nodeTypes").iter("string")] == ["vtkMRMLSegmentationNode"]
-    for flag in ("noneEnabled", "addEnabled", "renameEnabled"):
-        assert ui_property(output, flag).findtext("bool") == "true", flag
     guidance = widgets["guidanceNodeSelector"]
     assert [s.text for s in ui_property(guidance, "nodeTypes").iter("string")] == ["vtkMRMLSegmentationNode"]
-
-
-def test_crc_every_mrml_widget_receives_the_scene():
-    root = ui_tree(CRC_UI_FILE).getroot()
-    connected = {
-        c.findtext("receiver") for c in root.iter("connection")
-        if c.findtext("sender") == "CRCSegmentation" and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
-        and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"
-    }
-    mrml_widgets = {name for name, w in ui_widgets(CRC_UI_FILE).items() if w.get("class", "").startswith("qMRML")}
-    assert mrml_widgets and mrml_widgets <= connected, f"not connected: {sorted(mrml_widgets - connected)}"
-
-
-@pytest.mark.parametrize("path", (CRC_WIDGET_FILE, RUN_PANEL_FILE, CRC_MODULE_FILE), ids=lambda p: p.name)
-def test_crc_every_ui_attribute_used_in_code_exists_in_the_ui_file(path):
-    missing = sorted(ui_attribute_uses(path) - set(ui_widgets(CRC_UI_FILE)))
-    assert not missing, f"{path.name} uses ui names that {CRC_UI_FILE.name} lacks: {missing}"
-
-
-def test_crc_widget_code_uses_the_ui_file():
-    assert len(ui_attribute_uses(CRC_WIDGET_FILE)) >= 10
-    text = CRC_WIDGET_FILE.read_text()
-    assert 'MODULE_NAME = "CRCSegmentation"' in text and '"UI"' in text and "loadUI" in text
-
-
-def test_crc_parameter_names_are_wrapper_fields_and_every_field_has_a_widget():
-    fields = set(wrapper_fields(parse(CRC_WIDGET_FILE)))
-    bound = {name.split(".")[0] for name in ui_parameter_names(CRC_UI_FILE)}
-    assert not sorted(bound - fields), f"SlicerParameterName without a parameter-node field: {sorted(bound - fields)}"
-    unbound = fields - bound
-    assert unbound == CRC_UNBOUND_FIELDS, f"parameter-node fields without a widget: {sorted(unbound - CRC_UNBOUND_FIELDS)}"
-
-
-def test_crc_each_bound_widget_has_a_connector_for_its_field_type():
-    tree = parse(CRC_WIDGET_FILE)
-    constants = module_constants(tree)
-    fields = wrapper_fields(tree)
-    widgets = ui_widgets(CRC_UI_FILE)
-    for parameter, object_name in ui_parameter_names(CRC_UI_FILE).items():
-        text = annotation_text(fields[parameter], constants)
-        widget_class = widgets[object_name].get("class")
-        if "vtkMRML" in text:
-            expected = {"qMRMLNodeComboBox"}
-        elif "pathlib.Path" in text:
-            expected = {"ctkPathLineEdit"}
-        elif text == "bool":
-            expected = {"QCheckBox"}
-        elif "float" in text:
-            expected = {"ctkSliderWidget", "QDoubleSpinBox"}
-            assert "WithinRange" in text, f"{parameter}: a bounded float keeps the spin box and the engine in step"
-        elif "str" in text:
-            expected = {"QComboBox"}
-            assert "Choice" in text, f"{parameter}: a QComboBox needs the Choice annotation"
-        else:
-            raise AssertionError(f"{parameter}: no known connector for {text}")
-        assert widget_class in expected, f"{parameter} ({text}) is bound to a {widget_class}, expected {expected}"
-
-
-def test_crc_wrapper_annotations_evaluate_on_python_3_9_and_resolve_in_module_globals():
-    tree = parse(CRC_WIDGET_FILE)
-    constants = module_constants(tree)
-    defined = module_globals(tree)
-    for name, field in wrapper_fields(tree).items():
-        annotation = field.annotation
-        if isinstance(annotation, ast.Name) and annotation.id in constants:
-            annotation = constants[annotation.id]
-        assert not any(isinstance(n, ast.BinOp) for n in ast.walk(annotation)), f"{name}: use Union/Optional"
-        unknown = {n.id for n in ast.walk(annotation) if isinstance(n, ast.Name)} - defined
-        assert not unknown, f"{name}: annotation uses names that are not module globals: {unknown}"
 
 
 def test_crc_widget_builds_settings_with_fields_the_engine_has():
