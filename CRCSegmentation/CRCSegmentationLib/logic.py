@@ -396,16 +396,11 @@ class PointRefinementLogic:
 
     def _refresh_statistics(self, segmentation_node, segment_id: str, image: Image) -> None:
         """The segmentation's statistics table (as the automatic run writes it) for the refined tumor."""
-        from OrganGuidanceLib.crop import CropBox
-        from OrganGuidanceLib.morphology import bounding_box
-        from OrganGuidanceLib.mrml import segment_mask
-
+        from .mrml_points import read_segment_tumor_box
         from .statistics import tumor_statistics
 
-        mask = image.with_array(segment_mask(segmentation_node, segment_id, image).astype("uint8"), "Tumor")
-        box = bounding_box(mask.array)
-        if box is not None:  # statistics do not depend on the grid's extent: the tumor's box is enough
-            mask = CropBox(tuple(s.start for s in box), tuple(s.stop for s in box), mask.shape).apply(mask)
+        # Statistics do not depend on the grid's extent: the tumor's bounding box is enough.
+        mask = read_segment_tumor_box(segmentation_node, segment_id, image)
         previous = segmentation_node.GetNodeReference(STATISTICS_REFERENCE_ROLE)
         table = statistics_to_table_node(self.scene, tumor_statistics(mask),
                                          f"{node_name(segmentation_node)} statistics", previous)

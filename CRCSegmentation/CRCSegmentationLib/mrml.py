@@ -30,12 +30,11 @@ from OrganGuidanceLib.mrml import (
     check_node_in_scene,
     check_output_segmentation_node,
     cropped_oriented_image,
-    replace_segments,
-    segment_id_for,
     image_from_volume_node,
     node_name,
     segment_label_value,
     segment_mask,
+    write_segments,
 )
 from OrganGuidanceLib.validation import InputError
 
@@ -209,22 +208,7 @@ def tumor_to_segmentation_node(scene, mask: Image, ct_node, output_node=None, ct
         check_output_segmentation_node(scene, output_node, ct_node)
     reference = ct if ct is not None else image_from_volume_node(ct_node)
     segment = tumor_segment(mask, reference)
-    if output_node is None:
-        node = slicer.vtkMRMLSegmentationNode()
-        node.SetName(scene.GenerateUniqueName(f"{node_name(ct_node)} tumor segmentation"))
-        node.GetSegmentation().AddSegment(segment, segment_id_for(node.GetSegmentation(), TUMOR_SEGMENT_NAME))
-        scene.AddNode(node)
-        node.CreateDefaultDisplayNodes()
-        node.SetReferenceImageGeometryParameterFromVolumeNode(ct_node)
-        if ct_node.GetTransformNodeID():
-            node.SetAndObserveTransformNodeID(ct_node.GetTransformNodeID())
-        return node
-    if output_node.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()) is None:
-        output_node.SetReferenceImageGeometryParameterFromVolumeNode(ct_node)
-    replace_segments(output_node.GetSegmentation(), [segment])
-    if output_node.GetDisplayNode() is None:
-        output_node.CreateDefaultDisplayNodes()
-    return output_node
+    return write_segments(scene, [segment], ct_node, output_node, f"{node_name(ct_node)} tumor segmentation")
 
 
 def tumor_segment_id(segmentation_node) -> str:

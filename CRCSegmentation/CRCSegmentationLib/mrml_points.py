@@ -15,7 +15,9 @@ import numpy as np
 import slicer
 import vtk
 
+from OrganGuidanceLib.crop import CropBox
 from OrganGuidanceLib.image import Image
+from OrganGuidanceLib.morphology import bounding_box
 from OrganGuidanceLib.mrml import _array_from_oriented, _oriented_image, _to_vtk_matrix, node_name
 from OrganGuidanceLib.validation import InputError
 
@@ -136,6 +138,28 @@ def _segment_extent_on_grid(segmentation_node, segment_id: str, reference: Image
     clipped = tuple(max(extent[2 * a], 0) if e == 0 else min(extent[2 * a + 1], full[2 * a + 1])
                     for a in range(3) for e in range(2))
     return clipped if all(clipped[2 * a] <= clipped[2 * a + 1] for a in range(3)) else ()
+
+
+def read_segment_tumor_box(segmentation_node, segment_id: str, reference: Image) -> Image:
+    """The segment on ``reference``'s grid, cropped to the bounding box of its voxels (uint8 0/1).
+
+    Reads only the slices of the segment's own extent, not the whole volume: it runs after
+    every click. An empty segment gives an empty 1 x 1 x 1 image at the grid's first voxel.
+    """
+    start, stop, values = (0, 0, 0), (1, 1, 1), np.zeros((1, 1, 1), np.uint8)
+    own = _segment_extent_on_grid(segmentation_node, segment_id, reference)
+    if own:
+        masks = read_segment_slices(segmentation_node, segment_id, reference, range(own[4], own[5] + 1))
+        slab = np.stack([masks[k] for k in sorted(masks)])
+        box = bounding_box(slab)
+        if box is not None:
+            values = slab[box].astype(np.uint8)
+            start = (box[0].start + own[4], box[1].start, box[2].start)
+            stop = (box[0].stop + own[4], box[1].stop, box[2].stop)
+    # The crop's geometry from a zero-cost stand-in of the full grid; the voxels are ``values``.
+    geometry = CropBox(start, stop, reference.shape).apply(
+        reference.with_array(np.broadcast_to(np.uint8(0), reference.shape), "Tumor"))
+    return geometry.with_array(values, "Tumor")
 
 
 def write_segment_slices(segmentation_node, segment_id: str, reference: Image, masks: Dict[int, np.ndarray]) -> None:

@@ -380,11 +380,18 @@ def guidance_to_segmentation_node(scene, result: GuidanceResult, ct_node, output
     if output_node is not None:
         check_output_segmentation_node(scene, output_node, ct_node)
     segments = build_guidance_segments(result, organ_names)
-    geometry_role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+    return write_segments(scene, segments, ct_node, output_node, f"{node_name(ct_node)} organ guidance")
 
+
+def write_segments(scene, segments: Sequence["slicer.vtkSegment"], ct_node, output_node=None, new_name: str = ""):
+    """Put ``segments`` (built off-scene) into a segmentation referenced to ``ct_node``; returns it.
+
+    ``output_node=None``: a new node ``new_name`` under the CT's transform. Otherwise the
+    (checked) ``output_node`` keeps its other segments; ours are replaced in place.
+    """
     if output_node is None:
         node = slicer.vtkMRMLSegmentationNode()
-        node.SetName(scene.GenerateUniqueName(f"{node_name(ct_node)} organ guidance"))
+        node.SetName(scene.GenerateUniqueName(new_name or f"{node_name(ct_node)} segmentation"))
         segmentation = node.GetSegmentation()
         for segment in segments:
             segmentation.AddSegment(segment, segment_id_for(segmentation, segment.GetName()))
@@ -395,7 +402,7 @@ def guidance_to_segmentation_node(scene, result: GuidanceResult, ct_node, output
             node.SetAndObserveTransformNodeID(ct_node.GetTransformNodeID())
         return node
 
-    if output_node.GetNodeReference(geometry_role) is None:
+    if output_node.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()) is None:
         output_node.SetReferenceImageGeometryParameterFromVolumeNode(ct_node)
     replace_segments(output_node.GetSegmentation(), segments)
     if output_node.GetDisplayNode() is None:
