@@ -1,21 +1,76 @@
-"""Shared fixtures. Real test data lives outside the repository, in ../shared/data."""
+"""Shared fixtures. Real test data lives outside the repository (see Testing/test_data.py for where)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable, List, Set
 
 import pytest
 
+from test_data import HOW_TO_GET, WORD_LABEL_MAP, candidate_folders, find_test_data
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("SLICERCRC_TEST_DATA", REPO_ROOT.parent / "shared" / "data"))
+MISSING_DATA = "real test data not found"  # skip/fail reasons start with these: the summary counts them
+MISSING_FILE = "test data file not found"
+_missing_files: Set[str] = set()  # names asked for by `shared_file` and absent, for the summary line
+
+
+def in_ci() -> bool:
+    """CI must never pass by skipping: there missing data fails the tests."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def _missing(reason: str) -> None:
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: missing test data is a failure)", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Folder of real CT and label maps (see shared/data/README.md); tests need it."""
-    if not (SHARED_DATA / "ts_example_ct.nii.gz").exists():
-        pytest.fail(f"real test data not found in {SHARED_DATA}; set SLICERCRC_TEST_DATA to the shared/data folder")
-    return SHARED_DATA
+    """Folder of real CT and label maps (see shared/data/README.md); tests skip without it (fail in CI)."""
+    folder = find_test_data()
+    if folder is None:
+        looked = ", ".join(str(path) for path in candidate_folders())
+        _missing(f"{MISSING_DATA} (looked in {looked}); {HOW_TO_GET}")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shared_file(shared_data) -> Callable[[str], Path]:
+    """``shared_file(name)``: one file of the data folder; the test skips (fails in CI) when that file is absent.
+
+    For files the fetch script does not provide (``word_label_map.nii.gz``, WORD dataset, GPL-3.0).
+    """
+    def get(name: str) -> Path:
+        path = shared_data / name
+        if not path.exists():
+            _missing_files.add(name)
+            origin = " (WORD dataset, GPL-3.0: the fetch script does not provide it)" if name == WORD_LABEL_MAP else ""
+            _missing(f"{MISSING_FILE}: {name} is not in {shared_data}{origin}")
+        return path
+
+    return get
+
+
+def _count(terminalreporter, outcomes: List[str], reason: str) -> int:
+    reports = [report for outcome in outcomes for report in terminalreporter.stats.get(outcome, [])]
+    return sum(1 for report in reports if reason in str(getattr(report, "longrepr", "")))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """One line saying how many tests lacked real data and how to get it."""
+    verb, outcomes = ("failed", ["error", "failed"]) if in_ci() else ("skipped", ["skipped"])
+    count = _count(terminalreporter, outcomes, MISSING_DATA)
+    if count:
+        terminalreporter.write_line(f"{MISSING_DATA}: {count} tests {verb}; {HOW_TO_GET}")
+        return
+    count = _count(terminalreporter, outcomes, MISSING_FILE)
+    if count:
+        names = ", ".join(sorted(_missing_files)) or "some files"
+        word = (f"; the fetch script does not provide {WORD_LABEL_MAP} (WORD dataset, GPL-3.0): "
+                "put it into the data folder by hand") if WORD_LABEL_MAP in _missing_files else ""
+        terminalreporter.write_line(f"{MISSING_FILE}: {count} tests {verb} for want of {names}{word}")
 
 
 # Real data read once per session; tests derive new images and never write into these arrays.

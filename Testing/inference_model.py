@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Dict
 
-DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "Resources" / "models" / "demo_phantom"
 DATASET_ID = 631
 TRAINER = "nnUNetTrainerAGCRC"
 ENV_TEST_MODEL = "CRCSEG_TEST_MODEL"  # a bundle to test with instead (a quicker edit-test loop)
@@ -65,10 +64,12 @@ def load_or_train_model(root: Path) -> Dict[str, Path]:
         return train_tiny_model(root)
     if given:
         return {"results": results_folder_from_bundle(Path(given), root), "bundle": Path(given)}
-    if DEMO_BUNDLE.is_dir():
-        try:
-            verify_bundle(DEMO_BUNDLE)
-            return {"results": results_folder_from_bundle(DEMO_BUNDLE, root), "bundle": DEMO_BUNDLE}
-        except BundleError:
-            pass  # a half-written demo model: train our own
+    from CRCSegmentationLib.demo import demo_model_path
+
+    try:
+        demo = demo_model_path()
+        verify_bundle(demo)
+        return {"results": results_folder_from_bundle(demo, root), "bundle": demo}
+    except BundleError:
+        pass  # a missing or half-written demo model: train our own
     return train_tiny_model(root)

@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from OrganGuidanceLib.demo import (
-    TS_EXAMPLE_SHA256,
-    SampleChecksumError,
-    add_demo_arguments,
-    demo_main,
-    fetch_sample,
-    run_demo,
-    sha256_of,
-)
+from OrganGuidanceLib.checksum import sha256_of
+from OrganGuidanceLib.demo import TS_EXAMPLE_SHA256, add_demo_arguments, demo_main, run_demo
+from OrganGuidanceLib.download import ChecksumMismatch, download_verified
 from OrganGuidanceLib.io import read_image
 
 UNREACHABLE_URL = "http://127.0.0.1:9/x.nii.gz"  # the discard port: connection refused at once
@@ -73,7 +67,7 @@ def test_sample_downloads_then_falls_back_without_weights(tmp_path, sample_url, 
 def test_wrong_checksum_is_an_error_and_leaves_no_file(tmp_path, sample_url):
     out = tmp_path / "demo"
     wrong = "0" * 64
-    with pytest.raises(SampleChecksumError) as raised:
+    with pytest.raises(ChecksumMismatch) as raised:
         run_demo(out, sample="ts-example", sample_url=sample_url, sample_sha256=wrong, log=None)
     assert wrong in str(raised.value) and TS_EXAMPLE_SHA256 in str(raised.value)
     assert not out.exists() or not any(out.iterdir())
@@ -81,9 +75,9 @@ def test_wrong_checksum_is_an_error_and_leaves_no_file(tmp_path, sample_url):
 
 def test_cached_sample_is_reused_without_network(tmp_path, sample_url):
     destination = tmp_path / "ts_example_ct.nii.gz"
-    assert fetch_sample(sample_url, TS_EXAMPLE_SHA256, destination) == destination
+    assert download_verified(sample_url, TS_EXAMPLE_SHA256, destination) == destination
     modified = destination.stat().st_mtime_ns
-    assert fetch_sample(UNREACHABLE_URL, TS_EXAMPLE_SHA256, destination) == destination
+    assert download_verified(UNREACHABLE_URL, TS_EXAMPLE_SHA256, destination) == destination
     assert destination.stat().st_mtime_ns == modified
 
 

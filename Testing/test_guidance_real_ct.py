@@ -113,9 +113,9 @@ def test_label_map_on_another_grid_is_resampled(shared_data):
     np.testing.assert_array_equal(resampled.array, labels.array[:, ::-1, :])
 
 
-def test_merge_with_word_source_is_a_union(shared_data):
+def test_merge_with_word_source_is_a_union(shared_file):
     """Algorithm 1 line 15: O_final = O_WORD OR O_TS, each source resampled to the CT grid."""
-    word_map = read_image(shared_data / "word_label_map.nii.gz", name="word_label_map")
+    word_map = read_image(shared_file("word_label_map.nii.gz"), name="word_label_map")
     # A coarser CT-like grid over the same body (as if the WORD map came from another model's grid).
     reference = Image(
         np.zeros((60, 120, 120), np.int16), spacing=(4.0, 4.0, 9.0), origin=word_map.origin,

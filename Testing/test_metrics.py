@@ -79,9 +79,9 @@ def ts_colon(organs, ts):
 
 
 @pytest.fixture(scope="module")
-def word_colon(shared_data):
+def word_colon(shared_file):
     """WORD colon (label 10), anisotropic 3 x 0.9375 x 0.9375 mm, cut to 40 slices so it touches the crop edge."""
-    labels = read_image(shared_data / "word_label_map.nii.gz", name="word")
+    labels = read_image(shared_file("word_label_map.nii.gz"), name="word")
     colon = labels.array == 10
     box = bounding_box(colon)
     z0 = (box[0].start + box[0].stop) // 2 - 20

@@ -6,16 +6,21 @@ import zipfile
 
 import pytest
 
-from CRCSegmentationLib.catalogue import CATALOGUE_FILE, fetch_model, find_model, list_models
+from CRCSegmentationLib.catalogue import fetch_model, find_model, list_models
+from CRCSegmentationLib.resources import catalogue_file
 from CRCSegmentationLib.model_source import ModelError
 from OrganGuidanceLib.checksum import sha256_of
 
 
-def test_repository_catalogue_lists_the_demonstration_model():
+CATALOGUE_FILE = catalogue_file()
+
+
+def test_module_catalogue_lists_the_demonstration_model():
+    assert CATALOGUE_FILE.parent.parent.name == "CRCSegmentation"  # the module's own Resources/, in a checkout
     entries = list_models(CATALOGUE_FILE)
     demo = find_model("demo_phantom", CATALOGUE_FILE)
     assert demo in entries and demo.demonstration
-    assert demo.path == "Resources/models/demo_phantom" and demo.input_channels == ["CT", "MOS", "OOI"]
+    assert demo.path == "Models/demo_phantom" and demo.input_channels == ["CT", "MOS", "OOI"]
     assert all(e.url or e.path for e in entries)
     with pytest.raises(ModelError, match="not in the catalogue"):
         find_model("no_such_model", CATALOGUE_FILE)

@@ -17,12 +17,13 @@ from nnunetv2.training.dataloading.nnunet_dataset import (  # noqa: E402
     comp_blosc2_params, nnUNetDatasetBlosc2, nnUNetDatasetNumpy)
 from nnunetv2.utilities.label_handling.label_handling import LabelManager  # noqa: E402
 
-from CRCTraining.psm import SamplingMap, compute_sampling_map, direct_psm  # noqa: E402
+from CRCTraining.psm import SamplingMap, compute_sampling_map  # noqa: E402
+from psm_reference import direct_psm  # noqa: E402
 from CRCTraining.sampling import (  # noqa: E402
     PSM_DIRNAME, STRATEGIES, CentreSampledDatasetBlosc2, CentreSampledDatasetNumpy, case_sampler_from_arrays,
     centre_sampled_dataset_class, precompute_region_locations, precompute_sampling_maps, psm_path)
 
-TRAINERS_FILE = Path(__file__).resolve().parents[1] / "Training" / "CRCTraining" / "nnunet_trainers" / "sampling_trainers.py"
+TRAINERS_FILE = Path(__file__).resolve().parents[1] / "Training" / "CRCTraining" / "trainers" / "sampling_trainers.py"
 
 
 def ellipsoid(shape, centre, radii) -> np.ndarray:

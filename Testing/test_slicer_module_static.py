@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import builtins
-import fnmatch
 import re
 import struct
 import sys
@@ -463,8 +462,16 @@ def test_extension_cmakelists_declares_modules_and_dependencies():
     assert re.search(r"project\(SlicerCRC\)", text)
     depends = re.search(r"set\(EXTENSION_DEPENDS\s+([^)]*)\)", text)
     assert depends and set(depends.group(1).split()) == {"PyTorch", "NNUNet", "TotalSegmentator"}
-    for variable in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
+    for variable in ("CATEGORY", "CONTRIBUTORS", "DESCRIPTION"):
         assert re.search(rf"set\(EXTENSION_{variable}\s", text), variable
+    # URLs are real or left out: no template placeholders (there is no public repository yet).
+    for variable in ("HOMEPAGE", "ICONURL", "SCREENSHOTURLS"):
+        for url in re.findall(rf"set\(EXTENSION_{variable}\s+\"([^\"]*)\"", text):
+            assert url.startswith("https://") and "example.com" not in url and "/Extensions/SlicerCRC" not in url, url
+    description = re.search(r'set\(EXTENSION_DESCRIPTION\s+"([^"]*)"', text).group(1)
+    assert "Apache-2.0" in description and (REPO_ROOT / "LICENSE").read_text().lstrip().startswith("Apache License")
+    for missing in ("RCSegNeXt", "SANet", "HCF"):  # not implemented yet: the metadata must not claim them
+        assert missing not in description
     for line in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
                  "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
         assert line in text, line
@@ -473,20 +480,14 @@ def test_extension_cmakelists_declares_modules_and_dependencies():
 
 
 @pytest.mark.parametrize("module", MODULES)
-def test_module_cmakelists_covers_every_script_and_resource(module):
+def test_module_cmakelists_registers_the_module_and_its_test(module):
+    """Which files it installs is checked by test_installation.py (globs evaluated); here, the macros."""
     folder = REPO_ROOT / module
     text = cmake_source(folder / "CMakeLists.txt")
     assert "slicerMacroBuildScriptedModule(" in text
     assert re.search(rf"slicer_add_python_unittest\(\s*SCRIPT\s+{module}\.py\s*\)", text)
-    globs = [pattern for block in re.findall(r"file\(\s*GLOB\b([^)]*)\)", text)
-             for pattern in block.split() if "*" in pattern]
     tokens = set(re.findall(r"[\w./-]+\.(?:py|ui|png|json)\b", text))
     assert f"{module}.py" in tokens
-    for path in python_files(folder / f"{module}Lib"):
-        relative = path.relative_to(folder).as_posix()
-        covered = relative in tokens or any(fnmatch.fnmatch(relative, p) and "/" in p for p in globs
-                                            if p.count("/") == relative.count("/"))
-        assert covered, f"{module}/CMakeLists.txt does not package {relative}"
     for token in tokens:
         if "*" not in token:
             assert (folder / token).is_file(), f"{module}/CMakeLists.txt lists missing file {token}"

@@ -17,7 +17,8 @@ import torch
 from CRCSegmentationLib.bundle import BundleError, verify_bundle
 from CRCTraining.evaluate import evaluate_folder
 from CRCTraining.export import export_bundle, trained_model_folder
-from CRCTraining.nnunet_env import configure, resolve_device
+from CRCTraining.nnunet_env import configure
+from OrganGuidanceLib.device import resolve_device
 from CRCTraining.phantom_dataset import make_phantom_dataset
 from CRCTraining.planning import patch_size, plan_and_preprocess, preprocess_with_plans_of, preprocessed_folder
 from CRCTraining.predict import predict_folder
@@ -123,6 +124,9 @@ def test_5_predict_evaluate_export(pipeline):
     metadata = verify_bundle(bundle)
     assert metadata.input_channels == ["CT", "MOS", "OOI"] and metadata.labels["tumor"] == 1
     assert metadata.guidance["mos_codes"]["4"] == "colon"
+    # Format 2: what the bundle is, so it predicts without CRCTraining (networks.nnunet_architectures).
+    assert (metadata.format_version, metadata.kind, metadata.modality) == (2, "nnunet", "CT")
+    assert (metadata.tumor_labels, metadata.network) == (["tumor"], "nnunet_default")
     checkpoint = bundle / "fold_all" / "checkpoint_final.pth"
     with open(checkpoint, "ab") as stream:
         stream.write(b"tampered")

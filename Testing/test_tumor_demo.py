@@ -10,7 +10,6 @@ floating-point differences between CPUs and thread counts, and is far above what
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,14 +19,15 @@ pytest.importorskip("nnunetv2")
 import torch  # noqa: E402
 
 from CRCSegmentationLib.bundle import verify_bundle  # noqa: E402
-from CRCSegmentationLib.demo import DEMO_MODEL, TUMOR_FILES, run_tumor_demo  # noqa: E402
+from CRCSegmentationLib.catalogue import catalogue_path  # noqa: E402
+from CRCSegmentationLib.demo import TUMOR_FILES, demo_model_path, run_tumor_demo  # noqa: E402
 from CRCTraining.cli import main as crcseg  # noqa: E402
 from OrganGuidanceLib.checksum import sha256_of  # noqa: E402
 from OrganGuidanceLib.io import read_image  # noqa: E402
 
 MIN_DICE = 0.75  # see the module docstring
 MAX_HD95_MM = 15.0  # measured 2.8 mm (one voxel); a stray component elsewhere in the bowel gives > 100 mm
-REPOSITORY = Path(__file__).resolve().parents[1]
+DEMO_MODEL = demo_model_path()
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_shipped_model_is_a_small_verified_demonstration_bundle():
     assert "not for clinical use" in metadata.description
     size = sum(p.stat().st_size for p in DEMO_MODEL.rglob("*") if p.is_file())
     assert size < 5e6
-    entries = json.loads((REPOSITORY / "Resources" / "models.json").read_text())
+    entries = json.loads(catalogue_path().read_text())
     entries = entries["models"] if isinstance(entries, dict) else entries
     entry = next(e for e in entries if e["name"] == "demo_phantom")
     assert entry["demonstration"] is True

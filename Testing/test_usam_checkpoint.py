@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from CRCSegmentationLib.networks.usam import USAMConfig
 from CRCSegmentationLib.usam import (
-    USAMConfig,
-    build_usam,
     load_usam_checkpoint,
     read_usam_checkpoint,
     save_usam_checkpoint,
+    usam_with_sam_weights,
 )
 from CRCSegmentationLib.usam.checkpoint import CHECKPOINT_FORMAT
 from CRCSegmentationLib.usam.sam_weights import USAM_ONLY_PREFIXES
@@ -39,7 +39,7 @@ def sam_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mapped(sam_file):
     path, _ = sam_file
-    return build_usam(USAMConfig(), sam_checkpoint=path)
+    return usam_with_sam_weights(USAMConfig(), sam_checkpoint=path)
 
 
 def test_every_key_is_accounted_for(sam_file, mapped):
@@ -88,12 +88,12 @@ def test_loaded_and_resized_values(sam_file, mapped):
 def test_sam_file_errors(sam_file, tmp_path):
     path, sam_state = sam_file
     with pytest.raises(InputError, match=r"not found.*dl\.fbaipublicfiles\.com.*01ec64"):
-        build_usam(sam_checkpoint=tmp_path / "sam_vit_b_01ec64.pth")
+        usam_with_sam_weights(sam_checkpoint=tmp_path / "sam_vit_b_01ec64.pth")
     truncated = tmp_path / "truncated.pth"
     with open(path, "rb") as source:
         truncated.write_bytes(source.read(1 << 20))
     with pytest.raises(InputError, match=r"truncated\.pth.*truncated or corrupt"):
-        build_usam(sam_checkpoint=truncated)
+        usam_with_sam_weights(sam_checkpoint=truncated)
     # A ViT-L-shaped image encoder (width 1024, 24 blocks), kept tiny.
     fake = {k: v for k, v in sam_state.items() if not k.startswith("image_encoder.")}
     fake["image_encoder.pos_embed"] = torch.zeros(1, 4, 4, 1024)
@@ -101,16 +101,16 @@ def test_sam_file_errors(sam_file, tmp_path):
     vit_l = tmp_path / "sam_vit_l.pth"
     torch.save(fake, vit_l)
     with pytest.raises(InputError, match=r"width 1024 and 24 blocks.*ViT-L"):
-        build_usam(sam_checkpoint=vit_l)
+        usam_with_sam_weights(sam_checkpoint=vit_l)
     not_sam = tmp_path / "other.pth"
     torch.save({"weight": torch.zeros(3)}, not_sam)
     with pytest.raises(InputError, match="not a SAM state dict"):
-        build_usam(sam_checkpoint=not_sam)
+        usam_with_sam_weights(sam_checkpoint=not_sam)
 
 
 def test_no_checkpoint_is_random_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING):
-        model, report = build_usam(USAMConfig(image_size=32))
+        model, report = usam_with_sam_weights(USAMConfig(image_size=32))
     assert report.warnings and "random" in report.warnings[0]
     assert "random" in caplog.text
     assert set(report.missing) == set(model.state_dict()) and not report.loaded
@@ -123,7 +123,7 @@ def test_no_checkpoint_is_random_with_a_warning(caplog):
 def small_model():
     torch.manual_seed(0)
     config = USAMConfig(image_size=32, num_classes=2, class_names=("background", "tumor"), hu_window=(-100.0, 200.0))
-    model, _ = build_usam(config)
+    model, _ = usam_with_sam_weights(config)
     with torch.no_grad():  # make BatchNorm statistics non-trivial, as after training
         model.train()(torch.rand(2, 3, 32, 32))
     return model.eval()
@@ -176,4 +176,4 @@ def test_checkpoint_errors(small_model, sam_file, tmp_path):
         save_usam_checkpoint(tmp_path / "x.pt", small_model, extra={"rng": torch.Generator()})
     assert payload["format"] == CHECKPOINT_FORMAT
     with pytest.raises(InputError, match="U-SAM checkpoint; load it with load_usam_checkpoint"):
-        build_usam(sam_checkpoint=good)
+        usam_with_sam_weights(sam_checkpoint=good)

@@ -14,7 +14,7 @@ import torch
 from CRCSegmentationLib.interactive import (
     InteractiveSegmenter, PropagationSettings, points_on_slice, ras_to_ijk, volume_ras_bounds,
 )
-from CRCSegmentationLib.usam import build_usam
+from CRCSegmentationLib.usam import usam_with_sam_weights
 from CRCTraining.phantom_dataset import make_phantom_case
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.validation import InputError
@@ -33,7 +33,7 @@ def phantom():
 @pytest.fixture(scope="module")
 def random_usam():
     torch.manual_seed(0)
-    model, report = build_usam()  # no SAM weights here: random init
+    model, report = usam_with_sam_weights()  # no SAM weights here: random init
     assert report.warnings
     return model.eval()
 

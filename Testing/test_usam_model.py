@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from CRCSegmentationLib.usam import USAM, ImageEncoding, SliceTransform, USAMConfig, slice_to_input
+from CRCSegmentationLib.networks.usam import USAM, ImageEncoding, USAMConfig
+from CRCSegmentationLib.usam import SliceTransform, slice_to_input
 from OrganGuidanceLib.validation import InputError
 
 

@@ -17,7 +17,7 @@ from CRCSegmentationLib.interactive import PropagationSettings
 from CRCSegmentationLib.logic import PointRefinementLogic
 from CRCSegmentationLib.mrml import STATISTICS_REFERENCE_ROLE, table_row, tumor_segment_id, tumor_to_segmentation_node
 from CRCSegmentationLib.mrml_points import POINT_ROLE_ATTRIBUTE, point_list_node, prompt_points
-from CRCSegmentationLib.usam import build_usam, slice_to_input
+from CRCSegmentationLib.usam import slice_to_input, usam_with_sam_weights
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.mrml import add_volume_node, image_from_volume_node
 from OrganGuidanceLib.validation import InputError
@@ -167,7 +167,7 @@ def test_real_usam_end_to_end_respects_the_limit_and_touches_only_its_slices(mrm
     """Random-init U-SAM: its masks mean nothing, but it must run through the same path and keep to the rules."""
     positive, negative = points
     torch.manual_seed(0)
-    usam, _ = build_usam()
+    usam, _ = usam_with_sam_weights()
     model = CountingModel(usam.eval())
     node = automatic_result(mrml_scene, ct, ct_node)
     tumor_id = tumor_segment_id(node)

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from CRCSegmentationLib.usam import USAMConfig, slice_to_input
+from CRCSegmentationLib.networks.usam import USAMConfig
+from CRCSegmentationLib.usam import slice_to_input
 
 
 def _logits_from_slice_mask(mask: np.ndarray, transform: Any, config: USAMConfig) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Speed of the anatomy-guidance steps at clinical size, against scipy baselines.
 
-Input: ../shared/data/word_label_map.nii.gz (512 x 512 x 178, 0.94 x 0.94 x 3 mm).
+Input: the test data's word_label_map.nii.gz (512 x 512 x 178, 0.94 x 0.94 x 3 mm).
 Prints median wall times (seconds) and speed-ups, all measured in one run:
 
     .venv/bin/python benchmarks/bench_guidance.py [--repeats 5] [--json out.json]
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Dict
 
@@ -25,7 +26,8 @@ from OrganGuidanceLib.labels import word_convention
 from OrganGuidanceLib.morphology import ball, dilate_mm
 from timing import median_seconds  # benchmarks/timing.py
 
-DEFAULT_INPUT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "word_label_map.nii.gz"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
+from test_data import data_file_or_exit  # noqa: E402  SLICERCRC_TEST_DATA, ../shared/data or the fetch cache
 DILATION_MM = 5.0
 WALL_MM = 3.0
 
@@ -52,11 +54,12 @@ def scipy_largest_component_box(ct: Image) -> tuple:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", type=Path, default=DEFAULT_INPUT)
+    parser.add_argument("--input", type=Path, default=None, help="default: the test data's word_label_map.nii.gz")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--baseline-repeats", type=int, default=1, help="scipy baselines are slow")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
+    args.input = args.input or data_file_or_exit("word_label_map.nii.gz")
 
     labels = read_image(args.input)
     values = word_convention().ooi_label_values()

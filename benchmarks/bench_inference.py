@@ -14,7 +14,8 @@ is defined) and against the phantom's ground truth when there is one.
 
     .venv/bin/python benchmarks/bench_inference.py --model BUNDLE_OR_RESULTS_FOLDER [--mirroring]
         [--ct CT --organs ORGANS | --phantom]
-    default CT: ../shared/data/ts_example_ct.nii.gz with its TotalSegmentator labels (real, 3 mm);
+    default CT: ts_example_ct.nii.gz with its TotalSegmentator labels (real, 3 mm), from the test-data
+    folder (Testing/test_data.py);
     --phantom: a generated 80 x 128 x 128 phantom (4 x 2.9 x 2.9 mm, the demo model's spacing)
 
 Goal (issue #4): our time <= 0.6 x nnU-Net's on CPU, Dice >= 0.99 with it inside the OOI.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -36,8 +38,8 @@ from OrganGuidanceLib.guidance import MOSSource, run_guidance
 from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.labels import load_convention
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-DEMO_MODEL = Path(__file__).resolve().parents[1] / "Resources" / "models" / "demo_phantom"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
+from test_data import data_file_or_exit  # noqa: E402  SLICERCRC_TEST_DATA, ../shared/data or the fetch cache
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -47,9 +49,9 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=DEMO_MODEL)
-    parser.add_argument("--ct", type=Path, default=SHARED / "ts_example_ct.nii.gz")
-    parser.add_argument("--organs", type=Path, default=SHARED / "ts_example_ct_seg_total_v2.nii.gz")
+    parser.add_argument("--model", default="demo_phantom", help="model folder or catalogue name")
+    parser.add_argument("--ct", type=Path, default=None, help="default: the test data's ts_example_ct.nii.gz")
+    parser.add_argument("--organs", type=Path, default=None, help="default: its ts_example_ct_seg_total_v2.nii.gz")
     parser.add_argument("--convention", default="totalsegmentator")
     parser.add_argument("--phantom", action="store_true", help="a generated phantom instead of --ct/--organs")
     parser.add_argument("--phantom-shape", type=int, nargs=3, default=(80, 128, 128), metavar=("Z", "Y", "X"),
@@ -58,6 +60,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each variant, interleaved; medians reported")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if not args.phantom:  # real CT by default, from the test-data folder
+        args.ct = args.ct or data_file_or_exit("ts_example_ct.nii.gz")
+        args.organs = args.organs or data_file_or_exit("ts_example_ct_seg_total_v2.nii.gz")
 
     model = open_model(args.model)
     if args.phantom:

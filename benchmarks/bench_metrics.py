@@ -1,6 +1,6 @@
 """Speed and agreement of ``compute_metrics`` against DeepMind's and MONAI's implementations.
 
-Input: ../shared/data/word_label_map.nii.gz (512 x 512 x 178, 0.94 x 0.94 x 3 mm);
+Input: the test data's word_label_map.nii.gz (512 x 512 x 178, 0.94 x 0.94 x 3 mm);
 reference = colon (WORD label 10), prediction = colon eroded by 2 mm OR shifted by
 6 voxels in x (a plausible imperfect segmentation). All three run on the full volume.
 
@@ -19,6 +19,7 @@ import json
 import statistics
 import time
 import warnings
+import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
@@ -28,7 +29,8 @@ from CRCSegmentationLib.metrics import compute_metrics
 from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.morphology import erode_mm
 
-DEFAULT_INPUT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "word_label_map.nii.gz"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
+from test_data import data_file_or_exit  # noqa: E402  SLICERCRC_TEST_DATA, ../shared/data or the fetch cache
 TOLERANCE_MM = 4.0
 
 
@@ -64,10 +66,11 @@ def monai_metrics(prediction: np.ndarray, reference: np.ndarray, spacing) -> Dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", type=Path, default=DEFAULT_INPUT)
+    parser.add_argument("--input", type=Path, default=None, help="default: the test data's word_label_map.nii.gz")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
+    args.input = args.input or data_file_or_exit("word_label_map.nii.gz")
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # surface_distance uses old scipy namespaces
 
     labels = read_image(args.input, name="word")

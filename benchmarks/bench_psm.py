@@ -1,6 +1,6 @@
 """Speed of AG-sampling (AG-CRC §III-C) at clinical size, against the obvious baselines.
 
-Input: ../shared/data/word_label_map.nii.gz (512 x 512 x 178); OOI = WORD stomach, duodenum, colon, intestine,
+Input: the test data's word_label_map.nii.gz (512 x 512 x 178); OOI = WORD stomach, duodenum, colon, intestine,
 rectum; patch 48 x 192 x 192 voxels (sigma 4.8 x 19.2 x 19.2).
 
 (a) PSM: ``compute_sampling_map`` (median of --repeats) vs ``scipy.ndimage.gaussian_filter`` on the full grid
@@ -16,6 +16,7 @@ import argparse
 import statistics
 import tempfile
 import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.labels import word_convention
 from timing import median_seconds  # benchmarks/timing.py
 
-DEFAULT_INPUT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "word_label_map.nii.gz"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
+from test_data import data_file_or_exit  # noqa: E402  SLICERCRC_TEST_DATA, ../shared/data or the fetch cache
 PATCH = (48, 192, 192)
 WORD_TO_COMPACT = {5: 1, 9: 2, 11: 3, 10: 4, 13: 5}  # stomach, duodenum, small bowel, colon, rectum; others -> 6
 
@@ -178,13 +180,14 @@ def bench_loader(labels: np.ndarray, ooi: np.ndarray, cases: int, iterations: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", type=Path, default=DEFAULT_INPUT)
+    parser.add_argument("--input", type=Path, default=None, help="default: the test data's word_label_map.nii.gz")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--cases", type=int, default=3)
     parser.add_argument("--transform-iterations", type=int, default=0,
                         help="also time both loaders with nnU-Net's training augmentation (slow: ~1 s/iteration)")
     args = parser.parse_args()
+    args.input = args.input or data_file_or_exit("word_label_map.nii.gz")
 
     labels = read_image(args.input).array
     values = word_convention().ooi_label_values()

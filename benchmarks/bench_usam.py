@@ -7,7 +7,8 @@ the points moved a little at each click. Medians after warm-up; torch threads fi
 
     .venv/bin/python benchmarks/bench_usam.py [--checkpoint USAM.pt] [--ct DICOM_FOLDER_OR_FILE]
         [--clicks 20] [--cold 5] [--threads 2] [--device cpu|cuda|all] [--json OUT.json]
-    default CT: ../shared/data/ts_example_ct_dicom (real, 512 x 512 x 20); no checkpoint: random
+    default CT: ts_example_ct_dicom (real, 512 x 512 x 20) from the test-data folder, see
+    Testing/test_data.py; no checkpoint: random
     init (the timing does not depend on the weights)
 
 Goal (issue #5): warm click <= 100 ms median, cold click <= 1 s, on this CPU with 2 threads.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -25,10 +27,11 @@ import numpy as np
 import torch
 
 from CRCSegmentationLib.interactive import InteractiveSegmenter
-from CRCSegmentationLib.usam import build_usam, load_usam_checkpoint
+from CRCSegmentationLib.usam import load_usam_checkpoint, usam_with_sam_weights
 from OrganGuidanceLib.io import read_image
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
+from test_data import data_file_or_exit  # noqa: E402  SLICERCRC_TEST_DATA, ../shared/data or the fetch cache
 WARM_GOAL_S = 0.100
 COLD_GOAL_S = 1.0
 
@@ -79,13 +82,14 @@ def measure(model, image, device: str, clicks: int, cold_repeats: int) -> Dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=None)
-    parser.add_argument("--ct", type=Path, default=SHARED / "ts_example_ct_dicom")
+    parser.add_argument("--ct", type=Path, default=None, help="default: the test data's ts_example_ct_dicom")
     parser.add_argument("--clicks", type=int, default=20)
     parser.add_argument("--cold", type=int, default=5, help="cold clicks measured (each on a fresh slice)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    args.ct = args.ct or data_file_or_exit("ts_example_ct_dicom")
 
     torch.set_num_threads(args.threads)
     image = read_image(args.ct, name=args.ct.name)
@@ -96,7 +100,7 @@ def main() -> None:
         print(f"model: {args.checkpoint}")
     else:
         torch.manual_seed(0)
-        model, _ = build_usam()
+        model, _ = usam_with_sam_weights()
         print("model: random init (timing does not depend on the weights)")
     model.eval()
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]

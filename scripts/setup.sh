@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Create or update the project's virtual environment (.venv) with everything the demo and tests need.
-# Idempotent: re-installs only when pyproject.toml changed since the last successful setup.
+# Idempotent: re-installs only when pyproject.toml or setup.py changed since the last successful setup.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 stamp=.venv/.setup-stamp
-wanted="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+wanted="$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)"
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
   exit 0
 fi

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-BUNDLE = REPOSITORY / "Resources" / "models" / "demo_phantom"
+BUNDLE = REPOSITORY / "CRCSegmentation" / "Resources" / "Models" / "demo_phantom"
 DESCRIPTION = (
     "Demonstration model trained on synthetic phantoms; not for clinical use. "
     "Rectal tumor on CT + MOS + OOI (AG-CRC Table V), nnUNetTrainerAGCRC (AG-sampling + AF-loss), "

@@ -23,16 +23,15 @@ from tqdm import tqdm
 from OrganGuidanceLib.atomic import write_text_atomic
 from OrganGuidanceLib.guidance import GuidanceParameters, GuidanceResult, MOSSource, run_guidance
 from OrganGuidanceLib.image import Image
-from OrganGuidanceLib.io import read_image, write_image
+from OrganGuidanceLib.io import IMAGE_SUFFIXES, read_image, write_image
 from OrganGuidanceLib.labels import ORGAN_SETS, load_convention
 from OrganGuidanceLib.validation import InputError, check_ct
 
-from .inference import SegmentationParameters, TumorSegmenter
+from .inference import SegmentationParameters
 from .metrics import compute_metrics
 from .model_source import ModelSource, open_model
 from .statistics import tumor_statistics
 
-IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 NNUNET_CHANNEL_SUFFIX = "_0000"  # nnU-Net's imagesTs naming: the CT channel of case <case>
 SUMMARY_FILE = "summary.csv"
 STATISTICS_COLUMNS = ("volume_ml", "largest_axial_diameter_mm", "craniocaudal_extent_mm", "components")
@@ -75,7 +74,7 @@ class BatchReport:
 def case_name(path: Path) -> str:
     """File name without its image ending (and without nnU-Net's ``_0000`` channel suffix)."""
     name = path.name
-    for ending in IMAGE_ENDINGS:
+    for ending in IMAGE_SUFFIXES:
         if name.endswith(ending):
             name = name[: -len(ending)]
             break
@@ -87,10 +86,10 @@ def find_inputs(inputs: Union[str, Path, Sequence[Union[str, Path]]]) -> List[Pa
     if isinstance(inputs, (str, Path)):
         path = Path(inputs)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(IMAGE_ENDINGS)
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(IMAGE_SUFFIXES)
                            and not p.name.startswith("."))
             if not files:
-                raise InputError(f"{path}: no image files ({', '.join(IMAGE_ENDINGS)}) in this folder")
+                raise InputError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
             return files
         if not path.exists():
             raise InputError(f"{path}: no such file or folder")
@@ -99,7 +98,7 @@ def find_inputs(inputs: Union[str, Path, Sequence[Union[str, Path]]]) -> List[Pa
 
 
 def find_case_file(folder: Path, case: str) -> Optional[Path]:
-    for ending in IMAGE_ENDINGS:
+    for ending in IMAGE_SUFFIXES:
         for name in (f"{case}{ending}", f"{case}{NNUNET_CHANNEL_SUFFIX}{ending}"):
             if (folder / name).is_file():
                 return folder / name
@@ -160,7 +159,7 @@ def segment_files(
     files = find_inputs(inputs)
     source = model if isinstance(model, ModelSource) else open_model(model)
     parameters = parameters or SegmentationParameters()
-    segmenter = TumorSegmenter(source, parameters)  # loads the model once for every case
+    segmenter = source.segmenter(parameters)  # loads the model once for every case
     # A CT-only model runs TotalSegmentator only when asked to (organ guidance then just narrows the region).
     needs_guidance = source.input_channels != ["CT"] or organs is not None
     guidance_parameters = guidance_parameters_for(source)
@@ -258,18 +257,8 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
                              "full-volume result (default: skip tiles weighing < 5 %% of their peak on the OOI)")
 
 
-def resolve_model(spec: str) -> Path:
-    """A folder path as given, else a catalogue name fetched into the cache."""
-    path = Path(spec).expanduser()
-    if path.exists():
-        return path
-    from .catalogue import fetch_model
-
-    return fetch_model(spec)
-
-
 def segment_main(args: argparse.Namespace) -> int:
-    model = open_model(resolve_model(args.model), folds=args.folds, checkpoint=args.checkpoint)
+    model = open_model(args.model, folds=args.folds, checkpoint=args.checkpoint)  # a folder or a catalogue name
     parameters = SegmentationParameters(device=args.device, mirroring=not args.no_mirroring,
                                         min_component_ml=args.min_component_ml,
                                         min_tile_weight=0.0 if args.exact_tiles else SegmentationParameters.min_tile_weight)

@@ -6,6 +6,14 @@ nnU-Net's trained-model layout (``plans.json``, ``dataset.json``,
 file, ``crcseg_model.json``, that says which input channels the model expects,
 how its MOS channel is coded, how the OOI was made, the label names, and the
 SHA-256 of every checkpoint so that a corrupt or tampered file is refused.
+
+Format 2 (DESIGN.md, "A model bundle says what it is") adds what a bundle is: its ``kind``
+(``nnunet`` for AG-CRC, FLARE24 organ interference and RCSegNeXt; ``hcf`` for slice classifier +
+SANet; ``usam`` for point refinement), the ``modality`` it expects (``CT`` or ``MR``), which of its
+labels are the tumor (``tumor_labels``; every other label is an organ or background and is never
+reported as tumor) and, for ``nnunet``, the ``network`` it builds (``networks.nnunet_architectures``),
+so a renamed trainer still predicts. A format-1 bundle (the shipped demonstration model) reads as
+kind ``nnunet``, modality ``CT``, tumor = the ``tumor`` label or the only foreground label.
 """
 from __future__ import annotations
 
@@ -17,7 +25,10 @@ from typing import Dict, List
 from OrganGuidanceLib.checksum import sha256_of
 
 METADATA_FILE = "crcseg_model.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+KINDS = ("nnunet", "hcf", "usam")
+MODALITIES = ("CT", "MR")
+NNUNET_REQUIRED_FILES = ("plans.json", "dataset.json")
 
 
 class BundleError(ValueError):
@@ -29,14 +40,18 @@ class BundleError(ValueError):
 class BundleMetadata:
     name: str
     version: str
-    trainer: str
-    configuration: str
-    plans: str
-    folds: List[str]
-    checkpoint: str
     input_channels: List[str]  # e.g. ["CT", "MOS", "OOI"] (AG-CRC Table V)
     labels: Dict[str, int]
     checkpoint_sha256: Dict[str, str]  # "fold_0/checkpoint_final.pth" -> hex digest
+    kind: str = "nnunet"  # one of KINDS
+    modality: str = "CT"  # one of MODALITIES: the image the model expects
+    tumor_labels: List[str] = field(default_factory=list)  # names in ``labels``; [] in format 1: see module doc
+    network: str = ""  # nnunet: architecture name; "" = the one the trainer name stands for
+    trainer: str = ""  # nnunet: trainer class name stored in the checkpoints
+    configuration: str = ""
+    plans: str = ""
+    folds: List[str] = field(default_factory=list)
+    checkpoint: str = ""
     guidance: Dict = field(default_factory=dict)  # MOS coding, OOI parameters, organ set (from prepare)
     description: str = ""
     software: Dict[str, str] = field(default_factory=dict)
@@ -45,6 +60,15 @@ class BundleMetadata:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
+    def tumor_label_names(self) -> List[str]:
+        """The labels reported as tumor; format 1 had none listed: ``tumor``, else the only foreground label."""
+        if self.tumor_labels:
+            return list(self.tumor_labels)
+        if "tumor" in self.labels:
+            return ["tumor"]
+        foreground = [name for name, value in self.labels.items() if int(value) != 0]
+        return foreground if len(foreground) == 1 else []
+
 
 def read_metadata(folder: Path) -> BundleMetadata:
     path = Path(folder) / METADATA_FILE
@@ -52,19 +76,47 @@ def read_metadata(folder: Path) -> BundleMetadata:
         raise BundleError(f"{folder}: not a model bundle ({METADATA_FILE} is missing)")
     try:
         data = json.loads(path.read_text())
-        metadata = BundleMetadata(**data)
-    except (json.JSONDecodeError, TypeError) as error:
+    except (OSError, ValueError) as error:
         raise BundleError(f"{path}: unreadable bundle metadata ({error})") from error
-    if metadata.format_version > FORMAT_VERSION:
-        raise BundleError(f"{path}: bundle format {metadata.format_version} is newer than this software supports")
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: bundle metadata must be a JSON object, not {type(data).__name__}")
+    version = data.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: bundle format {version!r} is newer than this software reads (up to {FORMAT_VERSION}); "
+            "update SlicerCRC"
+        )
+    try:
+        metadata = BundleMetadata(**data)
+    except TypeError as error:
+        raise BundleError(f"{path}: unreadable bundle metadata ({error})") from error
+    _check_metadata(metadata, path)
     return metadata
+
+
+def _check_metadata(metadata: BundleMetadata, path: Path) -> None:
+    if metadata.kind not in KINDS:
+        raise BundleError(f"{path}: kind '{metadata.kind}' is not one of {list(KINDS)}")
+    if metadata.modality not in MODALITIES:
+        raise BundleError(f"{path}: modality '{metadata.modality}' is not one of {list(MODALITIES)}")
+    unknown = [name for name in metadata.tumor_labels if name not in metadata.labels]
+    if unknown:
+        raise BundleError(f"{path}: tumor_labels {unknown} are not among the labels {sorted(metadata.labels)}")
+    if not metadata.tumor_label_names():
+        raise BundleError(
+            f"{path}: no tumor label: list it in tumor_labels (labels: {sorted(metadata.labels)})"
+        )
+    if metadata.kind == "nnunet":
+        missing = [k for k in ("trainer", "configuration", "plans", "folds", "checkpoint") if not getattr(metadata, k)]
+        if missing:
+            raise BundleError(f"{path}: an nnunet bundle needs {missing}")
 
 
 def verify_bundle(folder: Path) -> BundleMetadata:
     """Check that every file the bundle needs exists and every checkpoint has its recorded SHA-256."""
     folder = Path(folder)
     metadata = read_metadata(folder)
-    for required in ("plans.json", "dataset.json"):
+    for required in NNUNET_REQUIRED_FILES if metadata.kind == "nnunet" else ():
         if not (folder / required).is_file():
             raise BundleError(f"{folder}: {required} is missing")
     for relative, expected in metadata.checkpoint_sha256.items():

@@ -1,7 +1,7 @@
-"""The model catalogue (``Resources/models.json``): models a user can pick by name.
+"""The model catalogue (the module's ``Resources/models.json``): models a user can pick by name.
 
-An entry either points to a folder shipped in the repository (``"path"``, relative to the
-repository root, e.g. the demonstration model) or to an archive to download (``"url"``,
+An entry either points to a folder shipped with the module (``"path"``, relative to the
+catalogue's own folder, e.g. ``Models/demo_phantom``, the demonstration model) or to an archive to download (``"url"``,
 a zip of a model bundle, with its ``"sha256"``). Downloads land in a user cache
 (``~/.cache/slicercrc/models/<name>-<version>``); the archive's SHA-256 is checked on every
 fetch, before anything is unpacked, and the unpacked bundle is checked again by
@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Union
 
-from OrganGuidanceLib.checksum import sha256_of
+from OrganGuidanceLib.download import ChecksumMismatch, DownloadUnavailable, download_verified
 
 from .model_source import ModelError
+from .resources import catalogue_file
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[2]  # CRCSegmentation/CRCSegmentationLib/catalogue.py
-CATALOGUE_FILE = REPOSITORY_ROOT / "Resources" / "models.json"
 CATALOGUE_ENVIRONMENT = "SLICERCRC_MODEL_CATALOGUE"
 DEFAULT_CACHE = Path("~/.cache/slicercrc/models")
 DOWNLOAD_TIMEOUT_S = 60
@@ -38,7 +37,7 @@ class CatalogueEntry:
     demonstration: bool = False  # True: trained on phantoms, for demos only, never clinical use
     url: str = ""  # zip archive of a model bundle
     sha256: str = ""  # of the archive at ``url``
-    path: str = ""  # a shipped folder, relative to the repository root (another catalogue: to its folder)
+    path: str = ""  # a shipped folder, relative to the catalogue file's folder
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -52,7 +51,14 @@ class CatalogueEntry:
 
 
 def catalogue_path() -> Path:
-    return Path(os.environ.get(CATALOGUE_ENVIRONMENT, str(CATALOGUE_FILE)))
+    """``SLICERCRC_MODEL_CATALOGUE``, else the module's own catalogue (``resources.py``)."""
+    given = os.environ.get(CATALOGUE_ENVIRONMENT)
+    if given:
+        return Path(given)
+    try:
+        return catalogue_file()
+    except FileNotFoundError as error:
+        raise ModelError(str(error)) from error
 
 
 def list_models(path: Optional[Path] = None) -> List[CatalogueEntry]:
@@ -68,6 +74,21 @@ def list_models(path: Optional[Path] = None) -> List[CatalogueEntry]:
     return [CatalogueEntry.from_dict(entry) for entry in entries]
 
 
+def resolve_model(spec: Union[str, Path]) -> Path:
+    """A model folder as given, else the catalogue model of that name (downloaded and checksummed once)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelError(f"model: {path} is a file; give a model folder (bundle or nnU-Net results) or a catalogue name")
+    names = [entry.name for entry in list_models()]
+    if str(spec) not in names:
+        raise ModelError(
+            f"model: '{spec}' is neither a model folder nor a catalogue model ({', '.join(names) or 'catalogue empty'})"
+        )
+    return Path(fetch_model(str(spec)))
+
+
 def find_model(name: str, path: Optional[Path] = None) -> CatalogueEntry:
     entries = list_models(path)
     for entry in entries:
@@ -81,57 +102,23 @@ def fetch_model(name: str, cache_dir: Union[str, Path] = DEFAULT_CACHE, catalogu
     """A local folder holding the model ``name``: the shipped folder, or the download in the cache."""
     entry = find_model(name, catalogue)
     if entry.path:
-        folder = _shipped_folder(entry.path, Path(catalogue) if catalogue is not None else catalogue_path())
+        folder = ((Path(catalogue) if catalogue is not None else catalogue_path()).resolve().parent / entry.path).resolve()
         if not folder.is_dir():
             raise ModelError(f"model '{name}': its shipped folder {folder} is missing from this installation")
         return folder
     if not entry.url or not entry.sha256:
         raise ModelError(f"model '{name}': the catalogue gives neither a shipped path nor a url with its sha256")
     target = Path(cache_dir).expanduser() / f"{entry.name}-{entry.version}"
-    archive = target.with_suffix(".zip")
-    if not archive.is_file() or sha256_of(archive) != entry.sha256.lower():
-        _download(entry.url, archive, progress)
-    actual = sha256_of(archive)  # always: a cached archive may have been changed since
-    if actual != entry.sha256.lower():
-        archive.unlink()
-        raise ModelError(
-            f"model '{name}': the download from {entry.url} has SHA-256 {actual}, the catalogue says "
-            f"{entry.sha256}; it was deleted (corrupt or tampered)"
-        )
+    try:  # verified on every fetch: a cached archive may have been changed since
+        archive = download_verified(entry.url, entry.sha256, target.with_suffix(".zip"), DOWNLOAD_TIMEOUT_S, progress)
+    except DownloadUnavailable as error:
+        raise ModelError(f"model '{name}': cannot download it ({error}); without a network, use a local model "
+                         "folder") from error
+    except ChecksumMismatch as error:
+        raise ModelError(f"model '{name}': {error} (corrupt or tampered)") from error
     if not target.is_dir():
         _unpack(archive, target)
     return _bundle_root(target)
-
-
-def _shipped_folder(relative: str, catalogue: Path) -> Path:
-    """Paths in our catalogue are relative to the repository root; in another catalogue, to its folder."""
-    if catalogue.resolve() == CATALOGUE_FILE.resolve():
-        return (REPOSITORY_ROOT / relative).resolve()
-    return (catalogue.resolve().parent / relative).resolve()
-
-
-def _download(url: str, destination: Path, progress: bool) -> None:
-    """Download to a temporary file next to ``destination``, then rename (no half-written archive)."""
-    import urllib.request
-
-    from tqdm import tqdm
-
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".zip", dir=destination.parent)
-    try:
-        with os.fdopen(handle, "wb") as output, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {destination.name}",
-                      disable=not progress) as bar:
-                for chunk in iter(lambda: response.read(1 << 20), b""):
-                    output.write(chunk)
-                    bar.update(len(chunk))
-        os.replace(temporary, destination)
-    except OSError as error:  # URLError is an OSError: no network, DNS, HTTP errors
-        raise ModelError(f"cannot download {url}: {error}; without a network, use a local model folder") from error
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def _unpack(archive: Path, target: Path) -> None:

@@ -2,7 +2,7 @@
 
 The organ-guidance demo (``OrganGuidanceLib.demo.run_demo``: phantom CT, organ labels,
 MOS, OOI, bowel wall, body crop, QA picture, ``summary.txt``) runs first; then the shipped
-demonstration model (``Resources/models/demo_phantom``, trained on other phantoms by
+demonstration model (``CRCSegmentation/Resources/Models/demo_phantom``, trained on other phantoms by
 ``scripts/train_demo_model.py``) segments the tumor through the inference engine
 (``inference.TumorSegmenter``, the same call the Slicer module makes). The prediction is
 compared with the phantom's known tumor (AG-CRC metrics: Dice, NSD@4mm, HD95) and drawn
@@ -25,8 +25,7 @@ from OrganGuidanceLib.image import Image
 
 from .metrics import SegmentationMetrics, compute_metrics
 
-DEMO_MODEL = Path(__file__).resolve().parents[2] / "Resources" / "models" / "demo_phantom"
-DEMO_MODEL_NAME = "demo_phantom"  # its catalogue name (Resources/models.json)
+DEMO_MODEL_NAME = "demo_phantom"  # its catalogue name (CRCSegmentation/Resources/models.json)
 TUMOR_FILES = {"prediction": "tumor_pred.nii.gz", "overlay": "tumor_overlay.png"}
 # The engine's post-processing: components under 2 ml are dropped (the phantom tumor is ~25 ml, near the
 # RJH-Colon median of 32 ml, AG-CRC §IV-A); without it a stray 1 ml blob in the upper abdomen sets HD95.
@@ -51,9 +50,7 @@ class TumorDemoReport:
 
 
 def demo_model_path() -> Path:
-    """The shipped demonstration bundle (source checkout), else the catalogue's copy."""
-    if DEMO_MODEL.is_dir():
-        return DEMO_MODEL
+    """The shipped demonstration bundle, through the module's catalogue."""
     from .catalogue import fetch_model
 
     return Path(fetch_model(DEMO_MODEL_NAME))
@@ -116,7 +113,7 @@ def run_tumor_demo(
     ``mirroring``: nnU-Net's test-time mirroring, off by default: 8x fewer network passes on a CPU.
     ``min_component_ml``: predicted components smaller than this are removed (0 keeps all).
     """
-    from .inference import SegmentationParameters, TumorSegmenter
+    from .inference import SegmentationParameters
     from .model_source import open_model
     from OrganGuidanceLib.io import write_image
 
@@ -132,8 +129,8 @@ def run_tumor_demo(
     model_folder = Path(model) if model is not None else demo_model_path()
     start = time.perf_counter()
     source = open_model(model_folder)
-    segmenter = TumorSegmenter(source, SegmentationParameters(device=device, mirroring=mirroring,
-                                                                min_component_ml=min_component_ml))
+    segmenter = source.segmenter(SegmentationParameters(device=device, mirroring=mirroring,
+                                                        min_component_ml=min_component_ml))
     result = segmenter.segment(phantom.ct, guidance)
     timings["tumor model"] = time.perf_counter() - start
 
@@ -163,7 +160,7 @@ def add_tumor_demo_arguments(parser) -> None:
     parser.add_argument("--guidance-only", action="store_true",
                         help="organ guidance only (the demo before tumor segmentation); implied by --sample")
     parser.add_argument("--model", type=Path, default=None,
-                        help="tumor model bundle (default: the shipped demonstration model, Resources/models/demo_phantom)")
+                        help="tumor model bundle (default: the shipped demonstration model, catalogue name demo_phantom)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="device of the tumor model")
 
 

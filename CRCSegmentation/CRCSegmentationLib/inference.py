@@ -29,6 +29,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import cc3d
 import numpy as np
 
+from OrganGuidanceLib.device import DEVICES, resolve_device
 from OrganGuidanceLib.crop import BODY_THRESHOLD_HU, CropBox, body_crop_box
 from OrganGuidanceLib.guidance import GuidanceResult
 from OrganGuidanceLib.image import Image
@@ -39,10 +40,8 @@ from OrganGuidanceLib.providers import RunCancelled
 from OrganGuidanceLib.validation import InputError, check_ct
 
 from .model_source import ModelSource
-from .nnunet_trainers import ensure_trainer_available
 
 ProgressCallback = Callable[[str, float], None]  # (stage, fraction 0..1), as OrganGuidanceLib.guidance
-DEVICES = ("auto", "cuda", "cpu")
 BODY_CROP_MARGIN_MM = 10.0  # GuidanceParameters.crop_margin_mm: used when the guidance has no body box
 
 
@@ -96,19 +95,6 @@ class TumorSegmentation:
     warnings: List[str] = field(default_factory=list)
     timings: Dict[str, float] = field(default_factory=dict)  # seconds per step
     tiles: Tuple[int, int] = (0, 0)  # sliding-window tiles run, of the full volume's (per fold and mirror)
-
-
-def resolve_device(device: str = "auto"):
-    """``auto`` picks CUDA when present; CUDA asked for without one is an error that says so."""
-    import torch
-
-    if device not in DEVICES:
-        raise InputError(f"device '{device}' is not one of {DEVICES}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' was requested but no CUDA GPU is available here; choose 'auto' or 'cpu'")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
 
 
 def torch_device(name: str):
@@ -172,7 +158,6 @@ class TumorSegmenter:
         if not valid:
             raise InputError(f"segmentation parameters: {reason}")
         self.device = resolve_device(self.parameters.device)  # before any loading: a bad choice fails fast
-        ensure_trainer_available(model.trainer)
         self._predictors: Dict[str, object] = {}
         self._predictor(self.device)
 
@@ -186,9 +171,9 @@ class TumorSegmenter:
                 use_mirroring=self.parameters.mirroring, perform_everything_on_device=device.type == "cuda",
                 device=device, verbose=False, verbose_preprocessing=False, allow_tqdm=True,
             )
-            predictor.initialize_from_trained_model_folder(
-                str(self.model.folder), self.model.nnunet_folds, self.model.checkpoint
-            )
+            from .nnunet_loading import initialize_predictor
+
+            initialize_predictor(predictor, self.model)
             self._predictors[device.type] = predictor
         return self._predictors[device.type]
 
@@ -237,7 +222,7 @@ class TumorSegmenter:
         outside[region.slices] = False  # no tile ran there: nothing is predicted
         if focus_channel is not None:  # tiles were chosen by the OOI: only its voxels are predicted
             outside |= guidance.ooi.array == 0  # type: ignore[union-attr]
-        tumor = (labels == self.model.tumor_label) & ~outside
+        tumor = np.isin(labels, self.model.tumor_labels) & ~outside
         mask = self.postprocess(ct.with_array(tumor.astype(np.uint8), "Tumor"), guidance, warnings)
         probability_image = None
         if self.parameters.keep_probabilities and probabilities is not None:
@@ -315,7 +300,8 @@ class TumorSegmenter:
             result = run(device)
         if want_probabilities:
             labels, probabilities = result
-            return np.asarray(labels), np.asarray(probabilities[self.model.tumor_label]), device.type
+            tumor_probability = np.asarray(probabilities)[self.model.tumor_labels].sum(axis=0)
+            return np.asarray(labels), tumor_probability, device.type
         return np.asarray(result), None, device.type
 
     def postprocess(self, mask: Image, guidance: Optional[GuidanceResult], warnings: List[str]) -> Image:

@@ -98,19 +98,6 @@ class SegmentationJob:
     messages: List[str] = field(default_factory=list)  # warnings for the user
 
 
-def resolve_model_path(model: str) -> Path:
-    """A model folder as given, else the catalogue entry of that name (downloaded and checksummed once)."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path
-    from .catalogue import fetch_model, list_models
-
-    names = [entry.name for entry in list_models()]
-    if model not in names:
-        raise InputError(f"model: '{model}' is neither a model folder nor a catalogue model ({', '.join(names) or 'catalogue empty'})")
-    return Path(fetch_model(model))
-
-
 class CRCSegmentationLogic:
     """CT (+ organ guidance) -> tumor segment + statistics, for one CT node at a time."""
 
@@ -133,7 +120,7 @@ class CRCSegmentationLogic:
         check_ct(ct)
         from .model_source import open_model
 
-        model = open_model(resolve_model_path(settings.model), settings.folds, settings.checkpoint)
+        model = open_model(settings.model, settings.folds, settings.checkpoint)  # a folder or a catalogue name
         job = SegmentationJob(ct=ct, ct_node_id=ct_node.GetID(), settings=settings, model=model)
         if settings.guidance_source == "scene":
             node = settings.guidance_node
@@ -174,8 +161,6 @@ class CRCSegmentationLogic:
         progress: Optional[ProgressCallback] = None,
     ):
         """Organ guidance (when computed on the fly), then the tumor model. No MRML; returns ``TumorSegmentation``."""
-        from .inference import TumorSegmenter
-
         cancel = cancel or threading.Event()
         report = progress or (lambda stage, fraction: None)
         guidance = job.guidance
@@ -194,7 +179,7 @@ class CRCSegmentationLogic:
         def model_progress(stage: str, fraction: Optional[float] = None) -> None:
             report(stage, None if fraction is None else offset + (1.0 - offset) * fraction)
 
-        segmenter = TumorSegmenter(job.model, job.settings.segmentation)
+        segmenter = job.model.segmenter(job.settings.segmentation)
         result = segmenter.segment(job.ct, guidance, progress=model_progress, cancel=cancel)
         if cancel.is_set():
             raise RunCancelled("cancelled during tumor segmentation")
@@ -317,11 +302,11 @@ class PointRefinementLogic:
             raise InputError("U-SAM checkpoint: no file chosen; choose a trained U-SAM checkpoint (.pt)")
         if not path.is_file():
             raise InputError(f"U-SAM checkpoint: {path} does not exist")
-        import torch
+        from OrganGuidanceLib.device import resolve_device
 
         from .usam import load_usam_checkpoint
 
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        device = resolve_device(device).type
         self.set_model(load_usam_checkpoint(path, device=device), device)
 
     # --- main thread (MRML) ----------------------------------------------------------

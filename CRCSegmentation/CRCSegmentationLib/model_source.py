@@ -6,6 +6,11 @@ channels and the SHA-256 of every checkpoint (``bundle.verify_bundle``).
 ``open_model`` checks everything a run needs before any inference starts, so that a
 user learns about a missing fold or corrupt weights at once, with the file named.
 
+A bundle also says what kind of model it is (``bundle.KINDS``); ``ModelSource.segmenter`` returns
+the segmenter of that kind (``segmenters.py``), each with the same ``segment(image, guidance,
+progress, cancel)``, so callers never branch on the kind. A plain results folder is kind ``nnunet``,
+modality ``CT``.
+
 Checkpoints are opened with ``torch.load(weights_only=True)``: a tampered pickle
 cannot run code. nnU-Net 2.8.1 checkpoints hold tensors, dicts, lists, strings and
 numbers, plus numpy float32 scalars in their training log (``logging``, ``_best_ema``),
@@ -16,13 +21,16 @@ scalar", then "numpy.dtypes.Float32DType"). Exactly those are allow-listed
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
 
 from OrganGuidanceLib.validation import InputError
 
 from .bundle import METADATA_FILE, BundleError, BundleMetadata, verify_bundle
+
+if TYPE_CHECKING:  # type hints only: the segmenters import torch and nnU-Net
+    from .segmenters import Segmenter
 
 KNOWN_CHANNELS = ("CT", "MOS", "OOI")  # AG-CRC Table V inputs; prepare.py writes them in this order
 DEFAULT_CHECKPOINT = "checkpoint_final.pth"
@@ -36,9 +44,9 @@ class ModelError(BundleError, InputError):
 
 @dataclass
 class ModelSource:
-    """A validated model: nnU-Net's folder plus what our engine needs to know to feed it."""
+    """A validated model: its files plus what our engine needs to know to feed it."""
 
-    folder: Path  # nnU-Net trained-model layout
+    folder: Path  # nnU-Net trained-model layout for kind "nnunet"
     folds: List[str]  # "0".."4" or "all"
     checkpoint: str  # file name inside each fold folder
     input_channels: List[str]  # subset of KNOWN_CHANNELS in the model's channel order, e.g. ["CT"]
@@ -48,16 +56,23 @@ class ModelSource:
     is_bundle: bool = False
     metadata: Optional[BundleMetadata] = None
     description: str = ""
+    kind: str = "nnunet"  # bundle.KINDS
+    modality: str = "CT"  # bundle.MODALITIES
+    tumor_labels: List[int] = field(default_factory=list)  # label values reported as tumor
+    network: str = ""  # architecture the bundle declares ("" = from the trainer name)
 
     @property
     def tumor_label(self) -> int:
-        """The label value the engine reports as tumor."""
-        if "tumor" in self.labels:
-            return int(self.labels["tumor"])
-        foreground = [int(v) for k, v in self.labels.items() if k != "background" and isinstance(v, int)]
-        if len(foreground) == 1:
-            return foreground[0]
-        raise ModelError(f"{self.folder}: no 'tumor' label among {self.labels}; cannot tell which label is tumor")
+        """The one label value reported as tumor (every model of this version has exactly one)."""
+        if len(self.tumor_labels) != 1:
+            raise ModelError(f"{self.folder}: tumor labels {self.tumor_labels}; expected exactly one")
+        return self.tumor_labels[0]
+
+    def segmenter(self, parameters=None) -> "Segmenter":
+        """The segmenter of this model's kind, initialised once; ``parameters``: ``SegmentationParameters``."""
+        from .segmenters import make_segmenter
+
+        return make_segmenter(self, parameters)
 
     @property
     def nnunet_folds(self) -> tuple:
@@ -80,15 +95,17 @@ class ModelSource:
 
 def open_model(path: Union[str, Path], folds: Optional[Sequence[Union[str, int]]] = None,
                checkpoint: Optional[str] = None, load_checkpoints: bool = True) -> ModelSource:
-    """Validate a bundle or nnU-Net results folder and describe it; raises ``ModelError``.
+    """Validate a bundle, an nnU-Net results folder or a catalogue model (by name) and describe it.
+
+    Raises ``ModelError``. ``open_model(...).segmenter(parameters)`` gives the model's segmenter.
 
     ``folds``: None = the bundle's folds, or every ``fold_*`` holding the checkpoint.
     ``load_checkpoints``: also unpickle every checkpoint (``weights_only=True``) and check its
     network's input channels against ``dataset.json``; off only where the caller loads them next anyway.
     """
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise ModelError(f"{folder}: no such model folder")
+    from .catalogue import resolve_model
+
+    folder = resolve_model(path)
     if (folder / METADATA_FILE).is_file():
         source = _open_bundle(folder, folds, checkpoint)
     else:
@@ -113,6 +130,20 @@ def _open_bundle(folder: Path, folds, checkpoint) -> ModelSource:
         metadata = verify_bundle(folder)  # SHA-256 of every recorded checkpoint
     except BundleError as error:
         raise ModelError(str(error)) from error
+    from .segmenters import SEGMENTER_KINDS
+
+    if metadata.kind not in SEGMENTER_KINDS:
+        raise ModelError(
+            f"{folder}: a model of kind '{metadata.kind}', which this version of SlicerCRC cannot run yet "
+            f"(it runs {sorted(SEGMENTER_KINDS)}); update SlicerCRC"
+        )
+    if metadata.network:
+        from .networks.nnunet_architectures import UnknownArchitecture, architecture_for
+
+        try:
+            architecture_for(metadata.trainer, metadata.network)
+        except UnknownArchitecture as error:
+            raise ModelError(f"{folder}: {error}") from error
     checkpoint = checkpoint or metadata.checkpoint
     chosen = [str(f) for f in folds] if folds is not None else list(metadata.folds)
     for fold in chosen:
@@ -129,8 +160,11 @@ def _open_bundle(folder: Path, folds, checkpoint) -> ModelSource:
             f"{folder}: {METADATA_FILE} lists {len(channels)} input channels {channels}, dataset.json "
             f"{_dataset_channel_count(folder, dataset)}; the bundle is inconsistent"
         )
-    return ModelSource(folder, chosen, checkpoint, channels, dict(metadata.labels), metadata.name, metadata.trainer,
-                       True, metadata, metadata.description)
+    labels = {str(k): int(v) for k, v in metadata.labels.items()}
+    tumor = [labels[name] for name in metadata.tumor_label_names()]
+    return ModelSource(folder, chosen, checkpoint, channels, labels, metadata.name, metadata.trainer,
+                       True, metadata, metadata.description, metadata.kind, metadata.modality, tumor,
+                       metadata.network)
 
 
 def _open_results_folder(folder: Path, folds, checkpoint) -> ModelSource:
@@ -161,7 +195,18 @@ def _open_results_folder(folder: Path, folds, checkpoint) -> ModelSource:
     channels = _channels_from_names(folder, [names[k] for k in sorted(names, key=int)])
     labels = {str(k): v for k, v in dataset.get("labels", {}).items()}
     return ModelSource(folder, chosen, checkpoint, channels, labels, folder.parent.name, parts[0], False, None,
-                       str(dataset.get("description", "")))
+                       str(dataset.get("description", "")), tumor_labels=_results_tumor_labels(folder, labels))
+
+
+def _results_tumor_labels(folder: Path, labels: Dict[str, object]) -> List[int]:
+    """A results folder has no metadata: the ``tumor`` label, else its only foreground label."""
+    if "tumor" in labels and isinstance(labels["tumor"], int):
+        return [int(labels["tumor"])]
+    foreground = [int(v) for k, v in labels.items() if k != "background" and isinstance(v, int)]
+    if len(foreground) == 1:
+        return foreground
+    raise ModelError(f"{folder}: no 'tumor' label among {labels}; cannot tell which label is tumor "
+                     "(export it as a bundle with tumor_labels)")
 
 
 def _dataset_channel_count(folder: Path, dataset: dict) -> int:

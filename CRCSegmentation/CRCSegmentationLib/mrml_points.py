@@ -18,7 +18,7 @@ import vtk
 from OrganGuidanceLib.crop import CropBox
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.morphology import bounding_box
-from OrganGuidanceLib.mrml import _array_from_oriented, _oriented_image, _to_vtk_matrix, node_name
+from OrganGuidanceLib.mrml import array_from_oriented, node_name, oriented_image, vtk_matrix
 from OrganGuidanceLib.validation import InputError
 
 from .mrml import TUMOR_SEGMENT_NAME, tumor_segment_id, tumor_to_segmentation_node
@@ -92,7 +92,7 @@ def prompt_points(positive_node, negative_node, ct_node=None, last_role: Optiona
 # --- slice-limited segment update -------------------------------------------------
 def _slab_geometry(reference: Image, k_first: int, k_last: int) -> "slicer.vtkOrientedImageData":
     geometry = slicer.vtkOrientedImageData()
-    geometry.SetImageToWorldMatrix(_to_vtk_matrix(reference.index_to_ras))
+    geometry.SetImageToWorldMatrix(vtk_matrix(reference.index_to_ras))
     nz, ny, nx = reference.shape
     geometry.SetExtent(0, nx - 1, 0, ny - 1, int(k_first), int(k_last))
     return geometry
@@ -116,7 +116,7 @@ def read_segment_slices(segmentation_node, segment_id: str, reference: Image, sl
     if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
             labelmap, _slab_geometry(reference, indices[0], indices[-1]), slab, False, False):
         raise InputError(f"{node_name(segmentation_node)}: segment {segment.GetName()!r} cannot be resampled to {reference.name}")
-    array = _array_from_oriented(slab) == segment.GetLabelValue()  # (k_last - k_first + 1) x ny x nx
+    array = array_from_oriented(slab) == segment.GetLabelValue()  # (k_last - k_first + 1) x ny x nx
     return {k: array[k - indices[0]].copy() for k in indices}
 
 
@@ -185,7 +185,7 @@ def write_segment_slices(segmentation_node, segment_id: str, reference: Image, m
     # Whole slices from z0 to z1: the refined ones need all their pixels anyway.
     current = read_segment_slices(segmentation_node, segment_id, reference, range(z0, z1 + 1))
     slab = np.stack([np.asarray(masks[k], bool) if k in masks else current[k] for k in range(z0, z1 + 1)])
-    image = _oriented_image(slab.astype(np.uint8), reference.index_to_ras, (0, 0, z0))
+    image = oriented_image(slab.astype(np.uint8), reference.index_to_ras, (0, 0, z0))
     logic = slicer.vtkSlicerSegmentationsModuleLogic
     if not logic.SetBinaryLabelmapToSegment(image, segmentation_node, segment_id, logic.MODE_REPLACE):
         raise InputError(f"{node_name(segmentation_node)}: the tumor segment could not be updated on slices {indices}")

@@ -42,10 +42,6 @@ CONVENTIONS = ("totalsegmentator", "word")
 MODEL_SOURCES = ("catalogue", "folder")
 DEVICES = ("auto", "cuda", "cpu")
 STATISTICS_REFERENCE_ROLE = "crcSegmentationStatistics"  # = mrml.STATISTICS_REFERENCE_ROLE (mrml needs cc3d)
-# The tumor model runs through nnU-Net v2 (which brings its PyTorch needs); PyTorch itself comes
-# through the PyTorch extension, as for TotalSegmentator.
-NNUNET_REQUIREMENT = install.Requirement("nnunetv2", "nnunetv2==2.8.1", "nnU-Net v2, which runs the tumor model")
-USAM_REQUIREMENT = install.Requirement("segment_anything", "segment-anything==1.0", "Segment Anything, on which U-SAM point refinement builds")
 POINT_ROLES = ("positive", "negative")  # = mrml_points.POINT_ROLES (mrml_points needs the engine)
 
 OrganNode = Union[slicer.vtkMRMLLabelMapVolumeNode, slicer.vtkMRMLSegmentationNode, None]
@@ -249,15 +245,16 @@ class CRCSegmentationPanel(RunPanelBase):
     def _requirements(self) -> List[Any]:
         p = self._parameterNode
         totalsegmentator = p is not None and p.guidanceSource == "compute" and p.organSource == "totalsegmentator"
-        required = install.requirements(totalsegmentator=totalsegmentator)
-        torch = [r for r in install.TOTALSEGMENTATOR_REQUIREMENTS if r.import_name == "torch"]
-        return required + [r for r in torch if r not in required] + [NNUNET_REQUIREMENT]
+        # The packages come from OrganGuidanceLib.install's one table (PyTorch through the PyTorch extension).
+        return install.requirements(totalsegmentator=totalsegmentator, features=[install.TUMOR])
 
     def _ensureDependencies(self) -> bool:
         """True when every package of the run imports; otherwise ask, then install (PyTorch first)."""
         missing = install.missing_requirements(self._requirements())
         if not missing:
             return True
+        if not self._checkInstallable(missing):
+            return False
         question = "\n\n".join([
             _("CRC Segmentation needs Python packages that are not installed yet:"),
             install.describe(missing),
@@ -360,8 +357,7 @@ class CRCSegmentationPanel(RunPanelBase):
 
     def _refinementLogic(self) -> Any:
         """The refinement logic with the chosen checkpoint loaded (reloaded when it or the device changes)."""
-        torch = [r for r in install.TOTALSEGMENTATOR_REQUIREMENTS if r.import_name == "torch"]
-        missing = install.missing_requirements(install.requirements() + torch + [USAM_REQUIREMENT])
+        missing = install.missing_requirements(install.requirements(features=[install.REFINEMENT]))
         if missing and not self._installForRefinement(missing):
             return None
         from .logic import PointRefinementLogic
@@ -377,6 +373,8 @@ class CRCSegmentationPanel(RunPanelBase):
         return self._refinement
 
     def _installForRefinement(self, missing: Sequence[Any]) -> bool:
+        if not self._checkInstallable(missing):
+            return False
         question = "\n\n".join([
             _("Point refinement needs Python packages that are not installed yet:"),
             install.describe(missing),

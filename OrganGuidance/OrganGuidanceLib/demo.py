@@ -10,21 +10,16 @@ one line and falls back to the phantom.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import socket
 import sys
 import textwrap
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from .atomic import atomic_path
-from .checksum import sha256_of
+from .download import ChecksumMismatch, DownloadUnavailable, download_verified
 from .guidance import GuidanceParameters, GuidanceResult, MOSSource, run_guidance
 from .image import Image
 from .validation import InputError
@@ -35,19 +30,10 @@ TS_EXAMPLE_URL = (
 )
 TS_EXAMPLE_SHA256 = "dbd3ae6d614d1d7ef3a46925c30c70038ed52da6b37fdd6afdc7b9b71387e3e1"
 SAMPLES = {"ts-example": "ts_example_ct.nii.gz"}  # sample name -> cached file name in the output folder
-DOWNLOAD_TIMEOUT_S = 20.0
 DEFAULT_OUTPUT = Path("demo_output")
 PHANTOM_FILES = {"ct": "ct.nii.gz", "labels": "labels_total.nii.gz", "tumor": "tumor_gt.nii.gz", "text": "summary.txt"}
 
 Log = Callable[[str], None]
-
-
-class SampleChecksumError(InputError):
-    """A downloaded sample is not the file it should be (its SHA-256 differs)."""
-
-
-class SampleUnavailable(RuntimeError):
-    """The sample could not be fetched (no network, server error); the demo falls back."""
 
 
 @dataclass
@@ -62,51 +48,6 @@ class DemoReport:
     full_shape: Tuple[int, int, int] = (0, 0, 0)
     timings_s: Dict[str, float] = field(default_factory=dict)
     summary: str = ""
-
-
-# --- sample download -----------------------------------------------------------------
-
-def fetch_sample(url: str, sha256: str, destination: Path, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> Path:
-    """Download ``url`` to ``destination`` unless a verified copy is there; verify its SHA-256.
-
-    Raises ``SampleUnavailable`` when it cannot be fetched and ``SampleChecksumError``
-    (the file deleted) when the bytes are not the expected ones.
-    """
-    from tqdm import tqdm
-
-    destination = Path(destination)
-    if destination.exists():
-        if sha256_of(destination) == sha256.lower():
-            return destination
-        destination.unlink()  # a stale or damaged cache: fetch it again
-    digest = hashlib.sha256()
-    with atomic_path(destination, ".download") as temporary, open(temporary, "wb") as out:
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response:
-                length = response.headers.get("Content-Length")
-                with tqdm(total=int(length) if length else None, unit="B", unit_scale=True,
-                          desc=f"downloading {destination.name}", leave=False) as bar:
-                    for block in iter(lambda: response.read(1 << 16), b""):
-                        out.write(block)
-                        digest.update(block)
-                        bar.update(len(block))
-        except urllib.error.HTTPError as error:
-            raise SampleUnavailable(f"download failed: {url} answered HTTP {error.code} {error.reason}") from error
-        except urllib.error.URLError as error:
-            if url.lower().startswith("file:"):
-                raise SampleUnavailable(f"cannot read {url} ({error.reason})") from error
-            raise SampleUnavailable(f"no network: cannot reach {url} ({error.reason})") from error
-        except (socket.timeout, TimeoutError) as error:
-            raise SampleUnavailable(f"no network: {url} did not answer within {timeout_s:.0f} s") from error
-        except OSError as error:
-            raise SampleUnavailable(f"no network: download of {url} failed ({error})") from error
-        actual = digest.hexdigest()
-        if actual != sha256.lower():
-            raise SampleChecksumError(
-                f"sample {url}: SHA-256 mismatch, expected {sha256.lower()} but the downloaded file has {actual}; "
-                "the file was deleted (wrong URL, or the file changed on the server)"
-            )
-    return destination
 
 
 def _segment_sample(ct: Image, parameters: GuidanceParameters) -> MOSSource:
@@ -221,12 +162,12 @@ def _run_phantom(output_dir: Path, parameters: GuidanceParameters, fallback_reas
 
 def _run_sample(output_dir: Path, sample: str, url: str, sha256: str, parameters: GuidanceParameters,
                 log: Log) -> DemoReport:
-    """Raises ``SampleUnavailable`` or ``MissingWeightsError`` for the caller to fall back."""
+    """Raises ``DownloadUnavailable`` or ``MissingWeightsError`` for the caller to fall back."""
     from .io import read_image
 
     report = DemoReport(source=sample, output_dir=output_dir)
     start = time.perf_counter()
-    path = fetch_sample(url, sha256, output_dir / SAMPLES[sample])
+    path = download_verified(url, sha256, output_dir / SAMPLES[sample])
     report.files["sample_ct"] = path
     report.timings_s["download"] = time.perf_counter() - start
     ct = read_image(path, name=f"{sample} CT")
@@ -268,7 +209,7 @@ def run_demo(
 
         try:
             report = _run_sample(output_dir, sample, sample_url, sample_sha256, parameters, say)
-        except SampleUnavailable as error:
+        except DownloadUnavailable as error:
             fallback_reason = str(error)
         except (MissingWeightsError, ImportError) as error:  # ImportError: TotalSegmentator not installed
             fallback_reason = f"organ segmentation unavailable: {error}"
@@ -298,7 +239,7 @@ def demo_main(args: argparse.Namespace) -> int:
         sample = "ts-example"
     try:
         run_demo(args.output, sample=sample, sample_url=args.sample_url or TS_EXAMPLE_URL)
-    except SampleChecksumError as error:
+    except ChecksumMismatch as error:
         print(f"crcseg demo: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -17,8 +17,16 @@ from .validation import InputError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-# Suffixes SimpleITK writes that we support for output; "" means a DICOM folder on read only.
-WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha", ".mhd")
+# The project's one list of image file endings (inputs of every command); a DICOM series is a folder.
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+# What we write: the same, plus Slicer's segmentation file.
+WRITABLE_SUFFIXES = IMAGE_SUFFIXES + (".seg.nrrd",)
+
+
+def image_suffix(path: PathLike) -> Optional[str]:
+    """The image ending of ``path`` (``.nii.gz`` counts as one), or None for other files."""
+    name = Path(path).name.lower()
+    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), None)
 
 
 class ImageReadError(InputError):

@@ -93,7 +93,7 @@ def node_name(node) -> str:
     return node.GetName() or node.GetID() or node.GetClassName()
 
 
-def _to_vtk_matrix(array: np.ndarray) -> "vtk.vtkMatrix4x4":
+def vtk_matrix(array: np.ndarray) -> "vtk.vtkMatrix4x4":
     matrix = vtk.vtkMatrix4x4()
     for row in range(4):
         for column in range(4):
@@ -116,11 +116,11 @@ def _vtk_compatible(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _oriented_image(array: np.ndarray, ijk_to_ras: np.ndarray, start_xyz: Sequence[int] = (0, 0, 0)) -> "slicer.vtkOrientedImageData":
+def oriented_image(array: np.ndarray, ijk_to_ras: np.ndarray, start_xyz: Sequence[int] = (0, 0, 0)) -> "slicer.vtkOrientedImageData":
     """An oriented image whose extent starts at ``start_xyz`` of the grid that ``ijk_to_ras`` describes."""
     array = np.ascontiguousarray(_vtk_compatible(array))
     image = slicer.vtkOrientedImageData()
-    image.SetImageToWorldMatrix(_to_vtk_matrix(ijk_to_ras))
+    image.SetImageToWorldMatrix(vtk_matrix(ijk_to_ras))
     nz, ny, nx = array.shape
     x0, y0, z0 = (int(s) for s in start_xyz)
     image.SetExtent(x0, x0 + nx - 1, y0, y0 + ny - 1, z0, z0 + nz - 1)
@@ -129,7 +129,7 @@ def _oriented_image(array: np.ndarray, ijk_to_ras: np.ndarray, start_xyz: Sequen
     return image
 
 
-def _array_from_oriented(image: "slicer.vtkOrientedImageData") -> np.ndarray:
+def array_from_oriented(image: "slicer.vtkOrientedImageData") -> np.ndarray:
     shape = tuple(reversed(image.GetDimensions()))
     return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(shape).copy()
 
@@ -137,7 +137,7 @@ def _array_from_oriented(image: "slicer.vtkOrientedImageData") -> np.ndarray:
 def _reference_geometry(reference: Image) -> "slicer.vtkOrientedImageData":
     """Geometry only (no voxels): what the resampler needs to know about the target grid."""
     geometry = slicer.vtkOrientedImageData()
-    geometry.SetImageToWorldMatrix(_to_vtk_matrix(reference.index_to_ras))
+    geometry.SetImageToWorldMatrix(vtk_matrix(reference.index_to_ras))
     nz, ny, nx = reference.shape[:3]
     geometry.SetExtent(0, nx - 1, 0, ny - 1, 0, nz - 1)
     return geometry
@@ -173,7 +173,7 @@ def image_from_volume_node(volume_node) -> Image:
 def update_volume_node_from_image(volume_node, image: Image) -> None:
     """Set voxels and geometry of ``volume_node`` from ``image`` (inverse of ``image_from_volume_node``)."""
     # Geometry first, so observers of the image-data event see the final volume.
-    volume_node.SetIJKToRASMatrix(_to_vtk_matrix(image.index_to_ras))
+    volume_node.SetIJKToRASMatrix(vtk_matrix(image.index_to_ras))
     slicer.util.updateVolumeFromArray(volume_node, np.ascontiguousarray(_vtk_compatible(image.array)))
 
 
@@ -229,7 +229,7 @@ def segment_mask(segmentation_node, segment_id: str, reference: Image) -> np.nda
     ):
         raise InputError(f"{node_name(segmentation_node)}: segment {segment.GetName()!r} cannot be resampled to {reference.name}")
     # Segments may share one labelmap layer; each owns the voxels equal to its label value.
-    return _array_from_oriented(resampled) == segment.GetLabelValue()
+    return array_from_oriented(resampled) == segment.GetLabelValue()
 
 
 def _segmentation_label_image(node, reference: Image, convention: LabelConvention | None, messages: List[str] | None) -> Image:
@@ -301,7 +301,7 @@ def cropped_oriented_image(mask_or_labels: np.ndarray, ijk_to_ras: np.ndarray) -
     if box is None:
         box = (slice(0, 1),) * 3  # an empty segment still needs a valid (one-voxel, zero) layer
     start_xyz = [s.start for s in reversed(box)]
-    return _oriented_image(mask_or_labels[box], ijk_to_ras, start_xyz)
+    return oriented_image(mask_or_labels[box], ijk_to_ras, start_xyz)
 
 
 def _segment(name: str, color: Tuple[float, float, float], layer, label_value: int, tag: str) -> "slicer.vtkSegment":
@@ -438,7 +438,7 @@ def crop_box_to_roi_node(scene, crop_box: CropBox, ct_image: Image, name: str, r
     node = roi_node if roi_node is not None else slicer.vtkMRMLMarkupsROINode()
     was_modified = node.StartModify()
     node.SetName(name)
-    node.SetAndObserveObjectToNodeMatrix(_to_vtk_matrix(object_to_node))
+    node.SetAndObserveObjectToNodeMatrix(vtk_matrix(object_to_node))
     node.SetSize(*(float(s) for s in size))
     node.EndModify(was_modified)
     if roi_node is None:

@@ -122,7 +122,7 @@ class TotalSegmentatorProvider:
             import torch
 
             return "gpu" if torch.cuda.is_available() else "cpu"
-        return {"cuda": "gpu"}.get(self.device, self.device)
+        return {"cuda": "gpu"}.get(self.device, self.device)  # TotalSegmentator's name for CUDA
 
     def command(self, input_path: Path, output_path: Path) -> List[str]:
         """The equivalent ``TotalSegmentator`` command line, run by ``segment_in_subprocess``."""

@@ -11,7 +11,8 @@ the engine in three steps:
 - ``logic.apply`` back on the main thread, only if the run was not cancelled, so a
   cancelled run leaves the scene as it was;
 
-and offers to pip-install missing packages (``install``) after asking. Like the widget
+and offers to pip-install missing packages (``install``) after asking, unless this Slicer's
+Python is too old for their pinned releases (then it says which Slicer is needed). Like the widget
 files, it imports Qt and the Slicer application and runs only inside Slicer.
 """
 from __future__ import annotations
@@ -297,6 +298,16 @@ class RunPanelBase(qt.QWidget):
             slicer.util.errorDisplay(f"{message}\n\n{error}", detailedText=details)
 
     # ------------------------------------------------------------------ dependencies
+    def _checkInstallable(self, missing: Sequence[Any]) -> bool:
+        """False (after showing why) when ``missing`` cannot install on this Slicer's Python: no doomed pip run."""
+        problem = install.unsupported_python_message(missing, slicer_version=slicer.app.applicationVersion)
+        if problem is None:
+            return True
+        self._setStatus(_("Not started: {problem}").format(problem=problem))
+        if self._showDialogs:
+            slicer.util.errorDisplay(problem, windowTitle=_("Install Python packages"))
+        return False
+
     def _askToInstall(self, question: str) -> bool:
         """Ask ``question``; False (and the status says why nothing started) unless the user agrees."""
         if not self._showDialogs or not slicer.util.confirmOkCancelDisplay(
@@ -308,6 +319,8 @@ class RunPanelBase(qt.QWidget):
 
     def _installRequirements(self, missing: Sequence[Any]) -> bool:
         """Install ``missing`` (PyTorch first); False after reporting a failure."""
+        if not self._checkInstallable(missing):  # the panels check before asking; this guards other callers
+            return False
         try:
             with slicer.util.WaitCursor():
                 if any(requirement.installer == "pytorch" for requirement in missing):
@@ -335,8 +348,8 @@ class RunPanelBase(qt.QWidget):
         try:
             import PyTorchUtils
         except ImportError:
-            # Without the extension, PyPI's default build (CPU-only on Windows) still runs TotalSegmentator.
-            slicer.util.pip_install("torch" + install.TORCH_VERSION_REQUIREMENT)
+            # Without the extension, PyPI's default build (CPU-only on Windows) still runs, slower.
+            slicer.util.pip_install(install.TORCH_REQUIREMENT.pip_requirement)
             return
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
         if not torchLogic.torchInstalled():
@@ -344,7 +357,7 @@ class RunPanelBase(qt.QWidget):
                 askConfirmation=True, torchVersionRequirement=install.TORCH_VERSION_REQUIREMENT
             )
             if torch is None:
-                raise RuntimeError(_("PyTorch was not installed; TotalSegmentator cannot run without it."))
+                raise RuntimeError(_("PyTorch was not installed; the run cannot start without it."))
 
     # ------------------------------------------------------------------ running
     def onApply(self) -> None:

@@ -208,11 +208,13 @@ class OrganGuidancePanel(RunPanelBase):
 
     # ------------------------------------------------------------------ dependencies
     def _ensureDependencies(self) -> bool:
-        """True when every package of the run imports; otherwise ask, then install."""
+        """True when every package of the run imports; otherwise ask, then install (if this Python can)."""
         required = install.requirements(totalsegmentator=self.usesTotalSegmentator())
         missing = install.missing_requirements(required)
         if not missing:
             return True
+        if not self._checkInstallable(missing):
+            return False
         question = "\n\n".join([
             _("Organ Guidance needs Python packages that are not installed yet:"),
             install.describe(missing),

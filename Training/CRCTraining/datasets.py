@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from OrganGuidanceLib.io import IMAGE_SUFFIXES, image_suffix
 from OrganGuidanceLib.validation import InputError
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 ORGANS_FOLDER = "organsTr"
 CHANNEL_SUFFIX_LENGTH = len("_0000")
 
@@ -49,12 +49,6 @@ class SourceDataset:
 
 def _is_hidden(path: Path) -> bool:
     return path.name.startswith(".")  # also the "._colon_001.nii.gz" macOS junk of the MSD tarballs
-
-
-def image_suffix(path: Path) -> Optional[str]:
-    """The image suffix of ``path`` (``.nii.gz`` counts as one), or None for other files."""
-    name = path.name.lower()
-    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), None)
 
 
 def _stem(path: Path) -> str:

@@ -31,10 +31,9 @@ from tqdm import tqdm
 from CRCSegmentationLib.metrics import CONVENTIONS, HD95_EMPTY_MM, NSD_TOLERANCE_MM, SegmentationMetrics, compute_metrics
 from OrganGuidanceLib.atomic import atomic_path, write_text_atomic
 from OrganGuidanceLib.image import Image
-from OrganGuidanceLib.io import read_image
+from OrganGuidanceLib.io import image_suffix, read_image
 from OrganGuidanceLib.validation import InputError
 
-from .datasets import image_suffix
 
 METRIC_NAMES = ("dice", "nsd", "precision", "recall", "hd95")
 METRICS_CSV, SUMMARY_JSON, BOXPLOT_PNG = "metrics.csv", "summary.json", "metrics_boxplot.png"

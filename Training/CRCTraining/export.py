@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from CRCSegmentationLib.bundle import METADATA_FILE, BundleMetadata
+from CRCSegmentationLib.networks.nnunet_architectures import TRAINER_ARCHITECTURES
 from OrganGuidanceLib.checksum import sha256_of
 
 from . import __version__
@@ -41,6 +42,8 @@ def export_bundle(
     if output.exists():
         raise FileExistsError(f"{output}: exists already; choose another folder or remove it first")
     dataset_json = json.loads((model_folder / "dataset.json").read_text())
+    labels = {str(k): int(v) for k, v in dataset_json["labels"].items()}
+    tumor_labels = _tumor_labels(model_folder, labels)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-bundle-", dir=output.parent))
     umask = os.umask(0)
@@ -62,11 +65,16 @@ def export_bundle(
             folds=[str(f) for f in folds],
             checkpoint=checkpoint,
             input_channels=_channel_names(dataset_json),
-            labels={str(k): int(v) for k, v in dataset_json["labels"].items()},
+            labels=labels,
             checkpoint_sha256={relative: sha256_of(staging / relative) for relative in checkpoints},
             guidance=dataset_json.get("agcrc", {}),
             description=description,
             software=_software_versions(),
+            kind="nnunet",
+            modality="CT",
+            tumor_labels=tumor_labels,
+            # our trainers' network, so the bundle predicts without CRCTraining; nnU-Net's own trainers: ""
+            network=TRAINER_ARCHITECTURES.get(trainer, ""),
         )
         (staging / METADATA_FILE).write_text(metadata.to_json())
         os.replace(staging, output)
@@ -74,6 +82,17 @@ def export_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output
+
+
+def _tumor_labels(model_folder: Path, labels: dict) -> list:
+    """The label names the bundle reports as tumor: ``tumor``, else the only foreground label."""
+    if "tumor" in labels:
+        return ["tumor"]
+    foreground = [name for name, value in labels.items() if value != 0]
+    if len(foreground) != 1:
+        raise ValueError(f"{model_folder}: cannot tell which of the labels {sorted(labels)} is the tumor "
+                         "(name it 'tumor' in dataset.json)")
+    return foreground
 
 
 def _channel_names(dataset_json: dict) -> list:

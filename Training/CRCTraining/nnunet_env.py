@@ -14,11 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
-
-from CRCSegmentationLib.nnunet_trainers import register_trainer_folder
-
-TRAINERS_FOLDER = Path(__file__).resolve().parent / "nnunet_trainers"
+TRAINERS_FOLDER = Path(__file__).resolve().parent / "trainers"
 
 
 @dataclass(frozen=True)
@@ -53,8 +49,16 @@ class NNUNetPaths:
 
 
 def register_trainers() -> None:
-    """Put our trainer folder on ``nnUNet_extTrainer`` (once, in front); shared with inference."""
-    register_trainer_folder(TRAINERS_FOLDER)
+    """Put our trainer folder on ``nnUNet_extTrainer`` (once, in front of what the user had).
+
+    Only training and nnU-Net's own commands need it: our inference builds the network itself
+    (``CRCSegmentationLib.networks.nnunet_architectures``).
+    """
+    current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
+    if str(TRAINERS_FOLDER) not in current:
+        os.environ["nnUNet_extTrainer"] = os.pathsep.join([str(TRAINERS_FOLDER), *current])
+    # 0 breaks nnU-Net's planning (set_num_threads(0)); 1 keeps small machines responsive.
+    os.environ.setdefault("nnUNet_n_proc_DA", str(max(1, min(8, (os.cpu_count() or 2) - 1))))
 
 
 def configure(workdir: Optional[Path]) -> NNUNetPaths:
@@ -62,17 +66,6 @@ def configure(workdir: Optional[Path]) -> NNUNetPaths:
     paths = NNUNetPaths.under(workdir) if workdir is not None else NNUNetPaths.from_environment()
     paths.export()
     return paths
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is an error that says so."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA GPU is available here (use --device auto or cpu)")
-    if device not in ("cuda", "cpu"):
-        raise ValueError(f"device '{device}' is not one of auto, cuda, cpu")
-    return torch.device(device)
 
 
 def dataset_name(dataset_id: int) -> str:

@@ -35,6 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from OrganGuidanceLib.atomic import atomic_path
+from OrganGuidanceLib.morphology import bounding_box
 
 Shape3 = Tuple[int, int, int]
 RandomSource = Union[np.random.Generator, np.random.RandomState, None]
@@ -104,17 +105,6 @@ def default_cell_size(patch_size: Sequence[int], sigma_fraction: float = SIGMA_F
     return tuple(max(1, int(s // CELLS_PER_SIGMA)) for s in sigma)  # type: ignore[return-value]
 
 
-def _bounding_box(mask: np.ndarray) -> Optional[Tuple[slice, slice, slice]]:
-    """Tight (Z, Y, X) slices around the non-zero voxels, None for an empty mask (three cheap ``any`` passes)."""
-    z = np.flatnonzero(mask.any(axis=(1, 2)))
-    if z.size == 0:
-        return None
-    slab = mask[z[0]:z[-1] + 1]
-    y = np.flatnonzero(slab.any(axis=(0, 2)))
-    x = np.flatnonzero(slab.any(axis=(0, 1)))
-    return slice(z[0], z[-1] + 1), slice(y[0], y[-1] + 1), slice(x[0], x[-1] + 1)
-
-
 def block_sums(mask: np.ndarray, cell_size: Sequence[int]) -> np.ndarray:
     """Number of mask voxels in each cell; (Z, Y, X) -> (ceil(Z/cz), ceil(Y/cy), ceil(X/cx)) float64.
 
@@ -123,7 +113,7 @@ def block_sums(mask: np.ndarray, cell_size: Sequence[int]) -> np.ndarray:
     mask = mask if mask.dtype == np.bool_ else mask != 0
     coarse_shape = tuple(-(-size // int(cell)) for size, cell in zip(mask.shape, cell_size))
     result = np.zeros(coarse_shape)
-    box = _bounding_box(mask)
+    box = bounding_box(mask)
     if box is None:
         return result
     first = [(b.start // int(c)) * int(c) for b, c in zip(box, cell_size)]
@@ -395,7 +385,7 @@ class SamplingMap:
                   "tumor_weight": self.tumor_weight, "mu": self.mu, "sigma_fraction": self.sigma_fraction}
         blobs = []
         for name, gain in (("organ", self.organ_gain), ("tumor", self.tumor_gain)):
-            box = None if gain is None else _bounding_box(gain)
+            box = None if gain is None else bounding_box(gain)
             header[f"{name}_origin"] = (-1, -1, -1) if box is None else tuple(b.start for b in box)
             header[f"{name}_box"] = (0, 0, 0) if box is None else tuple(b.stop - b.start for b in box)
             if box is not None:
@@ -484,49 +474,3 @@ def compute_sampling_map(ooi: np.ndarray, tumor: Optional[np.ndarray], patch_siz
     return SamplingMap(shape=shape, cell_size=cells, patch_size=patch, organ_gain=organ_gain,
                        organ_total=organ_total, tumor_gain=tumor_gain, tumor_total=tumor_total,
                        tumor_weight=float(tumor_weight), mu=float(mu), sigma_fraction=float(sigma_fraction))
-
-
-def truncated_gaussian_3d(patch_size: Sequence[int], sigma_fraction: float = SIGMA_FRACTION) -> np.ndarray:
-    """``K`` of Eq. 2 written out in 3D: ``C exp(-1/2 q^T Sigma^-1 q)`` on ``|q| <= d/2``, Sigma = diag(sigma^2)."""
-    patch = _as_shape3(patch_size, "patch_size")
-    sigma = kernel_sigma(patch, sigma_fraction)
-    halves = [int(math.floor(d / 2.0)) for d in patch]
-    q = np.meshgrid(*[np.arange(-h, h + 1, dtype=np.float64) for h in halves], indexing="ij")
-    quadratic = sum((q[a] / sigma[a]) ** 2 for a in range(3))
-    normaliser = (2.0 * math.pi) ** -1.5 / float(np.prod(sigma))  # C = (2 pi)^-3/2 det(Sigma)^-1/2
-    return normaliser * np.exp(-0.5 * quadratic)
-
-
-def direct_gain(mask: np.ndarray, patch_size: Sequence[int], sigma_fraction: float = SIGMA_FRACTION) -> np.ndarray:
-    """Literal Eq. 1: ``g_i = K_i . O`` at every voxel, (Z, Y, X) float64. Slow; the test reference.
-
-    Adds the kernel around every voxel of ``O`` when ``O`` is sparse, else runs ``ndimage.correlate``.
-    """
-    kernel = truncated_gaussian_3d(patch_size, sigma_fraction)
-    halves = [(k - 1) // 2 for k in kernel.shape]
-    inside = np.argwhere(mask)
-    if len(inside) > mask.size // 8:
-        return ndimage.correlate(mask.astype(np.float64), kernel, mode="constant", cval=0.0)
-    padded = np.zeros([s + 2 * h for s, h in zip(mask.shape, halves)])
-    kz, ky, kx = kernel.shape
-    for z, y, x in inside:  # K is symmetric: voxel q adds K(i - q) = K(q - i) to every i around it
-        padded[z:z + kz, y:y + ky, x:x + kx] += kernel
-    return padded[halves[0]:halves[0] + mask.shape[0], halves[1]:halves[1] + mask.shape[1],
-                  halves[2]:halves[2] + mask.shape[2]]
-
-
-def direct_psm(ooi: np.ndarray, tumor: Optional[np.ndarray], patch_size: Sequence[int],
-               tumor_weight: float = TUMOR_WEIGHT, mu: float = MU,
-               sigma_fraction: float = SIGMA_FRACTION) -> np.ndarray:
-    """Literal AG-CRC Eq. 1-6 at full resolution: dense ``S_final`` (Z, Y, X) float64. Test reference only."""
-    _check_masks(ooi, tumor)
-    n = ooi.size
-
-    def psm(mask: np.ndarray) -> np.ndarray:
-        s = direct_gain(mask, patch_size, sigma_fraction) / mu + 1.0 / n  # Eq. 4, mean of S = 1/n
-        return s / s.sum()  # Eq. 5
-
-    organ = psm(ooi)
-    if tumor is None or not np.any(tumor):
-        return organ
-    return (1.0 - tumor_weight) * organ + tumor_weight * psm(tumor)  # Eq. 6

@@ -10,7 +10,9 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
-from .nnunet_env import dataset_name, register_trainers, resolve_device
+from OrganGuidanceLib.device import resolve_device
+
+from .nnunet_env import dataset_name, register_trainers
 from .planning import CONFIGURATION, PLANS, patch_size, preprocessed_folder
 from .trainer_mixins import ENV_EPOCHS, ENV_ITERATIONS, ENV_VAL_ITERATIONS
 

@@ -171,7 +171,9 @@ def train_main(args: argparse.Namespace) -> int:
 
 def predict_main(args: argparse.Namespace) -> int:
     from .export import trained_model_folder
-    from .nnunet_env import configure, dataset_name, resolve_device
+    from OrganGuidanceLib.device import resolve_device
+
+    from .nnunet_env import configure, dataset_name
     from .predict import predict_folder
 
     paths = configure(args.workdir)

@@ -118,7 +118,7 @@ def train_main(args: argparse.Namespace) -> int:
 def _setup(args: argparse.Namespace):
     import torch
 
-    from .usam_train import resolve_device
+    from OrganGuidanceLib.device import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

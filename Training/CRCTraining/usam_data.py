@@ -30,6 +30,7 @@ from CRCSegmentationLib.usam import slice_to_input
 from CRCSegmentationLib.usam.prompts import pad_prompts, sample_points
 from OrganGuidanceLib.atomic import atomic_path, write_text_atomic
 from OrganGuidanceLib.image import Image
+from OrganGuidanceLib.io import IMAGE_SUFFIXES, image_suffix
 from OrganGuidanceLib.validation import InputError, check_ct, check_label_map
 
 NORMAL_RECTUM, TUMOR = 1, 2  # CARE labels
@@ -160,9 +161,9 @@ def extract_volume_slices(folder: Path, images: Path, labels: Path, rectum_value
             raise InputError(f"{what} folder {path}: not found")
     if not rectum_values and not tumor_values:
         raise InputError("slice extraction: give the rectum and/or tumor label values")
-    label_files = sorted(p for p in labels.iterdir() if p.name.endswith((".nii.gz", ".nii", ".nrrd", ".mha")))
+    label_files = sorted(p for p in labels.iterdir() if image_suffix(p) is not None)
     if not label_files:
-        raise InputError(f"labels folder {labels}: holds no .nii.gz/.nii/.nrrd/.mha label maps")
+        raise InputError(f"labels folder {labels}: holds no label maps ({', '.join(IMAGE_SUFFIXES)})")
     _check_output_folder(folder)
     slices = {}
     for label_path in tqdm(label_files, desc="slices", unit="case", leave=False):

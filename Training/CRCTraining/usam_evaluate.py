@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from CRCSegmentationLib.usam import USAM
+from CRCSegmentationLib.networks.usam import USAM
 from CRCSegmentationLib.usam.prompts import pad_prompts, sample_points
 from OrganGuidanceLib.atomic import write_text_atomic
 from OrganGuidanceLib.validation import InputError

@@ -28,8 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from CRCSegmentationLib.usam import USAM, USAMConfig, build_usam, save_usam_checkpoint
+from CRCSegmentationLib.networks.usam import USAM, USAMConfig
+from CRCSegmentationLib.usam import save_usam_checkpoint, usam_with_sam_weights
 from CRCSegmentationLib.usam.checkpoint import read_usam_checkpoint
+from OrganGuidanceLib.device import resolve_device
 from OrganGuidanceLib.atomic import atomic_path, write_text_atomic
 from OrganGuidanceLib.validation import InputError
 
@@ -83,14 +85,6 @@ class TrainingResult:
     skipped: bool = False  # the run had finished before
     resumed_from: int = 0
     warnings: List[str] = field(default_factory=list)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device not in ("auto", "cuda", "cpu"):
-        raise InputError(f"device: {device!r} must be auto, cuda or cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("device: cuda was asked for but PyTorch sees no CUDA GPU")
-    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
 
 
 def usam_loss(logits: Tensor, target: Tensor, dice_weight: float = 0.6) -> Tuple[Tensor, Tensor, Tensor]:
@@ -270,7 +264,7 @@ def train_usam(settings: USAMTrainingSettings, stop_after: Optional[int] = None,
         torch.set_rng_state(extra["torch_rng"])
     else:
         torch.manual_seed(settings.seed)
-        model, report = build_usam(config, settings.sam_checkpoint)
+        model, report = usam_with_sam_weights(config, settings.sam_checkpoint)
         warnings += report.warnings
         model = model.to(device)
         optimizer = build_optimizer(model, settings.lr_decoder, settings.lr_encoder, settings.weight_decay)

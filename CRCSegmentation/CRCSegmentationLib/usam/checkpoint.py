@@ -18,8 +18,7 @@ import torch
 from OrganGuidanceLib.atomic import atomic_path
 from OrganGuidanceLib.validation import InputError
 
-from .config import USAMConfig
-from .model import USAM
+from ..networks.usam import USAM, USAMConfig
 
 CHECKPOINT_FORMAT = "crcseg-usam"
 CHECKPOINT_VERSION = 1
@@ -79,7 +78,7 @@ def read_usam_checkpoint(
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         hint = ""
         if isinstance(payload, dict) and "image_encoder.pos_embed" in payload:
-            hint = "; it looks like a SAM checkpoint: use build_usam(config, sam_checkpoint=...)"
+            hint = "; it looks like a SAM checkpoint: use usam_with_sam_weights(config, sam_checkpoint=...)"
         raise InputError(f"U-SAM checkpoint {path}: not a '{CHECKPOINT_FORMAT}' checkpoint{hint}")
     version = payload.get("version")
     if version != CHECKPOINT_VERSION:

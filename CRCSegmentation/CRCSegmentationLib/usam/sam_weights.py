@@ -5,7 +5,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Mapping
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,10 +13,8 @@ from torch import Tensor
 
 from OrganGuidanceLib.validation import InputError
 
-from .config import VIT_DEPTH, VIT_EMBED_DIM, VIT_GLOBAL_ATTN_INDEXES
-
-if TYPE_CHECKING:  # for the type hint only
-    from .model import USAM
+from ..networks.usam import USAM, USAMConfig, build_usam
+from ..networks.usam.config import VIT_DEPTH, VIT_EMBED_DIM, VIT_GLOBAL_ATTN_INDEXES
 
 logger = logging.getLogger(__name__)
 
@@ -176,3 +174,24 @@ def map_sam_weights(model: USAM, state: Mapping[str, Tensor], source: str = "") 
     for warning in report.warnings:
         logger.warning("SAM weights: %s", warning)
     return report
+
+
+def usam_with_sam_weights(config: USAMConfig = USAMConfig(),
+                          sam_checkpoint: Optional[Path] = None) -> Tuple[USAM, LoadReport]:
+    """A U-SAM network with SAM ViT-B weights from ``sam_checkpoint`` (``sam_vit_b_01ec64.pth``) mapped in.
+
+    Without a checkpoint every weight is random, which trains much worse (the paper starts from SAM);
+    the report says so.
+    """
+    model = build_usam(config)
+    if sam_checkpoint is None:
+        report = LoadReport(missing=list(model.state_dict()))
+        report.warnings.append(
+            f"no SAM checkpoint given: every weight is random; U-SAM is meant to start from SAM ViT-B ({SAM_VIT_B_URL})"
+        )
+        logger.warning("U-SAM: %s", report.warnings[-1])
+        return model, report
+    state = read_sam_state_dict(Path(sam_checkpoint))
+    report = map_sam_weights(model, state, source=str(sam_checkpoint))
+    logger.info("U-SAM: %s", report.summary())
+    return model, report

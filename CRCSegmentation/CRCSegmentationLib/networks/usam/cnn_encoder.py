@@ -5,28 +5,8 @@ from typing import List, Sequence, Tuple
 
 from torch import Tensor, nn
 
+from ..blocks.unet_2d import DoubleConv, DownBlock
 from .config import CNN_CHANNELS
-
-
-class DoubleConv(nn.Sequential):
-    """(3x3 conv -> BatchNorm -> ReLU) x 2, as in U-SAM's backbone.py and UNet."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
-
-
-class DownBlock(nn.Sequential):
-    """f_{i+1} = Conv(MaxPool(f_i)): halves the resolution (paper Eq. 5)."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(nn.MaxPool2d(2), DoubleConv(in_channels, out_channels))
 
 
 class CNNEncoder(nn.Module):

@@ -1,0 +1,10 @@
+"""Build a U-SAM network from its configuration (reads no files: weights are mapped in by ``usam.sam_weights``)."""
+from __future__ import annotations
+
+from .config import USAMConfig
+from .model import USAM
+
+
+def build_usam(config: USAMConfig = USAMConfig()) -> USAM:
+    """A U-SAM network with random weights (CARE paper, Fig. 2)."""
+    return USAM(config)
