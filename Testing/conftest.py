@@ -58,19 +58,37 @@ def _count(terminalreporter, outcomes: List[str], reason: str) -> int:
     return sum(1 for report in reports if reason in str(getattr(report, "longrepr", "")))
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    """One line saying how many tests lacked real data and how to get it."""
+def _summary_line(terminalreporter) -> str:
     verb, outcomes = ("failed", ["error", "failed"]) if in_ci() else ("skipped", ["skipped"])
     count = _count(terminalreporter, outcomes, MISSING_DATA)
     if count:
-        terminalreporter.write_line(f"{MISSING_DATA}: {count} tests {verb}; {HOW_TO_GET}")
-        return
+        return f"{MISSING_DATA}: {count} tests {verb}; {HOW_TO_GET}"
     count = _count(terminalreporter, outcomes, MISSING_FILE)
     if count:
         names = ", ".join(sorted(_missing_files)) or "some files"
         word = (f"; the fetch script does not provide {WORD_LABEL_MAP} (WORD dataset, GPL-3.0): "
                 "put it into the data folder by hand") if WORD_LABEL_MAP in _missing_files else ""
-        terminalreporter.write_line(f"{MISSING_FILE}: {count} tests {verb} for want of {names}{word}")
+        return f"{MISSING_FILE}: {count} tests {verb} for want of {names}{word}"
+    return ""
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """One line saying how many tests lacked real data and how to get it, instead of one line per test.
+
+    Outermost wrapper: the skips for want of data are kept out of ``-ra``'s short summary (printed
+    inside) and put back afterwards, so the final count still includes them.
+    """
+    line = _summary_line(terminalreporter)
+    if line:
+        terminalreporter.write_line(line)
+    skipped = terminalreporter.stats.get("skipped", [])
+    data_skips = [r for r in skipped if any(m in str(getattr(r, "longrepr", "")) for m in (MISSING_DATA, MISSING_FILE))]
+    terminalreporter.stats["skipped"] = [r for r in skipped if r not in data_skips]
+    try:
+        return (yield)
+    finally:
+        terminalreporter.stats["skipped"] = skipped
 
 
 # Real data read once per session; tests derive new images and never write into these arrays.

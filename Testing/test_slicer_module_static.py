@@ -173,13 +173,6 @@ def top_level_imports(tree: ast.Module) -> List[Tuple[str, int]]:
             for found in imported_modules(node)]
 
 
-def cmake_source(path: Path) -> str:
-    """CMake text without comments, ``${MODULE_NAME}`` expanded."""
-    text = "\n".join(line.split("#", 1)[0] for line in path.read_text(encoding="utf-8").splitlines())
-    match = re.search(r"set\(\s*MODULE_NAME\s+(\w+)\s*\)", text)
-    return text.replace("${MODULE_NAME}", match.group(1)) if match else text
-
-
 def png_size(path: Path) -> Tuple[int, int]:
     data = path.read_bytes()[:24]
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path}: not a PNG file"
@@ -455,45 +448,7 @@ def test_widget_imports_only_dependency_free_lib_modules_at_load_time():
         assert not non_stdlib, f"{module}.py imports {non_stdlib} at load time"
 
 
-# ---------------------------------------------------------------------------- CMake and resources
-def test_extension_cmakelists_declares_modules_and_dependencies():
-    text = cmake_source(REPO_ROOT / "CMakeLists.txt")
-    assert re.search(r"cmake_minimum_required\(VERSION 3\.16\.3\.\.\.3\.19\.7 FATAL_ERROR\)", text)
-    assert re.search(r"project\(SlicerCRC\)", text)
-    depends = re.search(r"set\(EXTENSION_DEPENDS\s+([^)]*)\)", text)
-    assert depends and set(depends.group(1).split()) == {"PyTorch", "NNUNet", "TotalSegmentator"}
-    for variable in ("CATEGORY", "CONTRIBUTORS", "DESCRIPTION"):
-        assert re.search(rf"set\(EXTENSION_{variable}\s", text), variable
-    # URLs are real or left out: no template placeholders (there is no public repository yet).
-    for variable in ("HOMEPAGE", "ICONURL", "SCREENSHOTURLS"):
-        for url in re.findall(rf"set\(EXTENSION_{variable}\s+\"([^\"]*)\"", text):
-            assert url.startswith("https://") and "example.com" not in url and "/Extensions/SlicerCRC" not in url, url
-    description = re.search(r'set\(EXTENSION_DESCRIPTION\s+"([^"]*)"', text).group(1)
-    assert "Apache-2.0" in description and (REPO_ROOT / "LICENSE").read_text().lstrip().startswith("Apache License")
-    for missing in ("RCSegNeXt", "SANet", "HCF"):  # not implemented yet: the metadata must not claim them
-        assert missing not in description
-    for line in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
-                 "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
-        assert line in text, line
-    for module in MODULES:
-        assert f"add_subdirectory({module})" in text
-
-
-@pytest.mark.parametrize("module", MODULES)
-def test_module_cmakelists_registers_the_module_and_its_test(module):
-    """Which files it installs is checked by test_installation.py (globs evaluated); here, the macros."""
-    folder = REPO_ROOT / module
-    text = cmake_source(folder / "CMakeLists.txt")
-    assert "slicerMacroBuildScriptedModule(" in text
-    assert re.search(rf"slicer_add_python_unittest\(\s*SCRIPT\s+{module}\.py\s*\)", text)
-    tokens = set(re.findall(r"[\w./-]+\.(?:py|ui|png|json)\b", text))
-    assert f"{module}.py" in tokens
-    for token in tokens:
-        if "*" not in token:
-            assert (folder / token).is_file(), f"{module}/CMakeLists.txt lists missing file {token}"
-    assert f"Resources/Icons/{module}.png" in tokens
-
-
+# ---------------------------------------------------------------------------- resources (CMake: test_installation.py)
 @pytest.mark.parametrize("path", [REPO_ROOT / "Resources/Icons/SlicerCRC.png"]
                          + [REPO_ROOT / m / "Resources/Icons" / f"{m}.png" for m in MODULES],
                          ids=lambda p: p.name)
