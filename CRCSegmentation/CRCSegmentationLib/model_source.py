@@ -74,11 +74,6 @@ class ModelSource:
 
         return make_segmenter(self, parameters)
 
-    @property
-    def nnunet_folds(self) -> tuple:
-        """Folds as nnU-Net's predictor wants them (ints, or the string "all")."""
-        return tuple(int(f) if str(f).isdigit() else str(f) for f in self.folds)
-
     def checkpoint_paths(self) -> List[Path]:
         return [self.folder / f"fold_{fold}" / self.checkpoint for fold in self.folds]
 
