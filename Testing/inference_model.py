@@ -1,4 +1,4 @@
-"""A small tumor model for the inference tests: the shipped demo bundle if present, else trained here.
+"""A small tumor model for the inference tests: the shipped demo bundle (verified), else trained here.
 
 Training follows ``test_training_end_to_end.py`` (phantoms -> prepare -> tiny plan -> nnU-Net
 training of ``nnUNetTrainerAGCRC`` on CPU, a few iterations). The tests check the engine, not
@@ -56,8 +56,13 @@ def results_folder_from_bundle(bundle: Path, root: Path) -> Path:
 
 
 def load_or_train_model(root: Path) -> Dict[str, Path]:
-    """``CRCSEG_TEST_MODEL`` (a bundle, or "train"), else the shipped demo bundle if intact, else train one."""
+    """``CRCSEG_TEST_MODEL`` (a bundle, or "train"), else the shipped demo bundle, else (none shipped) train one.
+
+    A shipped demo bundle that fails verification fails the test: a corrupt model is a defect to report,
+    not a reason to test with another one.
+    """
     from CRCSegmentationLib.bundle import BundleError, verify_bundle
+    from CRCSegmentationLib.model_source import ModelError
 
     given = os.environ.get(ENV_TEST_MODEL)
     if given == "train":
@@ -68,8 +73,13 @@ def load_or_train_model(root: Path) -> Dict[str, Path]:
 
     try:
         demo = demo_model_path()
+    except ModelError:
+        return train_tiny_model(root)  # no demo bundle shipped in this installation: train our own
+    try:
         verify_bundle(demo)
-        return {"results": results_folder_from_bundle(demo, root), "bundle": demo}
-    except BundleError:
-        pass  # a missing or half-written demo model: train our own
-    return train_tiny_model(root)
+    except BundleError as error:
+        raise AssertionError(
+            f"the shipped demo bundle {demo} fails verification: {error}; restore it (scripts/train_demo_model.py "
+            f"makes it), or set {ENV_TEST_MODEL}=train to test with a model trained here"
+        ) from error
+    return {"results": results_folder_from_bundle(demo, root), "bundle": demo}

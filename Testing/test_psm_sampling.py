@@ -9,17 +9,15 @@ import numpy as np
 import pytest
 from scipy import ndimage, stats
 
-pytest.importorskip("nnunetv2")
-
-from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor  # noqa: E402
-from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader  # noqa: E402
-from nnunetv2.training.dataloading.nnunet_dataset import (  # noqa: E402
+from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.dataloading.nnunet_dataset import (
     comp_blosc2_params, nnUNetDatasetBlosc2, nnUNetDatasetNumpy)
-from nnunetv2.utilities.label_handling.label_handling import LabelManager  # noqa: E402
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
-from CRCTraining.psm import SamplingMap, compute_sampling_map  # noqa: E402
-from psm_reference import direct_psm  # noqa: E402
-from CRCTraining.sampling import (  # noqa: E402
+from CRCTraining.psm import SamplingMap, compute_sampling_map
+from psm_reference import direct_psm
+from CRCTraining.sampling import (
     PSM_DIRNAME, STRATEGIES, CentreSampledDatasetBlosc2, CentreSampledDatasetNumpy, case_sampler_from_arrays,
     centre_sampled_dataset_class, precompute_region_locations, precompute_sampling_maps, psm_path)
 

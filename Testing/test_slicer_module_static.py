@@ -579,3 +579,43 @@ def test_crc_module_file_is_thin_and_acknowledges_its_sources():
     classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
     assert classes == ["CRCSegmentation", "CRCSegmentationWidget", "CRCSegmentationTest"]
     assert "CRCSegmentationPanel" in text and "onReload" in text
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_self_test_fails_when_its_pytest_suite_cannot_run(module, tmp_path, monkeypatch):
+    """Slicer's self-test must not pass on a suite that did not run (installed extension, no pytest, no files).
+
+    The module file runs here for real, with stand-ins for the two Slicer-application imports it makes.
+    """
+    import importlib.util
+    import types
+    import unittest
+
+    class StandInTest(unittest.TestCase):  # Slicer's ScriptedLoadableModuleTest is a unittest.TestCase
+        def delayDisplay(self, message, msec=None):
+            pass
+
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr, i18n.translate = (lambda text: text), (lambda context, text: text)
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+    scripted.ScriptedLoadableModule = scripted.ScriptedLoadableModuleWidget = object
+    scripted.ScriptedLoadableModuleTest = StandInTest
+    monkeypatch.setitem(sys.modules, "slicer.i18n", i18n)
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", scripted)
+
+    installed = tmp_path / "extension" / module  # as installed: no Testing/ next to the module folder
+    installed.mkdir(parents=True)
+    (installed / f"{module}.py").write_text((REPO_ROOT / module / f"{module}.py").read_text(encoding="utf-8"))
+    spec = importlib.util.spec_from_file_location(f"_installed_{module}", installed / f"{module}.py")
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    test = getattr(loaded, f"{module}Test")("test_pytest_suite")
+
+    with pytest.raises(AssertionError, match=r"pytest suite did not run: no Testing folder"):
+        test.test_pytest_suite()
+    (tmp_path / "extension" / "Testing").mkdir()
+    with pytest.raises(AssertionError, match=r"pytest suite did not run: no \w+ test files"):
+        test.test_pytest_suite()
+    monkeypatch.setitem(sys.modules, "pytest", None)  # `import pytest` raises ImportError
+    with pytest.raises(AssertionError, match=r"pytest suite did not run: pytest is not installed"):
+        test.test_pytest_suite()

@@ -217,17 +217,28 @@ def test_bad_cases_are_reported_and_skipped(phantom_source, tmp_path, capfd):
     label = read_image(source / "labelsTr" / "colon_003.nii.gz")
     write_image(Image(label.array[:, :64], label.spacing, label.origin, label.direction),
                 source / "labelsTr" / "colon_003.nii.gz")  # a label on another grid
+    kept_before = {p: p.read_bytes() for p in case_outputs(folder, "colon_002").values()}
     report = _prepare(source, raw)
     assert report.cached == ["colon_001"] and not report.done
-    assert set(report.failed) == {"colon_002", "colon_003"}
-    assert "colon_002 image" in report.failed["colon_002"] and "cannot be read" in report.failed["colon_002"]
-    assert "geometry mismatch" in report.failed["colon_003"]
-    assert report.removed == ["colon_002", "colon_003"]  # their outputs came from the old inputs
-    assert not any(p.exists() for p in case_outputs(folder, "colon_002").values())
+    # A failing rerun keeps the complete outputs of the earlier run (a rerun must not shrink a dataset).
+    assert set(report.kept) == {"colon_002", "colon_003"} and not report.failed and not report.removed
+    assert "colon_002 image" in report.kept["colon_002"] and "cannot be read" in report.kept["colon_002"]
+    assert "geometry mismatch" in report.kept["colon_003"]
+    assert {p: p.read_bytes() for p in case_outputs(folder, "colon_002").values()} == kept_before
+    assert "earlier run's outputs are kept" in report.summary()
     written = json.loads((folder / "prepare_report.json").read_text())
-    assert written["failed"] == report.failed and written["num_training"] == 1
-    assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 1
+    assert written["kept"] == report.kept and written["num_training"] == 3
+    assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 3
     _verify_with_nnunet(folder, capfd)
+
+    # Without an earlier result a failing case is left out, and a staging folder of a killed run is removed.
+    for path in case_outputs(folder, "colon_003").values():
+        path.unlink()
+    (folder / ".tmp-colon_009-leftover" / "imagesTr").mkdir(parents=True)
+    report = _prepare(source, raw)
+    assert set(report.failed) == {"colon_003"} and set(report.kept) == {"colon_002"}
+    assert not list(folder.glob(".tmp-*")) and not any(p.exists() for p in case_outputs(folder, "colon_003").values())
+    assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 2
 
 
 def test_every_case_failing_raises_with_reasons(phantom_source, tmp_path):

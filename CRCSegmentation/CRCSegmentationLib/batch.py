@@ -123,13 +123,30 @@ def guidance_parameters_for(model: ModelSource) -> GuidanceParameters:
     return parameters
 
 
-class _OrganSource:
-    """MOS for one case: from a folder of label maps, or from TotalSegmentator (in this process)."""
+def case_files(given: Optional[Union[str, Path]], files: Sequence[Path], what: str) -> Optional[Path]:
+    """``given`` as a folder of ``<case>`` files, or as the one file of a one-CT run; None when not given."""
+    if given is None:
+        return None
+    given = Path(given)
+    if given.is_dir():
+        return given
+    if not given.exists():
+        raise InputError(f"{what}: {given} does not exist")
+    if len(files) != 1:
+        raise InputError(f"{what}: {given} is a file, but {len(files)} CTs are given; give a folder of "
+                         "<case>.nii.gz files, one per CT")
+    return given
 
-    def __init__(self, organs: Optional[Union[str, Path]], convention: str, organ_set: str, device: str) -> None:
-        self.folder = Path(organs) if organs is not None else None
-        if self.folder is not None and not self.folder.is_dir():
-            raise InputError(f"organ masks: {self.folder} is not a folder")
+
+def _find(given: Path, case: str) -> Optional[Path]:
+    return given if given.is_file() else find_case_file(given, case)
+
+
+class _OrganSource:
+    """MOS for one case: from a folder of label maps (or the one file of a one-CT run), or from TotalSegmentator."""
+
+    def __init__(self, organs: Optional[Path], convention: str, organ_set: str, device: str) -> None:
+        self.folder = organs
         if self.folder is None:
             from OrganGuidanceLib.providers import TotalSegmentatorProvider
 
@@ -140,7 +157,7 @@ class _OrganSource:
     def segment(self, case: str, ct: Image) -> MOSSource:
         if self.folder is None:
             return self.provider.segment(ct)
-        path = find_case_file(self.folder, case)
+        path = _find(self.folder, case)
         if path is None:
             raise InputError(f"{case}: no organ label map named {case}.nii.gz in {self.folder}")
         return MOSSource(read_image(path, name=f"{case} organ map"), self.convention)
@@ -154,21 +171,32 @@ def segment_files(
     references: Optional[Union[str, Path]] = None,
     parameters: Optional[SegmentationParameters] = None,
     convention: str = "totalsegmentator",
+    overwrite: bool = False,
 ) -> BatchReport:
-    """Segment every CT of ``inputs``; ``organs``: folder of label maps (else TotalSegmentator)."""
+    """Segment every CT of ``inputs``; ``organs``: folder of label maps, or one file for one CT (else TotalSegmentator).
+
+    Existing results in ``output_dir`` are never replaced unless ``overwrite``: the run is refused first.
+    """
     files = find_inputs(inputs)
+    organ_maps = case_files(organs, files, "organ masks")
+    reference_folder = case_files(references, files, "references")
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"output: {output_dir} is a file, not a folder")
+    if not overwrite:
+        existing = [p for p in [output_dir / f"{case_name(f)}_tumor.nii.gz" for f in files] + [output_dir / SUMMARY_FILE]
+                    if p.exists()]
+        if existing:
+            raise InputError(f"output: {', '.join(str(p) for p in existing[:3])}{' ...' if len(existing) > 3 else ''} "
+                             "exists already; pass --overwrite to replace it, or choose another output folder")
     source = model if isinstance(model, ModelSource) else open_model(model)
     parameters = parameters or SegmentationParameters()
     segmenter = source.segmenter(parameters)  # loads the model once for every case
     # A CT-only model runs TotalSegmentator only when asked to (organ guidance then just narrows the region).
     needs_guidance = source.input_channels != ["CT"] or organs is not None
     guidance_parameters = guidance_parameters_for(source)
-    organ_source = _OrganSource(organs, convention, guidance_parameters.organ_set, parameters.device) \
+    organ_source = _OrganSource(organ_maps, convention, guidance_parameters.organ_set, parameters.device) \
         if needs_guidance else None
-    reference_folder = Path(references) if references is not None else None
-    if reference_folder is not None and not reference_folder.is_dir():
-        raise InputError(f"references: {reference_folder} is not a folder")
-    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     report = BatchReport(output_dir, output_dir / SUMMARY_FILE)
 
@@ -203,7 +231,7 @@ def segment_files(
 
 
 def _metrics(case: str, mask: Image, folder: Path) -> Dict[str, float]:
-    path = find_case_file(folder, case)
+    path = _find(folder, case)
     if path is None:
         raise InputError(f"{case}: no reference named {case}.nii.gz in {folder}")
     reference = read_image(path, name=f"{case} reference")
@@ -242,11 +270,15 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a model bundle, an nnU-Net results folder, or a catalogue name (e.g. demo_phantom)")
     parser.add_argument("-o", "--output", required=True, type=Path, help="folder for <case>_tumor.nii.gz and summary.csv")
     parser.add_argument("--organs", type=Path, default=None,
-                        help="folder of organ label maps <case>.nii.gz (default: run TotalSegmentator)")
+                        help="folder of organ label maps <case>.nii.gz, or one label map for one CT "
+                             "(default: run TotalSegmentator)")
     parser.add_argument("--convention", default="totalsegmentator",
                         help="label convention of --organs: totalsegmentator, word or a JSON mapping file")
     parser.add_argument("--references", type=Path, default=None,
-                        help="folder of tumor references <case>.nii.gz: adds Dice, NSD, precision, recall, HD95")
+                        help="folder of tumor references <case>.nii.gz (or one file for one CT): adds Dice, NSD, "
+                             "precision, recall, HD95")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the <case>_tumor.nii.gz and summary.csv of an earlier run in the output folder")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--no-mirroring", action="store_true", help="no test-time mirroring (about 8x faster)")
     parser.add_argument("--folds", nargs="+", default=None, help="folds to ensemble (default: all available)")
@@ -263,6 +295,6 @@ def segment_main(args: argparse.Namespace) -> int:
                                         min_component_ml=args.min_component_ml,
                                         min_tile_weight=0.0 if args.exact_tiles else SegmentationParameters.min_tile_weight)
     report = segment_files(args.input, model, args.output, organs=args.organs, references=args.references,
-                           parameters=parameters, convention=args.convention)
+                           parameters=parameters, convention=args.convention, overwrite=args.overwrite)
     print(report.summary())
     return 0 if not report.failed else 1

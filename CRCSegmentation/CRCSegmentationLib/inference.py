@@ -210,7 +210,7 @@ class TumorSegmenter:
         tick = time.perf_counter()
         window = CropBox.full(given.shape) if self.parameters.crop_input else region  # type: ignore[arg-type]
         focus_channel = self._focus_channel(guidance)
-        labels, probabilities, used = self._predict(channels, ct, window, warnings, focus_channel)
+        labels, probabilities, used = self._predict(channels, ct, window, warnings, focus_channel, cancel)
         if self.parameters.crop_input:  # back onto the CT grid
             labels = _paste(labels, region)
             probabilities = None if probabilities is None else _paste(probabilities, region)
@@ -274,7 +274,7 @@ class TumorSegmenter:
         return self.model.input_channels.index("OOI")
 
     def _predict(self, channels: np.ndarray, ct: Image, region: CropBox, warnings: List[str],
-                 focus_channel: Optional[int] = None):
+                 focus_channel: Optional[int] = None, cancel: Optional[threading.Event] = None):
         """Labels and tumor probabilities on the CT grid (valid in ``region``); CUDA failures retried on the CPU."""
         import torch
 
@@ -285,8 +285,12 @@ class TumorSegmenter:
             # SimpleITK's axis order, which nnU-Net's preprocessing used: array (z, y, x), spacing (z, y, x).
             predictor = self._predictor(on)
             predictor.min_tile_weight = self.parameters.min_tile_weight
-            return predictor.predict_in_box(channels, ct.spacing_zyx, region.start, region.stop,
-                                            want_probabilities, focus_channel)
+            predictor.cancel = cancel  # checked between tiles
+            try:
+                return predictor.predict_in_box(channels, ct.spacing_zyx, region.start, region.stop,
+                                                want_probabilities, focus_channel)
+            finally:
+                predictor.cancel = None
 
         try:
             result = run(device)

@@ -102,8 +102,11 @@ class CRCSegmentationLogic:
     """CT (+ organ guidance) -> tumor segment + statistics, for one CT node at a time."""
 
     def __init__(self, scene) -> None:
+        from .model_cache import ModelCache
+
         self.scene = scene
         self.guidance_logic = OrganGuidanceLogic(scene)
+        self.models = ModelCache()  # verified and loaded once per model choice, not on every click
         register_segmentation_converter_rules()  # no-op inside Slicer; needed under slicer-core
 
     # --- main thread ------------------------------------------------------------
@@ -118,9 +121,7 @@ class CRCSegmentationLogic:
             raise InputError(f"{node_name(ct_node)}: is a {ct_node.GetClassName()}, not a CT volume")
         ct = image_from_volume_node(ct_node)
         check_ct(ct)
-        from .model_source import open_model
-
-        model = open_model(settings.model, settings.folds, settings.checkpoint)  # a folder or a catalogue name
+        model = self.models.open(settings.model, settings.folds, settings.checkpoint)  # a folder or a catalogue name
         job = SegmentationJob(ct=ct, ct_node_id=ct_node.GetID(), settings=settings, model=model)
         if settings.guidance_source == "scene":
             node = settings.guidance_node
@@ -179,7 +180,7 @@ class CRCSegmentationLogic:
         def model_progress(stage: str, fraction: Optional[float] = None) -> None:
             report(stage, None if fraction is None else offset + (1.0 - offset) * fraction)
 
-        segmenter = job.model.segmenter(job.settings.segmentation)
+        segmenter = self.models.segmenter(job.model, job.settings.segmentation)
         result = segmenter.segment(job.ct, guidance, progress=model_progress, cancel=cancel)
         if cancel.is_set():
             raise RunCancelled("cancelled during tumor segmentation")

@@ -18,9 +18,14 @@ on some focus voxel. With 0 every tile touching the focus runs (exact inside it)
 tiles that would only add their faint rim to the focus are skipped: inside the focus the
 result then differs from the full-volume one only by those rim contributions
 (``benchmarks/bench_inference.py`` measures the Dice and the time).
+
+Cancel (``cancel``, a ``threading.Event``) takes effect between tiles: nnU-Net's producer thread
+stops handing out tiles, the tiles already queued skip the network, and the sliding window then
+raises ``RunCancelled``. A tile that is running finishes first (a forward pass cannot be interrupted).
 """
 from __future__ import annotations
 
+import threading
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -29,6 +34,8 @@ from scipy.ndimage import binary_dilation
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+from OrganGuidanceLib.providers import RunCancelled
 
 Window = Tuple[List[int], List[int]]  # start, stop per axis of the preprocessed (transposed, resampled) grid
 
@@ -42,6 +49,10 @@ class RestrictedPredictor(nnUNetPredictor):
     min_tile_weight: float = 0.0  # fraction of the Gaussian peak a tile must reach on a focus voxel
     tiles_run: int = 0  # of the last prediction, for benchmarks and tests
     tiles_total: int = 0
+    cancel: Optional[threading.Event] = None  # set by another thread: stop between tiles
+
+    def _cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
 
     def _internal_get_sliding_window_slicers(self, image_size):
         slicers = super()._internal_get_sliding_window_slicers(image_size)
@@ -55,7 +66,7 @@ class RestrictedPredictor(nnUNetPredictor):
             if self.focus is not None:
                 slicers = self._focused(slicers, offset)
         self.tiles_run = len(slicers)
-        return slicers
+        return _CancellableTiles(slicers, self)
 
     def _focused(self, slicers, offset: Sequence[int]):
         """The tiles whose Gaussian weight reaches ``min_tile_weight`` x peak on a focus voxel."""
@@ -77,8 +88,15 @@ class RestrictedPredictor(nnUNetPredictor):
                 kept.append(tile)
         return kept
 
+    def _internal_maybe_mirror_and_predict(self, x):
+        if self._cancelled():  # a tile queued before Cancel: skip the network, the result is discarded
+            return torch.zeros((x.shape[0], self.label_manager.num_segmentation_heads, *x.shape[2:]), device=x.device)
+        return super()._internal_maybe_mirror_and_predict(x)
+
     def _internal_predict_sliding_window_return_logits(self, data, slicers, do_on_device: bool = True):
         logits = super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
+        if self._cancelled():
+            raise RunCancelled("cancelled during the tumor model's sliding window")
         if self.window is not None:
             torch.nan_to_num_(logits, nan=0.0)  # voxels no tile covered: 0 / 0 weights
         return logits
@@ -123,6 +141,24 @@ class RestrictedPredictor(nnUNetPredictor):
             window_start.append(max(0, int(np.floor(a * scale)) - 1))
             window_stop.append(min(int(preprocessed_shape[j]), int(np.ceil(b * scale)) + 1))
         return window_start, window_stop
+
+
+class _CancellableTiles(list):
+    """The tile list nnU-Net's producer thread iterates: it stops handing out tiles once Cancel is set.
+
+    Stopping the producer (rather than raising in the main loop) lets nnU-Net's queue drain and its
+    thread end, so a cancelled run leaves no blocked thread behind.
+    """
+
+    def __init__(self, tiles, predictor: "RestrictedPredictor") -> None:
+        super().__init__(tiles)
+        self.predictor = predictor
+
+    def __iter__(self):
+        for tile in list.__iter__(self):
+            if self.predictor._cancelled():
+                return
+            yield tile
 
 
 def _touches(slices, start: Sequence[int], stop: Sequence[int]) -> bool:

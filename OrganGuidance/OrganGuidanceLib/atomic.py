@@ -1,11 +1,13 @@
 """Atomic file output: write to a temporary file in the target folder, then rename.
 
 A failed or cancelled write never leaves a half-written file, and never
-destroys the previous version of the file.
+destroys the previous version of the file. ``staged_folder`` does the same for
+all the files of one run: they appear in the output folder together, or not at all.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,3 +40,44 @@ def write_text_atomic(path: Path, text: str) -> Path:
     with atomic_path(path) as temporary:
         temporary.write_text(text)
     return Path(path)
+
+
+@contextmanager
+def staged_folder(target: Path) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``target``; on success its files move into ``target``.
+
+    Files of the same names in ``target`` are replaced, others are kept; after a failure ``target``
+    is as it was and the hidden staging folder is removed. A killed run's staging folder is never
+    read, and the next run into ``target`` removes it (its name holds the dead process's id).
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"output {target}: is a file, not a folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_stagings(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-{os.getpid()}-", dir=target.parent))
+    try:
+        yield staging
+        target.mkdir(parents=True, exist_ok=True)
+        for path in sorted(staging.rglob("*")):
+            if path.is_file():
+                destination = target / path.relative_to(staging)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_dead_stagings(target: Path) -> None:
+    """Staging folders beside ``target`` left by processes that no longer run (killed mid-run)."""
+    prefix = f".tmp-{target.name}-"
+    for leftover in target.parent.glob(f"{prefix}*"):
+        pid = leftover.name[len(prefix):].split("-", 1)[0]
+        if not (leftover.is_dir() and pid.isdigit()):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(leftover, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass

@@ -37,6 +37,7 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full", action="store_true", help="TotalSegmentator full-resolution model instead of --fast")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--no-png", action="store_true", help="skip the QA overlay picture")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in the output folder")
 
 
 def _sources(args: argparse.Namespace, ct) -> List[MOSSource]:
@@ -49,15 +50,26 @@ def _sources(args: argparse.Namespace, ct) -> List[MOSSource]:
     if len(conventions) == 1:
         conventions *= len(args.organs)
     if len(conventions) != len(args.organs):
-        raise SystemExit(f"--convention: give one value or one per --organs file ({len(args.organs)}), got {len(conventions)}")
+        from .validation import InputError
+
+        raise InputError(f"--convention: give one value or one per --organs file ({len(args.organs)}), "
+                         f"got {len(conventions)}")
     return [ImportedLabelMapProvider(path, convention).segment() for path, convention in zip(args.organs, conventions)]
 
 
 def guidance_main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .io import read_image, write_image
-    from .outputs import write_guidance_outputs
+    from .io import read_image
+    from .outputs import OUTPUT_FILES, write_guidance_outputs
+    from .validation import InputError
+
+    if args.output.exists() and not args.output.is_dir():
+        raise InputError(f"output: {args.output} is a file, not a folder")
+    earlier = args.output / OUTPUT_FILES["summary"]
+    if earlier.exists() and not args.overwrite:
+        raise InputError(f"output: {args.output} holds the results of an earlier run ({earlier.name}); "
+                         "pass --overwrite to replace them, or choose another output folder")
 
     parameters = GuidanceParameters(
         organ_set=args.organ_set, dilation_mm=args.dilation_mm, wall_width_mm=args.wall_mm,
@@ -77,10 +89,8 @@ def guidance_main(args: argparse.Namespace) -> int:
 
         result = run_guidance(ct, sources, parameters, progress)
         bar.set_postfix_str("writing")
-        paths = write_guidance_outputs(ct, result, args.output, parameters, overlay=not args.no_png)
-        if args.write_cropped and result.crop_box is not None:
-            for name, image in (("ct", ct), ("mos", result.mos), ("ooi", result.ooi)):
-                paths[f"cropped_{name}"] = write_image(result.crop_box.apply(image), args.output / "cropped" / f"{name}.nii.gz")
+        paths = write_guidance_outputs(ct, result, args.output, parameters, overlay=not args.no_png,
+                                       cropped=args.write_cropped)
         bar.n = 100
         bar.refresh()
     for warning in result.warnings:

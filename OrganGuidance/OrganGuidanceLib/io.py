@@ -4,6 +4,8 @@ File IO lives only here and at the CLI edge; every algorithm takes ``Image``.
 """
 from __future__ import annotations
 
+import errno
+import gzip
 import os
 from pathlib import Path
 from typing import Optional, Union
@@ -99,5 +101,31 @@ def write_image(image: Image, path: PathLike, compress: bool = True) -> Path:
     if suffix not in WRITABLE_SUFFIXES:
         raise ValueError(f"{path}: unsupported output format {suffix!r}; use one of {WRITABLE_SUFFIXES}")
     with atomic_path(path, suffix) as temporary:
-        sitk.WriteImage(image_to_sitk(image), str(temporary), compress)
+        written = image_to_sitk(image)
+        sitk.WriteImage(written, str(temporary), compress)
+        _check_written(temporary, written, path)
     return path
+
+
+def _check_written(temporary: Path, image: "sitk.Image", path: Path) -> None:
+    """ITK's NIfTI writer reports a failed write (a full disk, a file-size limit) only on stderr
+    ("NWAD: wrote only 0 of ... bytes") and returns: check that the file holds every voxel before
+    it replaces ``path``. (ITK's other writers raise on such a failure.)"""
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return
+    expected = image.GetNumberOfPixels() * image.GetNumberOfComponentsPerPixel() * \
+        np.dtype(sitk.GetArrayViewFromImage(image).dtype).itemsize
+    try:
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(temporary, "rb") as stream:
+            header = stream.read(352)
+            offset = int(np.frombuffer(header[108:112], np.float32)[0]) if len(header) >= 112 else 0
+            stream.seek(0)
+            length = sum(len(block) for block in iter(lambda: stream.read(1 << 22), b""))
+        complete = offset > 0 and length >= offset + expected
+    except (OSError, EOFError):
+        complete = False
+    if not complete:
+        raise OSError(errno.EIO, f"writing {path} failed: the file written is incomplete (is the disk full?); "
+                                 "the previous file, if any, is unchanged")

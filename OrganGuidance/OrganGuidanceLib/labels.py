@@ -93,14 +93,18 @@ class LabelConvention:
         return [self.labels[v] for v in self.ooi_label_values(organ_set)]
 
 
+class ConventionUnavailable(InputError, ImportError):
+    """The chosen convention needs a package that is not installed: a user error (CLI exit 2) and an ImportError."""
+
+
 def totalsegmentator_convention() -> LabelConvention:
     """TotalSegmentator v2 ``total`` task, read from TotalSegmentator's own class map."""
     try:
         from totalsegmentator.map_to_binary import class_map
     except ImportError as error:
-        raise ImportError(
-            "TotalSegmentator is not installed, so its label names are unknown: "
-            "install it (pip install TotalSegmentator) or give the label mapping as JSON"
+        raise ConventionUnavailable(
+            "label convention 'totalsegmentator': TotalSegmentator is not installed, so its label names are "
+            "unknown; install it (pip install TotalSegmentator==2.18.0) or give the label mapping as a JSON file"
         ) from error
     labels = dict(class_map["total"])
     convention = LabelConvention("totalsegmentator", labels)
@@ -116,6 +120,9 @@ def word_convention() -> LabelConvention:
 
 def convention_from_mapping(mapping: Mapping[int | str, str], name: str = "custom") -> LabelConvention:
     """A user-given mapping ``{label value: organ name}``; OOI organs found by name."""
+    if not isinstance(mapping, Mapping):
+        raise InputError(f"label mapping '{name}': must be a JSON object {{\"value\": \"organ name\", ...}}, "
+                         f"not a {type(mapping).__name__}")
     try:
         labels = {int(k): str(v) for k, v in mapping.items()}
     except (TypeError, ValueError) as error:

@@ -7,7 +7,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from .atomic import write_text_atomic
+from .atomic import staged_folder, write_text_atomic
 from .guidance import GuidanceParameters, GuidanceResult
 from .image import Image
 from .io import write_image
@@ -46,19 +46,30 @@ def write_guidance_outputs(
     parameters: GuidanceParameters,
     tumor: Optional[Image] = None,
     overlay: bool = True,
+    cropped: bool = False,
 ) -> Dict[str, Path]:
-    """Write MOS, OOI, OOI0, bowel wall (NIfTI, uint8), crop box and summary JSON, QA PNG."""
-    output_dir = Path(output_dir)
-    paths: Dict[str, Path] = {}
-    for key, image in (("mos", result.mos), ("ooi", result.ooi), ("ooi0", result.ooi0), ("bowel_wall", result.bowel_wall)):
-        array = image.array.astype(np.uint8 if image.array.max() < 256 else np.uint16)
-        paths[key] = write_image(image.with_array(array), output_dir / OUTPUT_FILES[key])
-    if result.crop_box is not None:
-        paths["crop_box"] = write_text_atomic(output_dir / OUTPUT_FILES["crop_box"], result.crop_box.to_json(ct))
-    summary = guidance_summary(ct, result, parameters)
-    paths["summary"] = write_text_atomic(output_dir / OUTPUT_FILES["summary"], json.dumps(summary, indent=2))
-    if overlay:
-        from .qa import save_guidance_overlay  # matplotlib only when a picture is asked for
+    """Write MOS, OOI, OOI0, bowel wall (NIfTI, uint8), crop box and summary JSON, QA PNG (and the body crops).
 
-        paths["overlay"] = save_guidance_overlay(ct, result, output_dir / OUTPUT_FILES["overlay"], tumor=tumor)
-    return paths
+    All files are written into a staging folder and moved into ``output_dir`` together: a failure
+    halfway never leaves this run's masks beside an earlier run's summary.
+    """
+    output_dir = Path(output_dir)
+    written: Dict[str, Path] = {}
+    with staged_folder(output_dir) as staging:
+        for key, image in (("mos", result.mos), ("ooi", result.ooi), ("ooi0", result.ooi0),
+                           ("bowel_wall", result.bowel_wall)):
+            array = image.array.astype(np.uint8 if image.array.max() < 256 else np.uint16)
+            written[key] = write_image(image.with_array(array), staging / OUTPUT_FILES[key])
+        if result.crop_box is not None:
+            written["crop_box"] = write_text_atomic(staging / OUTPUT_FILES["crop_box"], result.crop_box.to_json(ct))
+            if cropped:
+                for name, image in (("ct", ct), ("mos", result.mos), ("ooi", result.ooi)):
+                    written[f"cropped_{name}"] = write_image(result.crop_box.apply(image),
+                                                             staging / "cropped" / f"{name}.nii.gz")
+        summary = guidance_summary(ct, result, parameters)
+        written["summary"] = write_text_atomic(staging / OUTPUT_FILES["summary"], json.dumps(summary, indent=2))
+        if overlay:
+            from .qa import save_guidance_overlay  # matplotlib only when a picture is asked for
+
+            written["overlay"] = save_guidance_overlay(ct, result, staging / OUTPUT_FILES["overlay"], tumor=tumor)
+    return {key: output_dir / path.relative_to(staging) for key, path in written.items()}

@@ -3,11 +3,22 @@
 It sits in ``CRCTraining`` because that package is the top of the dependency
 chain and may import every engine; each subcommand is a thin wrapper over an
 engine function that the Slicer modules and console scripts call as well.
+
+Exit codes, one rule for every command (README, "When something goes wrong"):
+
+- 0: done;
+- 1: the run failed (an unexpected error, a full disk, or some cases of a batch failed);
+- 2: bad input or usage: the message names the input and the problem (argparse's usage errors too);
+- 130: cancelled (Ctrl+C).
+
+A user error prints one line, never a traceback; ``--debug`` shows the traceback of any error.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
+import traceback
 from typing import List, Optional
 
 from CRCSegmentationLib.demo import add_tumor_demo_arguments, tumor_demo_main
@@ -40,22 +51,53 @@ def build_parser() -> argparse.ArgumentParser:
     segment = commands.add_parser("segment", help="tumor segmentation of a CT file or folder with a trained model")
     add_segment_arguments(segment)
     segment.set_defaults(run=segment_main)
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+    for command in commands.choices.values():  # also accepted after the command name
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+def user_error_types() -> tuple:
+    """Errors that mean "your input is wrong": reported in one line, exit code 2."""
+    from OrganGuidanceLib.providers import MissingWeightsError
+    from OrganGuidanceLib.validation import InputError
+
+    return (InputError, MissingWeightsError, FileExistsError, FileNotFoundError, NotADirectoryError,
+            IsADirectoryError, PermissionError)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from OrganGuidanceLib.providers import MissingWeightsError, RunCancelled
-    from OrganGuidanceLib.validation import InputError
+    from OrganGuidanceLib.providers import RunCancelled
 
+    name = f"crcseg {args.command}"
     try:
-        return int(args.run(args) or 0)
-    except (InputError, MissingWeightsError, RunCancelled) as error:
-        print(f"crcseg {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"crcseg {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return int(args.run(args) or EXIT_OK)
+    except (RunCancelled, KeyboardInterrupt) as error:
+        _report(args, f"{name}: cancelled{': ' + str(error) if str(error) else ''}")
+        return EXIT_CANCELLED
+    except user_error_types() as error:
+        _report(args, f"{name}: error: {error}")
+        return EXIT_BAD_INPUT
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            _report(args, f"{name}: failed: no space left for the output ({error}); nothing was moved into place, "
+                          "free some space and rerun")
+        else:
+            _report(args, f"{name}: failed: {type(error).__name__}: {error}")
+        return EXIT_FAILED
+    except Exception as error:  # noqa: BLE001 - the last line of defence: one line, the traceback with --debug
+        _report(args, f"{name}: failed: {type(error).__name__}: {error} (run with --debug for the traceback)")
+        return EXIT_FAILED
+
+
+def _report(args: argparse.Namespace, message: str) -> None:
+    if getattr(args, "debug", False):
+        traceback.print_exc()
+    print(message, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 from CRCSegmentationLib.bundle import METADATA_FILE, BundleMetadata
 from CRCSegmentationLib.networks.nnunet_architectures import TRAINER_ARCHITECTURES
 from OrganGuidanceLib.checksum import sha256_of
+from OrganGuidanceLib.validation import InputError
 
 from . import __version__
 from .planning import CONFIGURATION, PLANS
@@ -33,7 +34,11 @@ def export_bundle(
 ) -> Path:
     """Copy nnU-Net's files and the chosen folds' checkpoints, add ``crcseg_model.json``; atomic."""
     model_folder, output = Path(model_folder), Path(output)
-    trainer, plans, configuration = model_folder.name.split("__")
+    parts = model_folder.name.split("__")
+    if len(parts) != 3:
+        raise InputError(f"{model_folder}: not an nnU-Net results folder (its name must be "
+                         "<trainer>__<plans>__<configuration>, e.g. nnUNetTrainerAGCRC__nnUNetPlans__3d_fullres)")
+    trainer, plans, configuration = parts
     missing = [f for f in ("plans.json", "dataset.json") if not (model_folder / f).is_file()]
     checkpoints = {f"fold_{fold}/{checkpoint}": model_folder / f"fold_{fold}" / checkpoint for fold in folds}
     missing += [str(p.relative_to(model_folder)) for p in checkpoints.values() if not p.is_file()]

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from OrganGuidanceLib.validation import InputError
+
 TRAINERS_FOLDER = Path(__file__).resolve().parent / "trainers"
 
 
@@ -32,7 +34,7 @@ class NNUNetPaths:
     def from_environment(cls) -> "NNUNetPaths":
         missing = [n for n in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results") if not os.environ.get(n)]
         if missing:
-            raise RuntimeError(
+            raise InputError(
                 f"nnU-Net folders are not set ({', '.join(missing)}): pass --workdir DIR or export "
                 "nnUNet_raw, nnUNet_preprocessed and nnUNet_results"
             )
@@ -71,4 +73,11 @@ def configure(workdir: Optional[Path]) -> NNUNetPaths:
 def dataset_name(dataset_id: int) -> str:
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    return maybe_convert_to_dataset_name(int(dataset_id))
+    try:
+        return maybe_convert_to_dataset_name(int(dataset_id))
+    except RuntimeError as error:  # nnU-Net's "Could not find a dataset with the ID ..."
+        raise InputError(
+            f"dataset id {dataset_id}: no such nnU-Net dataset in nnUNet_raw, nnUNet_preprocessed or nnUNet_results "
+            f"({os.environ.get('nnUNet_raw', 'unset')}, ...); run `crcseg prepare` and `crcseg plan` first, "
+            "or check --workdir"
+        ) from error

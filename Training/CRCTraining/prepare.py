@@ -20,6 +20,9 @@ exist. A case that fails is reported and skipped; only a dataset where every cas
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import tempfile
 import json
 import re
 import time
@@ -77,13 +80,15 @@ class PrepareReport:
     done: List[str] = field(default_factory=list)  # computed in this run
     cached: List[str] = field(default_factory=list)  # skipped: hash matched, outputs present
     failed: Dict[str, str] = field(default_factory=dict)  # case id -> error message
+    # failed in this run, but complete outputs of an earlier run are kept (a rerun must not shrink a dataset)
+    kept: Dict[str, str] = field(default_factory=dict)  # case id -> this run's error message
     removed: List[str] = field(default_factory=list)  # stale cases deleted from the dataset
     warnings: Dict[str, List[str]] = field(default_factory=dict)  # case id -> things to check
     statistics: Dict[str, dict] = field(default_factory=dict)  # case id -> voxel counts, tumor coverage
 
     @property
     def num_training(self) -> int:
-        return len(self.done) + len(self.cached)
+        return len(self.done) + len(self.cached) + len(self.kept)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -93,8 +98,12 @@ class PrepareReport:
 
     def summary(self) -> str:
         counts = f"{len(self.done)} prepared, {len(self.cached)} cached, {len(self.failed)} failed"
+        if self.kept:
+            counts += f", {len(self.kept)} failed but kept from an earlier run"
         text = f"{self.dataset_folder.name}: {counts}"
-        return text + "".join(f"\n  {case}: {message}" for case, message in self.failed.items())
+        text += "".join(f"\n  {case}: {message}" for case, message in self.failed.items())
+        return text + "".join(f"\n  {case}: {message} (the earlier run's outputs are kept; fix the input and rerun, "
+                              "or remove the case)" for case, message in self.kept.items())
 
 
 # --- paths and hashing ------------------------------------------------------------------------
@@ -255,6 +264,25 @@ def _remove_case(folder: Path, case_id: str) -> bool:
     return bool(present)
 
 
+def _replace_case_outputs(folder: Path, case_id: str, images: Dict[str, Image], outputs: Dict[str, Path],
+                          cache_path: Path) -> None:
+    """Write every output of a case to a staging folder, then move them into place together.
+
+    The earlier sidecar goes first: from then until the new sidecar is written the case does not
+    look cached, so a run killed between the renames recomputes it next time.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{case_id}-", dir=folder))
+    try:
+        staged = {key: write_image(images[key], staging / path.relative_to(folder)) for key, path in outputs.items()}
+        if cache_path.exists():
+            cache_path.unlink()
+        for key, path in outputs.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged[key], path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _existing_case_ids(folder: Path) -> List[str]:
     ids = set()
     for sub, ending in (("imagesTr", f"_0000{FILE_ENDING}"), ("labelsTr", FILE_ENDING), (CACHE_FOLDER, ".json")):
@@ -278,18 +306,19 @@ def _prepare_case(case: SourceCase, setup: _Setup, report: PrepareReport) -> str
                 report.warnings[case.case_id] = report.statistics[case.case_id]["warnings"]
             report.cached.append(case.case_id)
             return "cached"
-        if cache_path.exists():
-            cache_path.unlink()  # outputs are rewritten below; a crash half-way must not look cached
         start = time.perf_counter()
         images, statistics = _compute_case(case, inputs, setup)
-        for key, path in outputs.items():
-            write_image(images[key], path)
+        _replace_case_outputs(setup.folder, case.case_id, images, outputs, cache_path)
         statistics["seconds"] = round(time.perf_counter() - start, 2)
     except Exception as error:  # noqa: BLE001 - one bad case must not stop a dataset; KeyboardInterrupt still does
         message = str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
         message = message[len(case.case_id) + 2:] if message.startswith(f"{case.case_id}: ") else message
+        if cache_path.exists() and all(p.exists() for p in outputs.values()):
+            report.kept[case.case_id] = message  # a temporary failure (e.g. out of memory) must not lose them
+            report.statistics[case.case_id] = _read_json(cache_path).get("statistics", {})
+            return "kept"
         report.failed[case.case_id] = message
-        if _remove_case(setup.folder, case.case_id):  # stale outputs of earlier inputs
+        if _remove_case(setup.folder, case.case_id):  # partial outputs of an interrupted earlier run
             report.removed.append(case.case_id)
         return "failed"
     sidecar = {
@@ -323,8 +352,8 @@ def _output_folder(nnunet_raw: Path, dataset_id: int, dataset_name: str) -> Path
             )
     for sub in ("imagesTr", "labelsTr", *EXTRA_FOLDERS, CACHE_FOLDER, "."):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-        for leftover in (folder / sub).glob(f"{TEMPORARY_PREFIX}*"):  # an interrupted atomic write
-            leftover.unlink()
+        for leftover in (folder / sub).glob(f"{TEMPORARY_PREFIX}*"):  # an interrupted atomic write or staging
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
     return folder
 
 

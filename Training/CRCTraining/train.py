@@ -52,6 +52,10 @@ def train(
     """Train one fold; returns its final checkpoint. Sampling maps are computed first for AG-sampling."""
     from nnunetv2.run.run_training import run_training
 
+    # Checked before anything runs: a wrong path or device should not cost a sampling-map pass.
+    if pretrained_weights is not None and not Path(pretrained_weights).is_file():
+        raise FileNotFoundError(f"pretrained weights {pretrained_weights}: no such file (run `crcseg pretrain` first)")
+    torch_device = resolve_device(device)
     set_schedule(epochs, iterations, val_iterations)
     cls = trainer_class(trainer)
     if getattr(cls, "sampling_strategy", None) == "ag":
@@ -66,12 +70,10 @@ def train(
     resume = any((folder / name).is_file() for name in ("checkpoint_latest.pth", "checkpoint_best.pth"))
     if resume and pretrained_weights is not None:
         print(f"{trainer} fold {fold}: resuming from {folder}; the pretrained weights were loaded at its start")
-    if pretrained_weights is not None and not Path(pretrained_weights).is_file():
-        raise FileNotFoundError(f"pretrained weights {pretrained_weights}: no such file (run `crcseg pretrain` first)")
     run_training(
         str(dataset_id), configuration, fold, trainer, PLANS,
         pretrained_weights=None if resume or pretrained_weights is None else str(pretrained_weights),
-        num_gpus=num_gpus, continue_training=resume, device=resolve_device(device),
+        num_gpus=num_gpus, continue_training=resume, device=torch_device,
     )
     if not final.is_file():
         raise RuntimeError(f"{trainer} fold {fold}: training ended without {final}")

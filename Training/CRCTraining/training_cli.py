@@ -29,8 +29,8 @@ def _common(parser: argparse.ArgumentParser, dataset: bool = True) -> None:
         parser.add_argument("-d", "--dataset-id", type=int, required=True, help="nnU-Net dataset id, e.g. 501")
 
 
-def _schedule(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fold", default="0", help="cross-validation fold 0-4, or 'all' (default 0)")
+def _schedule(parser: argparse.ArgumentParser, fold: str = "0") -> None:
+    parser.add_argument("--fold", default=fold, help=f"cross-validation fold 0-4, or 'all' (default {fold})")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--num-gpus", type=int, default=1, help="more than 1: nnU-Net's DDP training")
     parser.add_argument("--epochs", type=int, help="default: nnU-Net's 1000")
@@ -70,8 +70,8 @@ def add_training_commands(commands) -> None:
     pretrain = commands.add_parser("pretrain", help="self-supervised pretraining (AG-SSL, Eq. 7)")
     _common(pretrain)
     pretrain.add_argument("--masking", choices=sorted(SSL_TRAINERS), default="bowel_wall")
-    _schedule(pretrain)
-    pretrain.set_defaults(run=pretrain_main, fold="all")
+    _schedule(pretrain, fold="all")  # pretraining uses every case
+    pretrain.set_defaults(run=pretrain_main)
 
     train = commands.add_parser("train", help="supervised training (AG-sampling + AF-loss by default)")
     _common(train)
@@ -120,7 +120,7 @@ def prepare_main(args: argparse.Namespace) -> int:
         device=args.device, fast=not args.full, ssl=args.ssl,
     )
     print(report.summary())
-    return 0
+    return 1 if report.failed else 0  # like `crcseg segment`: some cases of the batch failed
 
 
 def plan_main(args: argparse.Namespace) -> int:
@@ -163,8 +163,10 @@ def pretrain_main(args: argparse.Namespace) -> int:
 
 
 def train_main(args: argparse.Namespace) -> int:
-    if args.trainer and args.sampling:
-        raise SystemExit("crcseg train: give --trainer or --sampling, not both")
+    from OrganGuidanceLib.validation import InputError
+
+    if args.trainer and args.sampling:  # a usage error: exit code 2 like the others, not SystemExit's 1
+        raise InputError("give --trainer or --sampling, not both")
     trainer = args.trainer or (SAMPLING_TRAINERS[args.sampling] if args.sampling else "nnUNetTrainerAGCRC")
     return _run_training(args, trainer, args.pretrained)
 
