@@ -184,3 +184,27 @@ def test_is_argmax_equals_torch_argmax_with_ties():
     logits = torch.randint(0, 3, (3, 40, 50), generator=torch.Generator().manual_seed(0)).float()  # many ties
     for index in range(3):
         assert torch.equal(is_argmax(logits, index), logits.argmax(dim=0) == index)
+
+
+def test_propagation_reports_progress_and_cancels_between_slices(phantom):
+    import threading
+
+    from OrganGuidanceLib.providers import RunCancelled
+
+    tumor = phantom.tumor.array > 0
+    engine = InteractiveSegmenter(GroundTruthSliceModel(phantom.ct.array, tumor))
+    k, _ = seed_click(phantom)
+    seen = []
+    result = engine.propagate(phantom.ct, k, tumor[k], PropagationSettings(max_distance_mm=8.0),
+                              progress=lambda stage, fraction: seen.append((stage, fraction)))
+    assert [stage for stage, _ in seen] == [f"propagation down: slice {k - 1}", f"propagation down: slice {k - 2}",
+                                            f"propagation up: slice {k + 1}", f"propagation up: slice {k + 2}"]
+    assert [fraction for _, fraction in seen] == [0.25, 0.5, 0.75, 1.0] and len(result.slices) == 4
+    cancel = threading.Event()
+
+    def cancel_after_the_first_slice(stage: str, fraction: float) -> None:
+        cancel.set()
+
+    with pytest.raises(RunCancelled, match=f"before slice {k - 2}"):
+        engine.propagate(phantom.ct, k, tumor[k], PropagationSettings(max_distance_mm=8.0),
+                         progress=cancel_after_the_first_slice, cancel=cancel)

@@ -98,6 +98,20 @@ class SegmentationJob:
     messages: List[str] = field(default_factory=list)  # warnings for the user
 
 
+@dataclass
+class PropagationJob:
+    """What ``compute_propagation`` needs, read on the main thread by ``prepare_propagation``."""
+
+    ct_node: Any
+    segmentation_node: Any
+    image: Any  # OrganGuidanceLib.image.Image
+    seed: int
+    seed_mask: Any  # bool rows x cols
+    settings: Any  # interactive.PropagationSettings or None
+    volume: Any
+    modified: Any
+
+
 class CRCSegmentationLogic:
     """CT (+ organ guidance) -> tumor segment + statistics, for one CT node at a time."""
 
@@ -334,8 +348,9 @@ class PointRefinementLogic:
         self.last_slice = result.seed_slice
         return node, result
 
-    def propagate(self, ct_node, segmentation_node, slice_index: Optional[int] = None, settings: Any = None):
-        """Carry the tumor of ``slice_index`` (default: the last refined slice) to its neighbours."""
+    def prepare_propagation(self, ct_node, segmentation_node, slice_index: Optional[int] = None,
+                            settings: Any = None) -> "PropagationJob":
+        """Main thread: read the CT and the seed slice of the tumor (no model runs here)."""
         from .mrml import tumor_segment_id
         from .mrml_points import read_segment_slices
 
@@ -346,8 +361,23 @@ class PointRefinementLogic:
         if segmentation_node is None:
             raise InputError("propagation: no segmentation with a 'Tumor' segment")
         seed_mask = read_segment_slices(segmentation_node, tumor_segment_id(segmentation_node), image, [seed])[seed]
-        result = self.segmenter.propagate(image, seed, seed_mask, settings, volume, modified)
-        return self._write(ct_node, segmentation_node, image, result.slices), result
+        return PropagationJob(ct_node, segmentation_node, image, seed, seed_mask, settings, volume, modified)
+
+    def compute_propagation(self, job: "PropagationJob", cancel: Optional[threading.Event] = None,
+                            progress: Optional[ProgressCallback] = None):
+        """Any thread, no MRML: the U-SAM slices up and down (cancellable between slices)."""
+        return self.segmenter.propagate(job.image, job.seed, job.seed_mask, job.settings, job.volume, job.modified,
+                                        progress=progress, cancel=cancel)
+
+    def apply_propagation(self, job: "PropagationJob", result):
+        """Main thread: write the new slices (the scene is untouched until here)."""
+        return self._write(job.ct_node, job.segmentation_node, job.image, result.slices), result
+
+    def propagate(self, ct_node, segmentation_node, slice_index: Optional[int] = None, settings: Any = None,
+                  cancel: Optional[threading.Event] = None, progress: Optional[ProgressCallback] = None):
+        """Carry the tumor of ``slice_index`` (default: the last refined slice) to its neighbours, blocking."""
+        job = self.prepare_propagation(ct_node, segmentation_node, slice_index, settings)
+        return self.apply_propagation(job, self.compute_propagation(job, cancel, progress))
 
     def undo(self) -> bool:
         """Restore the slices the last refinement replaced; False when there is nothing to undo."""

@@ -399,7 +399,10 @@ class CRCSegmentationPanel(RunPanelBase):
         except Exception as error:
             self._reportError(_("{action} failed.").format(action=action), error)
             return
-        p.outputSegmentation = segmentation
+        self._showRefinement(action, segmentation, result)
+
+    def _showRefinement(self, action: str, segmentation: Any, result: Any) -> None:
+        self._parameterNode.outputSegmentation = segmentation
         segmentation.CreateDefaultDisplayNodes()
         slices = result.slice_indices
         text = _("{action}: slices {slices} replaced.").format(action=action, slices=", ".join(str(k) for k in slices)) \
@@ -420,11 +423,33 @@ class CRCSegmentationPanel(RunPanelBase):
             p.inputVolume, p.outputSegmentation, lists.get("positive"), lists.get("negative"), last_role=lastRole))
 
     def onPropagate(self) -> None:
+        """Propagation encodes up to ~26 slices: it runs in the worker, with progress and Cancel."""
+        from OrganGuidanceLib.validation import InputError
+
         from .interactive import PropagationSettings
 
-        settings = PropagationSettings(max_distance_mm=self._parameterNode.propagationMm)
-        self._runRefinement(_("Propagation"), lambda logic, p: logic.propagate(
-            p.inputVolume, p.outputSegmentation, settings=settings))
+        p = self._parameterNode
+        if p is None or self._run is not None:
+            return
+        settings = PropagationSettings(max_distance_mm=p.propagationMm)
+        try:
+            logic = self._refinementLogic()
+            if logic is None:
+                return
+            job = logic.prepare_propagation(p.inputVolume, p.outputSegmentation, settings=settings)
+        except InputError as error:
+            self._setRefinementStatus(str(error))
+            return
+        except Exception as error:
+            self._reportError(_("Propagation failed."), error)
+            return
+
+        def finish(job: Any, result: Any) -> None:
+            segmentation, result = logic.apply_propagation(job, result)
+            self._showRefinement(_("Propagation"), segmentation, result)
+            self._setStatus(_("Propagation done."))
+
+        self.runInBackground(logic.compute_propagation, job, finish)
 
     def onUndoRefinement(self) -> None:
         if self._refinement is None:

@@ -147,6 +147,8 @@ class RunPanelBase(qt.QWidget):
         self._parameterObserver: Optional[int] = None
         self._run: Optional[BackgroundRun] = None
         self._runContext: Tuple[Any, Any, Any] = (None, None, None)  # job, output node, CT node
+        # Set by runInBackground: called on the main thread with (job, result) instead of logic.apply.
+        self._runFinish: Optional[Callable[[Any, Any], None]] = None
         # True while the packages the settings need are missing: Apply then offers to install
         # them instead of being blocked by a failing settings check.
         self._coreMissing = False
@@ -391,6 +393,24 @@ class RunPanelBase(qt.QWidget):
         self._run.start()
         self._timer.start()
 
+    def runInBackground(self, compute: Callable, job: Any, finish: Callable[[Any, Any], None]) -> bool:
+        """Run another step (e.g. U-SAM propagation) like Apply: in the worker, with progress and Cancel.
+
+        ``compute(job, cancel, report)`` runs in the worker thread without MRML; ``finish(job, result)``
+        writes the result on the main thread. False when a run is going on already.
+        """
+        if self._run is not None:
+            return False
+        self._run = BackgroundRun(compute, job)
+        self._runContext = (job, None, None)
+        self._runFinish = finish
+        self._setProgress(0.0)
+        self._setStatus(_("Starting..."))
+        self._setRunning(True)
+        self._run.start()
+        self._timer.start()
+        return True
+
     def onCancel(self) -> None:
         if self._run is None:
             return
@@ -419,6 +439,7 @@ class RunPanelBase(qt.QWidget):
         result, error, details = run.outcome()
         job, outputNode, ctNode = self._runContext
         self._runContext = (None, None, None)
+        finish, self._runFinish = self._runFinish, None
         messages = self._runMessages()
         try:
             if run.cancel.is_set() or isCancellation(error):
@@ -429,6 +450,11 @@ class RunPanelBase(qt.QWidget):
             if error is not None:
                 self._setProgress(0.0)
                 self._reportError(messages.runFailed, error, details)
+                return
+            if finish is not None:
+                with slicer.util.WaitCursor():
+                    finish(job, result)
+                self._setProgress(1.0)
                 return
             with slicer.util.WaitCursor():
                 segmentation = self.getLogic().apply(job, result, outputNode)

@@ -8,11 +8,14 @@ arguments by name, and its command line builds trainers with exactly those.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import List
 
 import numpy as np
 import torch
 from torch import nn
+
+from OrganGuidanceLib.atomic import atomic_path
 
 from .losses import AnatomyFocalizedLoss, ooi_from_input, set_loss_focus
 from .ssl_masking import mask_ct_channel, ssl_region
@@ -23,6 +26,7 @@ ENV_EPOCHS = "CRCSEG_EPOCHS"
 ENV_ITERATIONS = "CRCSEG_ITERATIONS_PER_EPOCH"
 ENV_VAL_ITERATIONS = "CRCSEG_VAL_ITERATIONS"
 ENV_FINAL_VALIDATION = "CRCSEG_FINAL_VALIDATION"  # "0": skip nnU-Net's sliding-window validation after training
+ENV_SAVE_EVERY = "CRCSEG_SAVE_EVERY"  # epochs between resumable checkpoints (nnU-Net: 50)
 
 
 def _env_int(name: str) -> int | None:
@@ -35,8 +39,23 @@ def _env_int(name: str) -> int | None:
     return number
 
 
-class ScheduleFromEnvironmentMixin:
-    """Epoch and iteration counts from ``CRCSEG_*`` variables (defaults: nnU-Net's 1000 x 250 / 50)."""
+class AtomicCheckpointMixin:
+    """nnU-Net writes ``checkpoint_latest.pth`` in place: a run killed mid-write leaves a truncated file,
+    and the rerun (``--c``) then fails to load it. Written to a temporary file and renamed instead."""
+
+    def save_checkpoint(self, filename: str) -> None:
+        if self.local_rank != 0 or self.disable_checkpointing:  # nnU-Net writes nothing then (it logs why)
+            return super().save_checkpoint(filename)
+        with atomic_path(Path(filename), ".pth") as temporary:
+            super().save_checkpoint(str(temporary))
+
+
+class ScheduleFromEnvironmentMixin(AtomicCheckpointMixin):
+    """Epoch and iteration counts from ``CRCSEG_*`` variables (defaults: nnU-Net's 1000 x 250 / 50).
+
+    Every trainer of ours composes this mixin, so it also brings ``AtomicCheckpointMixin``'s atomic
+    checkpoint writes to all of them.
+    """
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -44,6 +63,7 @@ class ScheduleFromEnvironmentMixin:
         self.num_epochs = _env_int(ENV_EPOCHS) or self.num_epochs
         self.num_iterations_per_epoch = _env_int(ENV_ITERATIONS) or self.num_iterations_per_epoch
         self.num_val_iterations_per_epoch = _env_int(ENV_VAL_ITERATIONS) or self.num_val_iterations_per_epoch
+        self.save_every = _env_int(ENV_SAVE_EVERY) or self.save_every
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         if os.environ.get(ENV_FINAL_VALIDATION, "1") == "0":
