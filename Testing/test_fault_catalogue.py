@@ -2,7 +2,7 @@
 
 One row per fault. A command row runs ``crcseg`` through its parser (``CRCTraining.cli.main``, in
 this process, or in a child process where the fault needs one: a file-size limit, another user, a
-kill); a call row runs the console/MRML API and expects an ``InputError``. After each row the files
+kill); a call row runs the console/MRML API and expects a user error (``InputError``, a file that exists, ...). After each row the files
 it names are byte-for-byte as before, and no command printed a Python traceback (only ``--debug``
 does). The exit-code rule (``CRCTraining.cli``): 0 done, 1 the run failed, 2 bad input, 130 cancelled.
 """
@@ -14,9 +14,7 @@ import os
 import resource
 import shutil
 import signal
-import subprocess
 import sys
-import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +26,11 @@ import SimpleITK as sitk
 import torch
 
 from CRCSegmentationLib.demo import demo_model_path
-from CRCTraining.cli import main
+from CRCTraining.cli import main, user_error_types
+from crcseg_child import run_crcseg
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import write_image
 from OrganGuidanceLib.phantom import make_abdominal_phantom
-from OrganGuidanceLib.validation import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 OK, FAILED, BAD_INPUT, CANCELLED = 0, 1, 2, 130
@@ -65,6 +63,7 @@ class Fault:
     unchanged: Tuple[str, ...] = ()  # files/folders (relative to the row folder) that must not change
     prepare: Optional[Callable[[Workspace], None]] = None  # puts earlier results into the row folder
     child: Optional[str] = None  # "fsize": a file-size limit; "readonly": root without its override of file modes
+    hidden: Tuple[str, ...] = ()  # modules made unimportable for the row (a package that is not installed)
 
 
 # --- inputs, made once ---------------------------------------------------------------------------
@@ -108,6 +107,9 @@ def inputs(tmp_path_factory) -> Path:
     (folder / "convention_list.json").write_text(json.dumps(["liver", "colon"]))
     (folder / "convention_broken.json").write_text('{"1": "liver",')
     (folder / "a_file").write_text("a file, not a folder\n")
+    rows, cols = np.ogrid[: ct.shape[1], : ct.shape[2]]  # a scanner's circular field of view, -3024 outside it
+    outside = (rows - ct.shape[1] / 2) ** 2 + (cols - ct.shape[2] / 2) ** 2 > (0.47 * ct.shape[1]) ** 2
+    _write(ct.with_array(np.where(outside[None], np.int16(-3024), ct.array).astype(np.int16)), folder / "ct_padded.nii.gz")
     _bundles(folder)
     _sam_files(folder)
     return folder
@@ -217,6 +219,13 @@ def _labelmap_as_ct(w: Workspace) -> Call:
     return lambda: CRCSegmentationLogic(scene).process(node, CRCSegmentationSettings(model="demo_phantom"))
 
 
+def _export_into_existing(w: Workspace) -> Call:
+    from CRCTraining.export import export_bundle
+
+    folder = Path(w["results/nnUNetTrainerAGCRC__nnUNetPlans__3d_fullres"])
+    return lambda: export_bundle(folder, w.row / "taken", folds=("all",))
+
+
 def _export_badly_named(w: Workspace) -> Call:
     from CRCTraining.export import export_bundle
 
@@ -259,6 +268,10 @@ FAULTS: List[Fault] = [
           BAD_INPUT, ("not valid json",)),
     Fault("guidance-convention-unknown", lambda w: guidance(w, "ct.nii.gz", "organs.nii.gz", "--convention", "wrod"),
           BAD_INPUT, ("wrod",)),
+    Fault("guidance-totalsegmentator-not-installed", guidance, BAD_INPUT, ("totalsegmentator is not installed",),
+          hidden=("totalsegmentator", "totalsegmentator.map_to_binary")),
+    Fault("guidance-ct-padded-outside-the-field-of-view", lambda w: guidance(w, "ct_padded.nii.gz"), OK,
+          ("organ guidance done",)),
     Fault("guidance-convention-count", lambda w: guidance(w, "ct.nii.gz", "organs.nii.gz", "--convention", "word",
                                                           "totalsegmentator"),
           BAD_INPUT, ("--convention", "one per --organs")),
@@ -308,8 +321,10 @@ FAULTS: List[Fault] = [
     Fault("prepare-missing-source", lambda w: ["prepare", w.out("no_such_dataset"), "-d", "950", "--name", "X",
                                                "--workdir", w.out("work"), "--organs", w["cts"]],
           BAD_INPUT, ("no_such_dataset",)),
-    Fault("export-existing-output", lambda w: ["export", "-d", "950", "--workdir", w.out("work"), "-o", w["a_file"]],
+    Fault("export-unknown-dataset", lambda w: ["export", "-d", "950", "--workdir", w.out("work"), "-o", w.out("b")],
           BAD_INPUT, ("dataset id 950", "no such nnu-net dataset")),
+    Fault("export-into-an-existing-folder", _export_into_existing, BAD_INPUT, ("exists already",), unchanged=("taken",),
+          prepare=lambda w: (w.row / "taken").mkdir() or (w.row / "taken" / "mine.txt").write_text("keep me")),
     Fault("export-badly-named-folder", _export_badly_named, BAD_INPUT, ("<trainer>__<plans>__<configuration>",)),
     Fault("evaluate-missing-folders", lambda w: ["evaluate", w.out("no_pred"), w.out("no_ref"), "-o", w.out()],
           BAD_INPUT, ("no_ref", "does not exist")),
@@ -336,13 +351,6 @@ def snapshot(root: Path, names: Tuple[str, ...]) -> Dict[str, str]:
     return found
 
 
-CHILD = textwrap.dedent("""
-    import json, sys
-    from CRCTraining.cli import main
-    sys.exit(main(json.loads(sys.argv[1])))
-""")
-
-
 def _drop_file_mode_override() -> None:
     """Root ignores a read-only folder (CAP_DAC_OVERRIDE): take that capability from the child's bounding set."""
     import ctypes
@@ -361,9 +369,7 @@ def run_child(argv: Argv, kind: str, cwd: Path) -> Tuple[int, str]:
         elif kind == "readonly" and os.geteuid() == 0:
             _drop_file_mode_override()
 
-    result = subprocess.run([sys.executable, "-c", CHILD, json.dumps(argv)], cwd=cwd, capture_output=True, text=True,
-                            preexec_fn=limit, timeout=300)
-    return result.returncode, result.stdout + result.stderr
+    return run_crcseg(argv, cwd, preexec_fn=limit, timeout_s=300)
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.id for f in FAULTS])
@@ -375,9 +381,11 @@ def test_fault(fault: Fault, inputs: Path, tmp_path: Path, capsys, monkeypatch):
         fault.prepare(workspace)
         capsys.readouterr()
     before = snapshot(tmp_path, fault.unchanged)
+    for name in fault.hidden:
+        monkeypatch.setitem(sys.modules, name, None)  # "import name" now raises ImportError
     made = fault.make(workspace)
     if callable(made):
-        with pytest.raises(InputError) as raised:
+        with pytest.raises(user_error_types()) as raised:
             made()
         code, output = BAD_INPUT, str(raised.value)
     elif fault.child:
@@ -414,11 +422,8 @@ def test_guidance_killed_then_rerun_equals_an_uninterrupted_run(inputs, tmp_path
     argv = ["guidance", str(inputs / "ct.nii.gz"), "--organs", str(inputs / "organs.nii.gz"), "--no-png"]
     assert main(argv + ["-o", str(tmp_path / "reference")]) == OK
     target = tmp_path / "killed"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(argv + ["-o", str(target)])], cwd=tmp_path,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(delay_s)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    started = time.monotonic()
+    run_crcseg(argv + ["-o", str(target)], tmp_path, kill_when=lambda: time.monotonic() - started > delay_s)
     # Either nothing of the killed run is in place, or all of it; never a mixture.
     present = sorted(p.name for p in target.glob("*")) if target.exists() else []
     assert present in ([], sorted(p.name for p in (tmp_path / "reference").glob("*"))), present

@@ -8,39 +8,17 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 import pytest
 
 from CRCTraining.cli import main
+from crcseg_child import files_at_least, run_crcseg
 from CRCTraining.phantom_dataset import make_phantom_dataset
 from OrganGuidanceLib.io import read_image
-
-CHILD = "import json, sys\nfrom CRCTraining.cli import main\nsys.exit(main(json.loads(sys.argv[1])))\n"
-
-
-def run_child(argv: List[str], cwd: Path, kill_when: Optional[Callable[[], bool]] = None) -> int:
-    """``crcseg argv`` in a child process, SIGKILLed as soon as ``kill_when()`` holds; its return code."""
-    child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(argv)], cwd=cwd,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.perf_counter() + 600
-    while kill_when is not None and child.poll() is None and time.perf_counter() < deadline:
-        if kill_when():
-            child.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    return child.wait()
-
-
-def files_at_least(folder: Path, pattern: str, count: int) -> Callable[[], bool]:
-    return lambda: len(list(folder.glob(pattern))) >= count
-
 
 def image_arrays(folder: Path) -> Dict[str, np.ndarray]:
     return {str(p.relative_to(folder)): read_image(p).array for p in sorted(folder.rglob("*.nii.gz"))
@@ -63,7 +41,7 @@ def prepare_argv(source: Path, workdir: Path) -> List[str]:
 @pytest.fixture(scope="module")
 def uninterrupted(phantoms, tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    assert run_child(prepare_argv(phantoms, workdir), workdir) == 0
+    assert run_crcseg(prepare_argv(phantoms, workdir), workdir)[0] == 0
     return workdir / "nnUNet_raw" / "Dataset971_Killed"
 
 
@@ -72,7 +50,8 @@ def uninterrupted(phantoms, tmp_path_factory) -> Path:
 def test_prepare_killed_then_rerun_equals_an_uninterrupted_run(phantoms, uninterrupted, tmp_path, cases_written):
     workdir = tmp_path / "work"
     images = workdir / "nnUNet_raw" / "Dataset971_Killed" / "imagesTr"
-    code = run_child(prepare_argv(phantoms, workdir), tmp_path, files_at_least(images, "*_0000.nii.gz", cases_written))
+    code, _ = run_crcseg(prepare_argv(phantoms, workdir), tmp_path,
+                         kill_when=files_at_least(images, "*_0000.nii.gz", cases_written))
     assert code == -signal.SIGKILL  # it was killed mid-run, not finished
     assert main(prepare_argv(phantoms, workdir)) == 0
     folder = workdir / "nnUNet_raw" / "Dataset971_Killed"
@@ -109,8 +88,8 @@ def test_usam_train_killed_then_rerun_equals_an_uninterrupted_run(usam_slices, t
     assert main(["usam-train", str(usam_slices), "-o", str(tmp_path / "reference"), *USAM_OPTIONS]) == 0
     killed = tmp_path / "killed"
     # Killed as soon as its first resumable state (iteration 2 of 6) is in place.
-    code = run_child(["usam-train", str(usam_slices), "-o", str(killed), *USAM_OPTIONS], tmp_path,
-                     files_at_least(killed, "checkpoint_latest.pt", 1))
+    code, _ = run_crcseg(["usam-train", str(usam_slices), "-o", str(killed), *USAM_OPTIONS], tmp_path,
+                         kill_when=files_at_least(killed, "checkpoint_latest.pt", 1))
     assert code == -signal.SIGKILL
     assert (killed / "checkpoint_latest.pt").is_file()  # it had saved a resumable state
     assert main(["usam-train", str(usam_slices), "-o", str(killed), *USAM_OPTIONS]) == 0

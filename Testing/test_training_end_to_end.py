@@ -193,26 +193,18 @@ def test_6_train_killed_then_rerun_continues_from_its_last_checkpoint(pipeline):
     what a killed run must give is the same schedule, continued (not restarted), from an intact file.
     """
     import signal
-    import subprocess
-    import sys
-    import time
 
     from CRCSegmentationLib.model_source import load_checkpoint
+    from crcseg_child import files_at_least, run_crcseg
 
     trainer = "nnUNetTrainerBaseline"
     argv = ["train", "--workdir", str(pipeline["workdir"]), "-d", str(SUPERVISED), "--trainer", trainer, *FOLD,
             "--epochs", "4", "--iterations", "2", "--val-iterations", "1", "--device", "cpu", "--no-final-validation"]
     folder = _fold(pipeline, SUPERVISED_NAME, trainer)
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import json, sys\nfrom CRCTraining.cli import main\nsys.exit(main(json.loads(sys.argv[1])))",
-         json.dumps(argv)], env={**os.environ, "CRCSEG_SAVE_EVERY": "1"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = folder / "checkpoint_latest.pth"
-    deadline = time.monotonic() + 300
-    while child.poll() is None and not latest.is_file() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    child.send_signal(signal.SIGKILL)
-    assert child.wait() == -signal.SIGKILL and not (folder / "checkpoint_final.pth").exists()
+    code, _ = run_crcseg(argv, pipeline["root"], env={**os.environ, "CRCSEG_SAVE_EVERY": "1"},
+                         kill_when=files_at_least(folder, latest.name, 1))
+    assert code == -signal.SIGKILL and not (folder / "checkpoint_final.pth").exists()
     saved_epoch = load_checkpoint(latest)["current_epoch"]  # intact: written to a temporary file, then renamed
     assert 1 <= saved_epoch < 4
     assert crcseg(argv) == 0
