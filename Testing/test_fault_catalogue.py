@@ -1,9 +1,9 @@
 """The fault catalogue: every bad input and fault, its exit code, its message, and what stays as it was.
 
 One row per fault. A command row runs ``crcseg`` through its parser (``CRCTraining.cli.main``, in
-this process, or in a child process where the fault needs one: a file-size limit, another user, a
-kill); a call row runs the console/MRML API and expects a user error (``InputError``, a file that exists, ...). After each row the files
-it names are byte-for-byte as before, and no command printed a Python traceback (only ``--debug``
+this process, or in a child process where the fault needs one: a file-size limit, a dropped
+capability, a kill); a call row runs the console/MRML API and expects a user error (``InputError``,
+a file that exists, ...). After each row the files it names are byte-for-byte as before, and no command printed a Python traceback (only ``--debug``
 does). The exit-code rule (``CRCTraining.cli``): 0 done, 1 the run failed, 2 bad input, 130 cancelled.
 """
 from __future__ import annotations
