@@ -56,7 +56,7 @@ def test_format_2_metadata_is_read_as_written(bundle):
     ({"kind": "unet2000"}, ["kind 'unet2000'", "not one of"]),
     ({"modality": "PET"}, ["modality 'PET'"]),
     ({"format_version": 99}, ["bundle format 99", "newer"]),
-    ({"tumor_labels": ["liver"]}, ["tumor_labels ['liver']"]),
+    ({"tumor_labels": ["liver"]}, ["['liver'] are not among the labels"]),
     ({"labels": {"background": 0, "rectum": 1, "tumor_core": 2}}, ["no tumor label"]),
     ({"network": "rcsegnext_v9"}, ["network 'rcsegnext_v9'"]),
     ({"trainer": ""}, ["needs ['trainer']"]),

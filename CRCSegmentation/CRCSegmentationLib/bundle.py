@@ -46,6 +46,8 @@ class BundleMetadata:
     kind: str = "nnunet"  # one of KINDS
     modality: str = "CT"  # one of MODALITIES: the image the model expects
     tumor_labels: List[str] = field(default_factory=list)  # names in ``labels``; [] in format 1: see module doc
+    # FLARE24 organ interference: organ labels the model also segments; never reported as tumor, optionally shown
+    organ_labels: List[str] = field(default_factory=list)
     network: str = ""  # nnunet: architecture name; "" = the one the trainer name stands for
     trainer: str = ""  # nnunet: trainer class name stored in the checkpoints
     configuration: str = ""
@@ -99,9 +101,12 @@ def _check_metadata(metadata: BundleMetadata, path: Path) -> None:
         raise BundleError(f"{path}: kind '{metadata.kind}' is not one of {list(KINDS)}")
     if metadata.modality not in MODALITIES:
         raise BundleError(f"{path}: modality '{metadata.modality}' is not one of {list(MODALITIES)}")
-    unknown = [name for name in metadata.tumor_labels if name not in metadata.labels]
+    unknown = [name for name in [*metadata.tumor_labels, *metadata.organ_labels] if name not in metadata.labels]
     if unknown:
-        raise BundleError(f"{path}: tumor_labels {unknown} are not among the labels {sorted(metadata.labels)}")
+        raise BundleError(f"{path}: tumor_labels/organ_labels {unknown} are not among the labels {sorted(metadata.labels)}")
+    both = sorted(set(metadata.tumor_labels) & set(metadata.organ_labels))
+    if both:
+        raise BundleError(f"{path}: {both} are listed as tumor and as organ labels")
     if not metadata.tumor_label_names():
         raise BundleError(
             f"{path}: no tumor label: list it in tumor_labels (labels: {sorted(metadata.labels)})"

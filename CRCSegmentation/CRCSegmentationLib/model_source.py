@@ -60,6 +60,7 @@ class ModelSource:
     modality: str = "CT"  # bundle.MODALITIES
     tumor_labels: List[int] = field(default_factory=list)  # label values reported as tumor
     network: str = ""  # architecture the bundle declares ("" = from the trainer name)
+    organ_labels: Dict[str, int] = field(default_factory=dict)  # organ-interference models: name -> value
 
     @property
     def tumor_label(self) -> int:
@@ -159,7 +160,7 @@ def _open_bundle(folder: Path, folds, checkpoint) -> ModelSource:
     tumor = [labels[name] for name in metadata.tumor_label_names()]
     return ModelSource(folder, chosen, checkpoint, channels, labels, metadata.name, metadata.trainer,
                        True, metadata, metadata.description, metadata.kind, metadata.modality, tumor,
-                       metadata.network)
+                       metadata.network, {name: labels[name] for name in metadata.organ_labels})
 
 
 def _open_results_folder(folder: Path, folds, checkpoint) -> ModelSource:
