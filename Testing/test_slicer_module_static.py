@@ -504,11 +504,16 @@ def test_crc_widget_builds_settings_with_fields_the_engine_has():
     classes = {c.__name__: c for c in (SegmentationParameters, CRCSegmentationSettings, OrganGuidanceSettings, OrganSourceChoice)}
     seen = set()
     for node in ast.walk(parse(CRC_WIDGET_FILE)):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", "") in classes:
-            cls = classes[node.func.id]
-            unknown = {k.arg for k in node.keywords} - {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        preset = isinstance(func, ast.Attribute) and func.attr == "for_preset" and getattr(func.value, "id", "") in classes
+        name = func.value.id if preset else getattr(func, "id", "")
+        if name in classes:
+            cls = classes[name]
+            unknown = {k.arg for k in node.keywords if k.arg is not None} - {f.name for f in dataclasses.fields(cls)}
             assert not unknown, f"{cls.__name__} has no fields {unknown}"
-            assert not node.args, f"{cls.__name__}: pass fields by name"
+            assert len(node.args) == (1 if preset else 0), f"{cls.__name__}: pass fields by name"
             seen.add(cls.__name__)
     assert seen == set(classes)
 

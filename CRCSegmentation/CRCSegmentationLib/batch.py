@@ -35,6 +35,9 @@ from .statistics import tumor_statistics
 NNUNET_CHANNEL_SUFFIX = "_0000"  # nnU-Net's imagesTs naming: the CT channel of case <case>
 SUMMARY_FILE = "summary.csv"
 STATISTICS_COLUMNS = ("volume_ml", "largest_axial_diameter_mm", "craniocaudal_extent_mm", "components")
+# FLARE's efficiency measures (efficiency.py): the model run's wall time, peak resident memory on the CPU,
+# peak GPU memory and the area under the GPU-memory-time curve on CUDA (empty where they do not apply)
+EFFICIENCY_COLUMNS = ("wall_s", "peak_rss_mb", "gpu_peak_mb", "gpu_memory_time_mb_s")
 METRIC_COLUMNS = ("dice", "nsd", "precision", "recall", "hd95")
 
 
@@ -50,6 +53,7 @@ class CaseResult:
     warnings: List[str] = field(default_factory=list)
     seconds: float = 0.0
     device: str = ""
+    efficiency: Dict[str, float] = field(default_factory=dict)  # FLARE's measures of the model run
 
 
 @dataclass
@@ -218,6 +222,7 @@ def segment_files(
             result.statistics = tumor_statistics(segmentation.mask).to_dict()
             result.warnings.extend(segmentation.warnings)
             result.device = segmentation.device
+            result.efficiency = dict(segmentation.efficiency)
             if reference_folder is not None:
                 result.metrics = _metrics(case, segmentation.mask, reference_folder)
             result.status = "ok"
@@ -242,8 +247,8 @@ def _metrics(case: str, mask: Image, folder: Path) -> Dict[str, float]:
 
 
 def write_summary(report: BatchReport) -> Path:
-    columns = ["case", "status", *STATISTICS_COLUMNS, *METRIC_COLUMNS, "seconds", "device", "output", "error",
-               "warnings"]
+    columns = ["case", "status", *STATISTICS_COLUMNS, *METRIC_COLUMNS, "seconds", "device", *EFFICIENCY_COLUMNS,
+               "output", "error", "warnings"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
@@ -253,6 +258,7 @@ def write_summary(report: BatchReport) -> Path:
                "warnings": " | ".join(case.warnings)}
         row.update({k: _format(v) for k, v in case.statistics.items()})
         row.update({k: _format(v) for k, v in case.metrics.items()})
+        row.update({k: _format(v) for k, v in case.efficiency.items()})
         writer.writerow(row)
     return write_text_atomic(report.summary_csv, buffer.getvalue())
 
@@ -281,6 +287,8 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
                         help="replace the <case>_tumor.nii.gz and summary.csv of an earlier run in the output folder")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--no-mirroring", action="store_true", help="no test-time mirroring (about 8x faster)")
+    parser.add_argument("--preset", choices=("default", "fast"), default="default",
+                        help="fast: FLARE24's inference settings, tile step 7/8 of the patch and no mirroring")
     parser.add_argument("--folds", nargs="+", default=None, help="folds to ensemble (default: all available)")
     parser.add_argument("--checkpoint", default=None, help="checkpoint file name (default: checkpoint_final.pth)")
     parser.add_argument("--min-component-ml", type=float, default=0.0, help="remove tumor components smaller than this")
@@ -291,9 +299,11 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
 
 def segment_main(args: argparse.Namespace) -> int:
     model = open_model(args.model, folds=args.folds, checkpoint=args.checkpoint)  # a folder or a catalogue name
-    parameters = SegmentationParameters(device=args.device, mirroring=not args.no_mirroring,
-                                        min_component_ml=args.min_component_ml,
-                                        min_tile_weight=0.0 if args.exact_tiles else SegmentationParameters.min_tile_weight)
+    chosen = {"device": args.device, "min_component_ml": args.min_component_ml,
+              "min_tile_weight": 0.0 if args.exact_tiles else SegmentationParameters.min_tile_weight}
+    if args.no_mirroring:
+        chosen["mirroring"] = False
+    parameters = SegmentationParameters.for_preset(args.preset, **chosen)
     report = segment_files(args.input, model, args.output, organs=args.organs, references=args.references,
                            parameters=parameters, convention=args.convention, overwrite=args.overwrite)
     print(report.summary())

@@ -69,6 +69,7 @@ class CRCSegmentationParameterNode:
     modelFolder: pathlib.Path
     device: Annotated[str, Choice(DEVICES)] = "auto"
     mirroring: bool = True
+    fastPreset: bool = False  # FLARE24 §3.2: inference.PRESETS["fast"] (tile step 7/8, no mirroring)
     restrictToOoi: bool = True
     ooiMarginMm: Annotated[float, WithinRange(0.0, 200.0)] = 20.0
     bodyCrop: bool = True
@@ -101,14 +102,15 @@ def settingsFromParameterNode(parameterNode: CRCSegmentationParameterNode):
         guidance_node=p.guidanceNode if p.guidanceSource == "scene" else None,
         organ_guidance=OrganGuidanceSettings(primary=organs, device=p.device),
         convention=p.guidanceConvention,
-        segmentation=SegmentationParameters(
+        segmentation=SegmentationParameters.for_preset(
+            "fast" if p.fastPreset else "default",
             device=p.device,
-            mirroring=p.mirroring,
             restrict_to_ooi=p.restrictToOoi,
             ooi_margin_mm=p.ooiMarginMm,
             body_crop=p.bodyCrop,
             keep_within_ooi=p.keepWithinOoi,
             min_component_ml=p.minComponentMl,
+            **({} if p.fastPreset else {"mirroring": p.mirroring}),
         ),
     )
 

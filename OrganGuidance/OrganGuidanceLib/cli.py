@@ -33,6 +33,8 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-crop", action="store_true", help="skip the body crop")
     parser.add_argument("--body-threshold-hu", type=float, default=DEFAULTS.body_threshold_hu)
     parser.add_argument("--crop-margin-mm", type=float, default=DEFAULTS.crop_margin_mm)
+    parser.add_argument("--body-connectivity", type=int, choices=(6, 18, 26), default=DEFAULTS.body_connectivity,
+                        help="connectivity of the body component (6: FLARE24's literal crop; default 26)")
     parser.add_argument("--write-cropped", action="store_true", help="also write CT, MOS and OOI cropped to the body")
     parser.add_argument("--full", action="store_true", help="TotalSegmentator full-resolution model instead of --fast")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
@@ -74,6 +76,7 @@ def guidance_main(args: argparse.Namespace) -> int:
     parameters = GuidanceParameters(
         organ_set=args.organ_set, dilation_mm=args.dilation_mm, wall_width_mm=args.wall_mm,
         body_crop=not args.no_crop, body_threshold_hu=args.body_threshold_hu, crop_margin_mm=args.crop_margin_mm,
+        body_connectivity=args.body_connectivity,
     )
     started = time.perf_counter()
     with tqdm(total=100, desc="organ guidance", unit="%", file=sys.stderr, disable=None) as bar:

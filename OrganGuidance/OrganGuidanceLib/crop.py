@@ -74,20 +74,40 @@ class CropBox:
         return cls((0, 0, 0), tuple(shape), tuple(shape))  # type: ignore[arg-type]
 
 
-def body_mask(ct: Image, threshold_hu: float = BODY_THRESHOLD_HU) -> np.ndarray:
-    """Largest 26-connected component of ``ct > threshold_hu`` (FLARE24 §3)."""
+CONNECTIVITIES = (6, 18, 26)  # 6: FLARE24's public code (scipy's default structure); 26: ours, joins more
+
+
+def body_mask(ct: Image, threshold_hu: float = BODY_THRESHOLD_HU, connectivity: int = 26) -> np.ndarray:
+    """Largest connected component of ``ct > threshold_hu`` (FLARE24 §3)."""
+    if connectivity not in CONNECTIVITIES:
+        raise InputError(f"body crop connectivity {connectivity}: must be one of {CONNECTIVITIES}")
     above = ct.array > threshold_hu
     if not above.any():
         raise InputError(f"{ct.name}: no voxel above {threshold_hu} HU, so no body to crop to")
-    return cc3d.largest_k(above, k=1, connectivity=26, binary_image=True).astype(bool)
+    return cc3d.largest_k(above, k=1, connectivity=connectivity, binary_image=True).astype(bool)
 
 
-def body_crop_box(ct: Image, threshold_hu: float = BODY_THRESHOLD_HU, margin_mm: float = 0.0) -> CropBox:
+def body_crop_box(ct: Image, threshold_hu: float = BODY_THRESHOLD_HU, margin_mm: float = 0.0,
+                  connectivity: int = 26) -> CropBox:
     """Tight bounding box of the body mask, grown by ``margin_mm`` and clipped to the image."""
-    mask = body_mask(ct, threshold_hu)
+    mask = body_mask(ct, threshold_hu, connectivity)
     box = bounding_box(mask)
     margin = tuple(int(np.ceil(margin_mm / spacing)) for spacing in ct.spacing_zyx)
     box = grow_box(box, margin, mask.shape)
     return CropBox(
         tuple(s.start for s in box), tuple(s.stop for s in box), tuple(mask.shape)  # type: ignore[arg-type]
     )
+
+
+def crop_box_containing(box: CropBox, keep: np.ndarray) -> CropBox:
+    """``box`` grown to contain every non-zero voxel of ``keep`` (an organ mask on the full grid).
+
+    On a real abdominal CT the HU > 50 component can miss the anterior abdominal wall and bowel,
+    joined to the rest only by fat (DESIGN.md, FLARE24 facts): the crop must never cut an organ.
+    """
+    inside = bounding_box(keep)
+    if inside is None:
+        return box
+    start = tuple(min(a, s.start) for a, s in zip(box.start, inside))
+    stop = tuple(max(b, s.stop) for b, s in zip(box.stop, inside))
+    return CropBox(start, stop, box.full_shape)  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .crop import BODY_THRESHOLD_HU, CropBox, body_crop_box
+from .crop import BODY_THRESHOLD_HU, CONNECTIVITIES, CropBox, body_crop_box, crop_box_containing
 from .image import Image
 from .io import image_from_sitk, image_to_sitk
 from .labels import DEFAULT_ORGAN_SET, ORGAN_SETS, LabelConvention
@@ -35,6 +35,8 @@ class GuidanceParameters:
     # FLARE24 crops tight (0 mm). HU > 50 keeps bone, muscle and enhanced organs, not fat:
     # the margin keeps some of the subcutaneous fat; organs lie well inside either way.
     crop_margin_mm: float = 10.0
+    # 26: one body even where only a voxel's corner joins it; 6: FLARE24's literal crop (scipy's default)
+    body_connectivity: int = 26
 
     def is_valid(self) -> Tuple[bool, str]:
         if self.organ_set not in ORGAN_SETS:
@@ -43,6 +45,8 @@ class GuidanceParameters:
             return False, f"OOI dilation {self.dilation_mm} mm is outside 0..50 mm"
         if not 0 < self.wall_width_mm <= 20:
             return False, f"bowel wall width {self.wall_width_mm} mm is outside (0, 20] mm"
+        if self.body_connectivity not in CONNECTIVITIES:
+            return False, f"body crop connectivity {self.body_connectivity} is not one of {CONNECTIVITIES}"
         if self.crop_margin_mm < 0:
             return False, f"crop margin {self.crop_margin_mm} mm is negative"
         return True, ""
@@ -193,7 +197,14 @@ def run_guidance(
     crop = None
     if parameters.body_crop:
         report("body crop", 0.75)
-        crop = body_crop_box(ct, parameters.body_threshold_hu, parameters.crop_margin_mm)
+        crop = body_crop_box(ct, parameters.body_threshold_hu, parameters.crop_margin_mm, parameters.body_connectivity)
+        grown = crop_box_containing(crop, label_maps[0].array)  # never cut an organ of the MOS
+        if grown != crop:
+            outside = int(np.count_nonzero(label_maps[0].array)) - int(np.count_nonzero(label_maps[0].array[crop.slices]))
+            warnings.append(f"body crop: grown from {list(crop.shape)} to {list(grown.shape)} voxels (z, y, x) to keep "
+                            f"every organ of the MOS ({outside} organ voxels lay outside the HU > "
+                            f"{parameters.body_threshold_hu:g} body)")
+            crop = grown
     report("done", 1.0)
     mos = label_maps[0]
     present = [int(v) for v in np.unique(mos.array) if v]
