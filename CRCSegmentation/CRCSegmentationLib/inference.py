@@ -61,6 +61,9 @@ class SegmentationParameters:
     keep_within_ooi: bool = True  # AG-CRC Eq. 8 trains prediction x OOI: voxels outside are untrained
     min_component_ml: float = 0.0  # components smaller than this are removed; 0 keeps every component
     keep_probabilities: bool = True  # tumor probabilities for point-prompted refinement
+    # Organ-interference models (FLARE24) segment organs too: they are never reported as tumor; True
+    # keeps them as a label map (shown as segments in Slicer). FLARE24 §2.3 drops them.
+    keep_organs: bool = False
     # True: only the region goes to nnU-Net (less preprocessing, fewer tiles), but its tiles then fall
     # elsewhere than on the full volume, and a network that depends on tile position gives another
     # result (benchmarks/bench_inference.py). False: full-volume tiles, those touching the region run.
@@ -108,6 +111,7 @@ class TumorSegmentation:
     timings: Dict[str, float] = field(default_factory=dict)  # seconds per step
     tiles: Tuple[int, int] = (0, 0)  # sliding-window tiles run, of the full volume's (per fold and mirror)
     efficiency: Dict[str, float] = field(default_factory=dict)  # FLARE's measures of the model run (efficiency.py)
+    organs: Optional[Image] = None  # organ labels of an organ-interference model (model values), if kept
 
 
 def torch_device(name: str):
@@ -240,6 +244,15 @@ class TumorSegmenter:
             outside |= guidance.ooi.array == 0  # type: ignore[union-attr]
         tumor = np.isin(labels, self.model.tumor_labels) & ~outside
         mask = self.postprocess(ct.with_array(tumor.astype(np.uint8), "Tumor"), guidance, warnings)
+        organs = None
+        if self.parameters.keep_organs and self.model.organ_labels:
+            organ_values = sorted(self.model.organ_labels.values())
+            inside = np.zeros(ct.shape, bool)
+            inside[region.slices] = True  # the organs where tiles ran (with OOI-chosen tiles: the OOI's)
+            if focus_channel is not None:
+                inside &= guidance.ooi.array > 0  # type: ignore[union-attr]
+            organ_array = np.where(np.isin(labels, organ_values) & inside, labels, 0).astype(np.uint8)
+            organs = ct.with_array(organ_array, "Model organs")
         probability_image = None
         if self.parameters.keep_probabilities and probabilities is not None:
             probabilities = np.where(outside, np.float32(0), probabilities.astype(np.float32))
@@ -249,7 +262,8 @@ class TumorSegmenter:
         report("done", 1.0)
         predictor = self._predictor(torch_device(used))
         tiles = (predictor.tiles_run, predictor.tiles_total)
-        return TumorSegmentation(mask, probability_image, region, used, warnings, timings, tiles, monitor.measures())
+        return TumorSegmentation(mask, probability_image, region, used, warnings, timings, tiles, monitor.measures(),
+                                 organs)
 
     def region(self, ct: Image, guidance: Optional[GuidanceResult], warnings: List[str]) -> CropBox:
         """Body crop ∩ (OOI bounding box + margin), in CT array indices: where tiles are run."""

@@ -162,7 +162,9 @@ class CRCSegmentationLogic:
         if ct_node is None:
             raise InputError(f"{job.ct.name}: the CT node was removed from the scene during the run")
         statistics = tumor_statistics(result.mask)
-        segmentation_node = tumor_to_segmentation_node(self.scene, result.mask, ct_node, output_node, job.ct)
+        organ_names = {value: name for name, value in job.model.organ_labels.items()} if job.model is not None else {}
+        segmentation_node = tumor_to_segmentation_node(self.scene, result.mask, ct_node, output_node, job.ct,
+                                                       getattr(result, "organs", None), organ_names)
         previous = segmentation_node.GetNodeReference(STATISTICS_REFERENCE_ROLE)
         table = statistics_to_table_node(self.scene, statistics, f"{node_name(segmentation_node)} statistics", previous)
         segmentation_node.SetNodeReferenceID(STATISTICS_REFERENCE_ROLE, table.GetID())

@@ -31,6 +31,7 @@ from OrganGuidanceLib.mrml import (
     check_output_segmentation_node,
     cropped_oriented_image,
     image_from_volume_node,
+    label_map_segments,
     node_name,
     segment_label_value,
     segment_mask,
@@ -41,6 +42,7 @@ from OrganGuidanceLib.validation import InputError
 TUMOR_SEGMENT_NAME = "Tumor"
 TUMOR_COLOR = (0.85, 0.20, 0.20)  # red
 SEGMENT_TAG = "CRCSegmentation"  # segment tag marking what we wrote
+MODEL_ORGAN_TAG = "model_organ"  # organs an organ-interference model segmented (FLARE24), shown, never tumor
 STATISTICS_REFERENCE_ROLE = "crcSegmentationStatistics"  # segmentation node -> its statistics table
 # Slicer's serialised terminology entry (context~category~type~type modifier~anatomic context~region~region modifier):
 # SNOMED CT 49755003 "Morphologically Altered Structure" / 86049000 "Neoplasm, Primary".
@@ -195,8 +197,12 @@ def tumor_segment(mask: Image, reference: Image, name: str = TUMOR_SEGMENT_NAME)
     return segment
 
 
-def tumor_to_segmentation_node(scene, mask: Image, ct_node, output_node=None, ct: Optional[Image] = None):
+def tumor_to_segmentation_node(scene, mask: Image, ct_node, output_node=None, ct: Optional[Image] = None,
+                               organs: Optional[Image] = None, organ_names: Optional[Dict[int, str]] = None):
     """Write a tumor mask as a "Tumor" segment referenced to ``ct_node``'s geometry.
+
+    ``organs``: the organ labels an organ-interference model (FLARE24) segmented too, on the same
+    grid as ``mask``; written as one segment per organ (``organ_names``: value -> name), never as tumor.
 
     ``mask`` may lie on the CT grid or on a cropped sub-grid of it (same RAS location
     either way). ``output_node=None`` creates "<CT name> tumor segmentation"; an existing
@@ -207,8 +213,12 @@ def tumor_to_segmentation_node(scene, mask: Image, ct_node, output_node=None, ct
     if output_node is not None:
         check_output_segmentation_node(scene, output_node, ct_node)
     reference = ct if ct is not None else image_from_volume_node(ct_node)
-    segment = tumor_segment(mask, reference)
-    return write_segments(scene, [segment], ct_node, output_node, f"{node_name(ct_node)} tumor segmentation")
+    segments = [tumor_segment(mask, reference)]
+    if organs is not None:
+        if not organs.same_grid(mask):
+            raise InputError(f"{organs.name}: the organ labels are not on the tumor mask's grid")
+        segments += label_map_segments(organs.array, organs.index_to_ras, organ_names or {}, MODEL_ORGAN_TAG)
+    return write_segments(scene, segments, ct_node, output_node, f"{node_name(ct_node)} tumor segmentation")
 
 
 def tumor_segment_id(segmentation_node) -> str:

@@ -70,6 +70,7 @@ class CRCSegmentationParameterNode:
     device: Annotated[str, Choice(DEVICES)] = "auto"
     mirroring: bool = True
     fastPreset: bool = False  # FLARE24 §3.2: inference.PRESETS["fast"] (tile step 7/8, no mirroring)
+    showOrgans: bool = False  # = SegmentationParameters.keep_organs (organ-interference models)
     restrictToOoi: bool = True
     ooiMarginMm: Annotated[float, WithinRange(0.0, 200.0)] = 20.0
     bodyCrop: bool = True
@@ -110,6 +111,7 @@ def settingsFromParameterNode(parameterNode: CRCSegmentationParameterNode):
             body_crop=p.bodyCrop,
             keep_within_ooi=p.keepWithinOoi,
             min_component_ml=p.minComponentMl,
+            keep_organs=p.showOrgans,
             **({} if p.fastPreset else {"mirroring": p.mirroring}),
         ),
     )

@@ -314,19 +314,26 @@ def _segment(name: str, color: Tuple[float, float, float], layer, label_value: i
     return segment
 
 
+def label_map_segments(labels: np.ndarray, ijk_to_ras: np.ndarray, names: Dict[int, str],
+                       tag: str) -> List["slicer.vtkSegment"]:
+    """One named, coloured segment per label present, all sharing one labelmap layer. Touches no scene."""
+    present = [int(v) for v in np.unique(labels) if v]
+    if not present:
+        return []
+    dtype = np.uint8 if max(present) < 256 else (np.uint16 if max(present) < 65536 else np.int32)
+    shared = cropped_oriented_image(labels.astype(dtype, copy=False), ijk_to_ras)  # one layer for all organs
+    segments = []
+    for value in present:
+        raw = names.get(value, f"label {value}")
+        segments.append(_segment(organ_display_name(raw), organ_color(raw, value), shared, value, tag))
+    return segments
+
+
 def build_guidance_segments(result: GuidanceResult, organ_names: Dict[int, str] | None = None) -> List["slicer.vtkSegment"]:
     """Named, coloured segments: MOS organs (one shared layer), OOI, bowel wall. Touches no scene."""
     names = {**result.organ_names, **(organ_names or {})}  # caller's names override the convention's
     ijk_to_ras = result.ooi.index_to_ras
-    segments = []
-    mos = result.mos.array
-    present = [int(v) for v in np.unique(mos) if v]
-    if present:
-        dtype = np.uint8 if max(present) < 256 else (np.uint16 if max(present) < 65536 else np.int32)
-        shared = cropped_oriented_image(mos.astype(dtype, copy=False), ijk_to_ras)  # one layer for all organs
-        for value in present:
-            raw = names.get(value, f"label {value}")
-            segments.append(_segment(organ_display_name(raw), organ_color(raw, value), shared, value, "mos"))
+    segments = label_map_segments(result.mos.array, ijk_to_ras, names, "mos")
     for image, name, color, tag in (
         (result.ooi, OOI_SEGMENT_NAME, OOI_COLOR, "ooi"),
         (result.bowel_wall, BOWEL_WALL_SEGMENT_NAME, BOWEL_WALL_COLOR, "bowel_wall"),
