@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from CRCSegmentationLib.bundle import METADATA_FILE, BundleMetadata
 from CRCSegmentationLib.networks.nnunet_architectures import TRAINER_ARCHITECTURES
@@ -48,7 +48,7 @@ def export_bundle(
         raise FileExistsError(f"{output}: exists already; choose another folder or remove it first")
     dataset_json = json.loads((model_folder / "dataset.json").read_text())
     labels = {str(k): int(v) for k, v in dataset_json["labels"].items()}
-    tumor_labels = _tumor_labels(model_folder, labels)
+    tumor_labels, organ_labels = label_roles(model_folder, dataset_json)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-bundle-", dir=output.parent))
     umask = os.umask(0)
@@ -78,6 +78,7 @@ def export_bundle(
             kind="nnunet",
             modality="CT",
             tumor_labels=tumor_labels,
+            organ_labels=organ_labels,  # FLARE24 organ interference: segmented, never reported as tumor
             # our trainers' network, so the bundle predicts without CRCTraining; nnU-Net's own trainers: ""
             network=TRAINER_ARCHITECTURES.get(trainer, ""),
         )
@@ -87,6 +88,24 @@ def export_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output
+
+
+def label_roles(model_folder: Path, dataset_json: dict) -> Tuple[List[str], List[str]]:
+    """(tumor label names, organ label names) of a trained model, from its ``dataset.json``.
+
+    A dataset prepared with ``labels="organ-interference"`` (FLARE24 §2.2) records both in
+    ``agcrc["organ_interference"]``; any other dataset has no organ labels.
+    """
+    labels = {str(k): int(v) for k, v in dataset_json["labels"].items()}
+    block = (dataset_json.get("agcrc") or {}).get("organ_interference")
+    if not block:
+        return _tumor_labels(model_folder, labels), []
+    tumor, organs = [str(block["tumor_label"])], [str(name) for name in block["organ_labels"]]
+    unknown = [name for name in [*tumor, *organs] if name not in labels]
+    if unknown:
+        raise ValueError(f"{model_folder}: dataset.json's organ_interference block names {unknown}, "
+                         f"which are not among its labels {sorted(labels)}")
+    return tumor, organs
 
 
 def _tumor_labels(model_folder: Path, labels: dict) -> list:

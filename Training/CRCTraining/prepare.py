@@ -5,7 +5,8 @@ For every case (AG-CRC §III-B, Algorithm 1; §III-D):
     imagesTr/<case>_0000.nii.gz   CT, the source image's voxels and geometry (no reorientation)
     imagesTr/<case>_0001.nii.gz   MOS, remapped to the compact organ code ``MOS_CODES``
     imagesTr/<case>_0002.nii.gz   OOI, dilated organs-of-interest mask 0/1
-    labelsTr/<case>.nii.gz        tumor 0/1, or with ``ssl=True`` the bowel wall 0/1 (AG-SSL, Eq. 7)
+    labelsTr/<case>.nii.gz        tumor 0/1, or with ``ssl=True`` the bowel wall 0/1 (AG-SSL, Eq. 7), or
+                                  with ``labels="organ-interference"`` FLARE24's organs 1..K + tumor K+1 (§2.2)
     ooi0Tr/<case>.nii.gz          undilated OOI (the AG-SSL bowel wall's source, §III-D footnote 2)
     bowelwallTr/<case>.nii.gz     bowel wall: dilate(OOI0) XOR erode(OOI0)
 
@@ -45,6 +46,9 @@ from OrganGuidanceLib.validation import InputError, check_label_map
 
 from . import __version__
 from .datasets import SourceCase, SourceDataset, find_case_map, read_source_dataset
+from .organ_interference import (
+    FLARE22_ORGANS, LABEL_MODES, InterferenceLabels, match_organs, merge_labels, organ_voxel_counts,
+)
 
 if TYPE_CHECKING:
     from OrganGuidanceLib.providers import TotalSegmentatorProvider
@@ -184,6 +188,10 @@ class _Setup:
     ssl: bool
     tumor_labels: Optional[Tuple[int, ...]]
     settings: dict  # hashed with every case
+    # FLARE24 §2.2 organ interference: organ pseudo-labels from the MOS + tumor; None: AG-CRC's tumor 0/1
+    interference: Optional[InterferenceLabels] = None
+    # MOS values kept in the MOS channel (None: all); see _inference_mos_values
+    mos_channel_values: Optional[Tuple[int, ...]] = None
 
 
 def _case_inputs(case: SourceCase, setup: _Setup) -> Dict[str, Path]:
@@ -233,6 +241,9 @@ def _compute_case(case: SourceCase, inputs: Dict[str, Path], setup: _Setup) -> T
         values = _label_on_grid(read_image(inputs["label"], name=f"{case.case_id} label"), ct, case.case_id)
         tumor = values > 0 if setup.tumor_labels is None else np.isin(values, setup.tumor_labels)
         label = tumor.astype(np.uint8)
+        if setup.interference is not None:  # FLARE24 Fig. 2: the first source's MOS on the CT grid + tumor
+            label = merge_labels(result.mos.array, tumor, setup.interference)
+            statistics["label_voxels"] = organ_voxel_counts(label, setup.interference)
         covered = int(np.count_nonzero(tumor & ooi))
         statistics.update(tumor_voxels=int(tumor.sum()), tumor_in_ooi=covered / max(1, int(tumor.sum())))
         if covered < tumor.sum():  # AF-loss (Eq. 8) would ignore these voxels
@@ -242,7 +253,11 @@ def _compute_case(case: SourceCase, inputs: Dict[str, Path], setup: _Setup) -> T
             )
         if not tumor.any():
             warnings.append("the tumor label is empty")
-    mos = compact_mos(result.mos, sources[0].convention)
+    mos_map = result.mos
+    if setup.mos_channel_values is not None:  # organs segmented only for the labels stay out of the MOS channel
+        kept = np.isin(mos_map.array, setup.mos_channel_values)
+        mos_map = mos_map.with_array(np.where(kept, mos_map.array, 0).astype(mos_map.array.dtype), "MOS")
+    mos = compact_mos(mos_map, sources[0].convention)
     statistics["mos_codes"] = [int(v) for v in np.unique(mos.array)]
     images = {
         "ct": ct,
@@ -358,7 +373,8 @@ def _output_folder(nnunet_raw: Path, dataset_id: int, dataset_name: str) -> Path
 
 
 def _organ_setup(
-    organs: Organs, convention: str, parameters: GuidanceParameters, device: str, fast: bool
+    organs: Organs, convention: str, parameters: GuidanceParameters, device: str, fast: bool,
+    interference_organs: Optional[Sequence[str]] = None,
 ) -> Tuple[Optional["TotalSegmentatorProvider"], LabelConvention, dict, Optional[Path]]:
     """(TotalSegmentator provider or None, convention, hashed settings, organ folder or None)."""
     if isinstance(organs, str) and organs.strip().lower() in ("totalsegmentator", "total", "ts"):
@@ -367,6 +383,10 @@ def _organ_setup(
         from OrganGuidanceLib.providers import TotalSegmentatorProvider
 
         provider = TotalSegmentatorProvider(organ_set=parameters.organ_set, fast=fast, device=device)
+        if interference_organs is not None:  # FLARE24 §2.2: TotalSegmentator also segments the organs to label
+            matched = match_organs(provider.convention, interference_organs)
+            names = [provider.convention.labels[v] for values in matched.source_values.values() for v in values]
+            provider.extra_organs = tuple(dict.fromkeys([*provider.extra_organs, *names]))
         settings = {"organs": "totalsegmentator", "fast": fast, "roi_subset": provider.roi_subset,
                     "totalsegmentator": version("TotalSegmentator")}
         return provider, provider.convention, settings, None
@@ -382,6 +402,17 @@ def _convention_settings(spec: str) -> dict:
 
 
 def _dataset_json(name: str, source: SourceDataset, setup: _Setup, organ_settings: dict, num_training: int) -> dict:
+    description = _plain_dataset_json(name, source, setup, organ_settings, num_training)
+    if setup.interference is not None:  # FLARE24 §2.2; `crcseg export` reads the block for organ_labels
+        description["description"] += "; labels: FLARE24 organ interference (organ pseudo-labels + tumor)"
+        description["labels"] = setup.interference.dataset_labels()
+        description["agcrc"]["task"] = "organ_interference"
+        description["agcrc"]["organ_interference"] = setup.interference.metadata()
+    return description
+
+
+def _plain_dataset_json(name: str, source: SourceDataset, setup: _Setup, organ_settings: dict,
+                        num_training: int) -> dict:
     organ_set = setup.parameters.organ_set
     return {
         "name": name,
@@ -424,6 +455,30 @@ def _failure_summary(failed: Dict[str, str], most: int = 5) -> str:
     return "; ".join(parts) + more
 
 
+def _inference_mos_values(provider: "TotalSegmentatorProvider", organ_set: str) -> Tuple[int, ...]:
+    """TotalSegmentator values of the organs an inference run segments (CRCSegmentationLib's default provider).
+
+    With organ interference TotalSegmentator also segments the FLARE22 organs for the labels; the MOS
+    input channel keeps only these values, so it is the channel a trained model later sees.
+    """
+    from OrganGuidanceLib.providers import TotalSegmentatorProvider
+
+    default = set(TotalSegmentatorProvider(organ_set=organ_set).roi_subset)
+    return tuple(sorted(v for v, name in provider.convention.labels.items() if name in default))
+
+
+def _interference_labels(labels: str, organs: Sequence[str], convention: LabelConvention,
+                         ssl: bool) -> Optional[InterferenceLabels]:
+    """None for AG-CRC's tumor labels; the organ-interference layout (FLARE24 §2.2) otherwise."""
+    if labels not in LABEL_MODES:
+        raise PrepareError(f"labels {labels!r}: choose one of {list(LABEL_MODES)}")
+    if labels == "tumor":
+        return None
+    if ssl:
+        raise PrepareError("labels 'organ-interference' need tumor labels; an AG-SSL dataset's label is the bowel wall")
+    return match_organs(convention, organs)  # matched by name; a convention without an organ leaves it absent
+
+
 def prepare_dataset(
     source: Path,
     dataset_id: int,
@@ -438,6 +493,8 @@ def prepare_dataset(
     fast: bool = True,
     ssl: bool = False,
     tumor_labels: Optional[Sequence[int]] = None,
+    labels: str = "tumor",
+    interference_organs: Sequence[str] = FLARE22_ORGANS,
 ) -> PrepareReport:
     """Write ``nnunet_raw/DatasetNNN_Name`` with CT + MOS + OOI channels (AG-CRC Table V); resumable.
 
@@ -445,14 +502,20 @@ def prepare_dataset(
     ``convention`` ("totalsegmentator", "word" or a JSON mapping file). ``second_organs``: a folder
     of a second MOS source, OR-merged into the OOI (Algorithm 1, line 15). ``ssl``: labels are the
     bowel wall (AG-SSL pretraining, Eq. 7) and unlabeled images are accepted. ``tumor_labels``:
-    source label values that are tumor (default: every non-zero value).
+    source label values that are tumor (default: every non-zero value). ``labels``: "tumor" (0/1) or
+    "organ-interference" (FLARE24 §2.2): ``interference_organs`` (default FLARE22's 13) found by name
+    in the first MOS source's convention as labels 1..K, the tumor K + 1 painted over them; an organ
+    the convention lacks is absent from every case (``organ_interference.py``). Channels stay CT + MOS + OOI.
     """
     parameters = parameters or GuidanceParameters()
     valid, reason = parameters.is_valid()
     if not valid:
         raise PrepareError(f"guidance parameters: {reason}")
-    provider, organ_convention, organ_settings, organ_folder = _organ_setup(organs, convention, parameters, device, fast)
+    wants_organs = interference_organs if labels == "organ-interference" else None
+    provider, organ_convention, organ_settings, organ_folder = _organ_setup(
+        organs, convention, parameters, device, fast, wants_organs)
     organ_convention.ooi_label_values(parameters.organ_set)  # a convention without OOI organs stops here
+    interference = _interference_labels(labels, interference_organs, organ_convention, ssl)
     second_folder = Path(second_organs) if second_organs is not None else None
     if second_folder is not None and not second_folder.is_dir():
         raise PrepareError(f"second organ maps: no such folder: {second_folder}")
@@ -469,10 +532,14 @@ def prepare_dataset(
         "organ_source": organ_settings, "convention": _convention_settings(convention) if provider is None else None,
         "second_convention": _convention_settings(second_convention) if second else None,
     }
+    if interference is not None:  # only then: a tumor dataset keeps the hashes of earlier runs
+        settings["labels"] = {"mode": labels, "organs": list(interference.organs),
+                              "mos_values": interference.metadata()["mos_values"]}
     folder = _output_folder(Path(nnunet_raw), dataset_id, dataset_name)
     run_parameters = GuidanceParameters(**{**asdict(parameters), "body_crop": False})
     setup = _Setup(folder, run_parameters, organ_convention, second, second_folder, provider, ssl,
-                   tuple(int(v) for v in tumor_labels) if tumor_labels else None, settings)
+                   tuple(int(v) for v in tumor_labels) if tumor_labels else None, settings, interference,
+                   _inference_mos_values(provider, parameters.organ_set) if provider and interference else None)
     report = PrepareReport(folder)
 
     progress = tqdm(dataset.cases, desc=f"prepare {folder.name}", unit="case")

@@ -53,6 +53,12 @@ def add_training_commands(commands) -> None:
     prepare.add_argument("--dilation-mm", type=float, default=5.0)
     prepare.add_argument("--wall-mm", type=float, default=3.0)
     prepare.add_argument("--ssl", action="store_true", help="AG-SSL dataset: the bowel wall becomes the label")
+    prepare.add_argument("--labels", choices=("tumor", "organ-interference"), default="tumor",
+                         help="tumor: 0/1 (AG-CRC); organ-interference: organs 1..K from the MOS, tumor K+1 "
+                         "painted over them (FLARE24 §2.2)")
+    prepare.add_argument("--interference-organs", nargs="+", metavar="NAME",
+                         help="organs of --labels organ-interference, matched by name in the MOS convention "
+                         "(default: FLARE22's 13 abdominal organs)")
     prepare.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     prepare.add_argument("--full", action="store_true", help="TotalSegmentator's 1.5 mm models instead of --fast")
     prepare.set_defaults(run=prepare_main)
@@ -106,11 +112,17 @@ def add_training_commands(commands) -> None:
 
 
 def prepare_main(args: argparse.Namespace) -> int:
+    import json
+
     from OrganGuidanceLib.guidance import GuidanceParameters
+    from OrganGuidanceLib.validation import InputError
 
     from .nnunet_env import configure
+    from .organ_interference import FLARE22_ORGANS
     from .prepare import prepare_dataset
 
+    if args.interference_organs and args.labels != "organ-interference":  # a usage error: exit code 2
+        raise InputError("--interference-organs needs --labels organ-interference")
     paths = configure(args.workdir)
     organs = args.organs if args.organs == "totalsegmentator" else Path(args.organs)
     report = prepare_dataset(
@@ -118,8 +130,14 @@ def prepare_main(args: argparse.Namespace) -> int:
         second_organs=args.second_organs, second_convention=args.second_convention,
         parameters=GuidanceParameters(dilation_mm=args.dilation_mm, wall_width_mm=args.wall_mm, body_crop=False),
         device=args.device, fast=not args.full, ssl=args.ssl,
+        labels=args.labels, interference_organs=args.interference_organs or FLARE22_ORGANS,
     )
     print(report.summary())
+    if args.labels == "organ-interference":
+        block = json.loads((report.dataset_folder / "dataset.json").read_text())["agcrc"]["organ_interference"]
+        print(f"labels: {block['label_values']}" + (f"; no label in the MOS convention (absent in every case): "
+                                                     f"{', '.join(block['absent_in_convention'])}"
+                                                     if block["absent_in_convention"] else ""))
     return 1 if report.failed else 0  # like `crcseg segment`: some cases of the batch failed
 
 
