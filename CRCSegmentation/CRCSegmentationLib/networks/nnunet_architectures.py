@@ -33,6 +33,8 @@ TRAINER_ARCHITECTURES: Dict[str, str] = {
     "nnUNetTrainerSamplingUniformColon": NNUNET_DEFAULT,
     "nnUNetTrainerSamplingHybridOOI": NNUNET_DEFAULT,
     "nnUNetTrainerSamplingHybridColon": NNUNET_DEFAULT,
+    "nnUNetTrainerOrganInterference": NNUNET_DEFAULT,  # FLARE24: default nnU-Net network (§2.2)
+    "nnUNetTrainerOrganInterferenceAFLoss": NNUNET_DEFAULT,
 }
 
 # (plans_manager, configuration_manager, input channels, output channels) -> network without deep supervision
