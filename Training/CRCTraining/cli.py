@@ -26,6 +26,7 @@ from CRCSegmentationLib.batch import add_segment_arguments, segment_main
 from OrganGuidanceLib.cli import add_guidance_arguments, guidance_main
 
 from .evaluate import add_evaluate_arguments, evaluate_main
+from .flare24_ablation import add_ablation_command
 from .training_cli import add_training_commands
 from .usam_cli import add_usam_commands
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     guidance.set_defaults(run=guidance_main)
     add_training_commands(commands)
     add_usam_commands(commands)
+    add_ablation_command(commands)
     evaluate = commands.add_parser("evaluate", help="Dice, NSD, precision, recall, HD95 of a prediction folder")
     add_evaluate_arguments(evaluate)
     evaluate.set_defaults(run=evaluate_main)

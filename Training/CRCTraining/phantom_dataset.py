@@ -86,6 +86,31 @@ def make_phantom_case(
     return cropped
 
 
+def make_tumor_free_case(index: int, seed: int = 0, shape_zyx: Tuple[int, int, int] = (40, 96, 96),
+                         spacing_xyz: Tuple[float, float, float] = (2.9, 2.9, 4.0),
+                         direction: Optional[np.ndarray] = None) -> Phantom:
+    """A case without tumor: the same phantom, cut above the tumor (upper abdomen: liver, stomach,
+    kidneys, bowel), its label all zero. Where FLARE24's organ interference should stop false positives."""
+    nz = int(shape_zyx[0])
+    rng = np.random.default_rng([int(seed), int(index), 1])
+    full_nz = max(nz, int(math.ceil(2 * ANATOMY_CENTER_Z_MM / spacing_xyz[2])) + 2)
+    pad_y, pad_x = (int(round(IN_PLANE_SHIFT_MM / s)) for s in spacing_xyz[1::-1])
+    full_shape = (full_nz, int(shape_zyx[1]) + 2 * pad_y, int(shape_zyx[2]) + 2 * pad_x)
+    phantom = make_abdominal_phantom(full_shape, spacing_xyz, seed=int(rng.integers(0, 2**31 - 1)),
+                                     direction=direction)
+    first, last = _tumor_z_range(phantom)
+    above = [z0 for z0 in (last + Z_MARGIN_SLICES + 1, 0) if 0 <= z0 <= full_nz - nz and
+             (z0 > last or z0 + nz <= first - Z_MARGIN_SLICES)]
+    if not above:
+        raise ValueError(f"tumor-free phantom case {index}: {nz} slices cannot avoid the tumor; use fewer slices")
+    z0, y0, x0 = above[0], int(rng.integers(0, 2 * pad_y + 1)), int(rng.integers(0, 2 * pad_x + 1))
+    box = CropBox((z0, y0, x0), (z0 + nz, y0 + int(shape_zyx[1]), x0 + int(shape_zyx[2])), full_shape)  # type: ignore[arg-type]
+    tumor = box.apply(phantom.tumor)
+    if tumor.array.any():
+        raise ValueError(f"tumor-free phantom case {index}: the crop holds tumor voxels")
+    return Phantom(ct=box.apply(phantom.ct), labels=box.apply(phantom.labels), tumor=tumor)
+
+
 def make_phantom_dataset(
     folder: Path,
     num_cases: int = 4,
@@ -93,19 +118,22 @@ def make_phantom_dataset(
     shape_zyx: Tuple[int, int, int] = (40, 96, 96),
     spacing_xyz: Tuple[float, float, float] = (2.9, 2.9, 4.0),
     direction: Optional[Sequence[Sequence[float]]] = None,
+    tumor_free_cases: int = 0,
 ) -> Path:
     """Write ``num_cases`` phantom cases in the MSD layout (plus ``organsTr``) to ``folder``; return it.
 
     Deterministic for a given ``seed``. ``direction``: a diagonal of +-1 (e.g. ``diag(-1, -1, 1)``,
-    how ITK reads many NIfTI files); the default is the identity.
+    how ITK reads many NIfTI files); the default is the identity. ``tumor_free_cases`` more cases
+    follow, cut above the tumor, with empty labels (``make_tumor_free_case``).
     """
     if num_cases < 1:
         raise ValueError(f"phantom dataset: num_cases must be at least 1, got {num_cases}")
     folder = Path(folder)
     matrix = None if direction is None else np.asarray(direction, dtype=float)
     training = []
-    for index in tqdm(range(num_cases), desc="phantom cases", unit="case", leave=False):
-        phantom = make_phantom_case(index, seed, shape_zyx, spacing_xyz, matrix)
+    for index in tqdm(range(num_cases + tumor_free_cases), desc="phantom cases", unit="case", leave=False):
+        phantom = make_phantom_case(index, seed, shape_zyx, spacing_xyz, matrix) if index < num_cases else \
+            make_tumor_free_case(index, seed, shape_zyx, spacing_xyz, matrix)
         name = case_id(index)
         write_image(phantom.ct, folder / "imagesTr" / f"{name}.nii.gz")
         write_image(phantom.tumor, folder / "labelsTr" / f"{name}.nii.gz")
@@ -120,7 +148,7 @@ def make_phantom_dataset(
         "tensorImageSize": "3D",
         "modality": {"0": "CT"},
         "labels": dict(MSD_LABELS),
-        "numTraining": num_cases,
+        "numTraining": num_cases + tumor_free_cases,
         "numTest": 0,
         "training": training,
         "test": [],
