@@ -25,6 +25,7 @@ from CRCTraining.class_first_sampling import (
 from CRCTraining.flare24_losses import ClassWeightedDCandCELoss, weighted_losses
 from CRCTraining.flare24_weights import class_weights, normalised, ramped_weights, tumor_label
 from CRCTraining.losses import AnatomyFocalizedLoss
+from nnunet_tiny_plans import tiny_plans as nnunet_tiny_plans  # noqa: E402
 
 NNUNET_SMOOTH = 1e-5
 
@@ -245,26 +246,8 @@ def test_class_first_refuses_ag_sampling_datasets_and_other_loaders(cases):
 
 # --- (c) the trainers, found and built by nnU-Net ---------------------------------------------------------------------
 def tiny_plans() -> dict:
-    conv = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-            "arch_kwargs": {"n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": "torch.nn.modules.conv.Conv3d",
-                            "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
-                            "n_conv_per_stage": [1, 1, 1], "n_conv_per_stage_decoder": [1, 1], "conv_bias": True,
-                            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-                            "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
-                            "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
-            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
-    return {"dataset_name": "Dataset997_OrganInterference", "plans_name": "nnUNetPlans",
-            "original_median_spacing_after_transp": [1.6, 1.29, 1.29], "original_median_shape_after_transp": list(SHAPE),
-            "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-            "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
-            "foreground_intensity_properties_per_channel": {},
-            "configurations": {"3d_fullres": {
-                "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-                "batch_size": 2, "patch_size": [8, 16, 16], "median_image_size_in_voxels": list(SHAPE),
-                "spacing": [1.6, 1.29, 1.29], "normalization_schemes": ["CTNormalization", "NoNormalization",
-                                                                        "NoNormalization"],
-                "use_mask_for_norm": [False, False, False], "architecture": conv, "batch_dice": True}},
-            "continue_training": False}
+    return nnunet_tiny_plans("Dataset997_OrganInterference", SHAPE, (1.6, 1.29, 1.29), (8, 16, 16),
+                             [[3, 3, 3]] * 3, [[1, 1, 1], [2, 2, 2], [2, 2, 2]], batch_dice=True)
 
 
 @pytest.mark.parametrize("name", ["nnUNetTrainerOrganInterference", "nnUNetTrainerOrganInterferenceAFLoss"])

@@ -17,6 +17,7 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
 from CRCTraining.psm import SamplingMap, compute_sampling_map
 from psm_reference import direct_psm
+from nnunet_tiny_plans import tiny_plans as nnunet_tiny_plans  # noqa: E402
 from CRCTraining.sampling import (
     PSM_DIRNAME, STRATEGIES, CentreSampledDatasetBlosc2, CentreSampledDatasetNumpy, case_sampler_from_arrays,
     centre_sampled_dataset_class, precompute_region_locations, precompute_sampling_maps, psm_path)
@@ -307,27 +308,8 @@ def test_numpy_dataset_variant_ignores_the_map_folder(tmp_path):
 
 
 def tiny_plans(patch=(16, 32, 32)) -> dict:
-    conv = {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-            "arch_kwargs": {"n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": "torch.nn.modules.conv.Conv3d",
-                            "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]],
-                            "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2]], "n_conv_per_stage": [1, 1, 1],
-                            "n_conv_per_stage_decoder": [1, 1], "conv_bias": True,
-                            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-                            "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None,
-                            "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
-            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
-    return {"dataset_name": "Dataset998_AGSampling", "plans_name": "nnUNetPlans",
-            "original_median_spacing_after_transp": [5.0, 0.78, 0.78], "original_median_shape_after_transp": list(SHAPE),
-            "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-            "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
-            "foreground_intensity_properties_per_channel": {},
-            "configurations": {"3d_fullres": {
-                "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-                "batch_size": 2, "patch_size": list(patch), "median_image_size_in_voxels": list(SHAPE),
-                "spacing": [5.0, 0.78, 0.78], "normalization_schemes": ["CTNormalization", "NoNormalization",
-                                                                        "NoNormalization"],
-                "use_mask_for_norm": [False, False, False], "architecture": conv, "batch_dice": False}},
-            "continue_training": False}
+    return nnunet_tiny_plans("Dataset998_AGSampling", SHAPE, (5.0, 0.78, 0.78), patch,
+                             [[1, 3, 3], [3, 3, 3], [3, 3, 3]], [[1, 1, 1], [1, 2, 2], [2, 2, 2]])
 
 
 @pytest.mark.parametrize("trainer_name", ["nnUNetTrainerSamplingUniformOOI", "nnUNetTrainerAGSampling"])
