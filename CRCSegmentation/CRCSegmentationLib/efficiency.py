@@ -37,7 +37,10 @@ class EfficiencyMonitor:
     """``with EfficiencyMonitor(device) as monitor: ...``; then ``monitor.measures()``."""
 
     def __init__(self, device: str = "cpu", interval_s: float = 0.1) -> None:
-        self.device = device
+        import torch
+
+        # GPU measures only where a GPU is there to measure (a CUDA run that fell back reads the CPU's)
+        self.device = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
         self.interval_s = interval_s
         self.samples: List[Tuple[float, float]] = []  # (seconds since start, MB)
         self._stop = threading.Event()
