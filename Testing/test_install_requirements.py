@@ -225,3 +225,29 @@ def test_python_3_10_is_too_old_for_scikit_image_and_matplotlib():
     message = install.unsupported_python_message(install.REQUIREMENTS, python_version=(3, 10, 4))
     assert message is not None and "scikit-image==0.26.0" in message and "matplotlib==3.11.2" in message
     assert "torch==" not in message
+
+
+# --- the install checks, for real (moved from the static module checks) ---
+def test_nothing_is_missing_in_this_environment():
+    assert install.missing_requirements(totalsegmentator=True) == []
+    assert install.missing_requirements() == []
+
+
+def test_a_missing_requirement_is_listed():
+    fake = install.Requirement("slicercrc_no_such_module_x7", "slicercrc-no-such==1.0", "test")
+    dotted = install.Requirement("slicercrc_no_such_parent.child", "slicercrc-no-such-parent==1.0", "test")
+    present = install.CORE_REQUIREMENTS[0]
+    assert install.missing_requirements([present, fake, dotted]) == [fake, dotted]
+    assert install.is_importable("edt") and not install.is_importable("slicercrc_no_such_parent.child")
+
+
+def test_requirements_are_pinned_and_torch_goes_through_pytorch_utils():
+    everything = install.requirements(totalsegmentator=True)
+    assert set(install.CORE_REQUIREMENTS) < set(everything)
+    assert not any(r.import_name == "totalsegmentator" for r in install.requirements())
+    for requirement in everything:
+        if requirement.installer == "pip":
+            assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", requirement.pip_requirement), requirement
+    assert [r.import_name for r in everything if r.installer == "pytorch"] == ["torch"]
+    assert "torch" not in " ".join(install.pip_requirements(everything))
+    assert "connected-components-3d==" in install.describe(install.CORE_REQUIREMENTS)
