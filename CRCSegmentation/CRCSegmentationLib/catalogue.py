@@ -81,11 +81,10 @@ def resolve_model(spec: Union[str, Path]) -> Path:
         return path
     if path.exists():
         raise ModelError(f"model: {path} is a file; give a model folder (bundle or nnU-Net results) or a catalogue name")
-    names = [entry.name for entry in list_models()]
-    if str(spec) not in names:
-        raise ModelError(
-            f"model: '{spec}' is neither a model folder nor a catalogue model ({', '.join(names) or 'catalogue empty'})"
-        )
+    entries = list_models()
+    if str(spec) not in [entry.name for entry in entries]:
+        names = ", ".join(entry.name for entry in entries) or "catalogue empty"
+        raise ModelError(f"model: '{spec}' is neither a model folder nor a catalogue model ({names})")
     return Path(fetch_model(str(spec)))
 
 

@@ -61,6 +61,9 @@ class ModelSource:
     tumor_labels: List[int] = field(default_factory=list)  # label values reported as tumor
     network: str = ""  # architecture the bundle declares ("" = from the trainer name)
     organ_labels: Dict[str, int] = field(default_factory=dict)  # organ-interference models: name -> value
+    # What ``open_model`` already unpickled (weights and the keys the predictor reads), so that building
+    # the segmenter does not load every checkpoint a second time; the predictor keeps the same dicts.
+    loaded_checkpoints: Dict[Path, dict] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def tumor_label(self) -> int:
@@ -108,7 +111,7 @@ def open_model(path: Union[str, Path], folds: Optional[Sequence[Union[str, int]]
         source = _open_results_folder(folder, folds, checkpoint)
     if load_checkpoints:
         for path in source.checkpoint_paths():
-            _check_checkpoint(path, len(source.input_channels))
+            source.loaded_checkpoints[path] = _check_checkpoint(path, len(source.input_channels))
     return source
 
 
@@ -256,8 +259,13 @@ def load_checkpoint(path: Path) -> dict:
     return data
 
 
-def _check_checkpoint(path: Path, expected_channels: int) -> None:
-    weights = load_checkpoint(path)["network_weights"]
+PREDICTOR_KEYS = (*REQUIRED_CHECKPOINT_KEYS, "inference_allowed_mirroring_axes")
+
+
+def _check_checkpoint(path: Path, expected_channels: int) -> dict:
+    """The checkpoint's weights and predictor keys (optimizer state dropped), after the channel check."""
+    checkpoint = load_checkpoint(path)
+    weights = checkpoint["network_weights"]
     # The first 5D/4D convolution kernel is (out, in, *kernel): "in" is the number of input channels.
     first = next((w for w in weights.values() if hasattr(w, "ndim") and w.ndim >= 4), None)
     if first is not None and int(first.shape[1]) != expected_channels:
@@ -265,3 +273,4 @@ def _check_checkpoint(path: Path, expected_channels: int) -> None:
             f"{path}: the network takes {int(first.shape[1])} input channels but dataset.json describes "
             f"{expected_channels}; wrong checkpoint for this folder"
         )
+    return {key: checkpoint[key] for key in PREDICTOR_KEYS if key in checkpoint}

@@ -21,7 +21,7 @@ def initialize_predictor(predictor, model: ModelSource) -> None:
 
     dataset_json = json.loads((model.folder / "dataset.json").read_text())
     plans_manager = PlansManager(json.loads((model.folder / "plans.json").read_text()))
-    checkpoints = [load_checkpoint(path) for path in model.checkpoint_paths()]
+    checkpoints = [model.loaded_checkpoints.get(path) or load_checkpoint(path) for path in model.checkpoint_paths()]
     first = checkpoints[0]
     trainer = first["trainer_name"]
     configuration_manager = plans_manager.get_configuration(first["init_args"]["configuration"])
