@@ -85,19 +85,22 @@ def test_every_prediction_trainer_of_the_training_package_is_resolved_by_the_lib
 
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from CRCSegmentationLib.networks.nnunet_architectures import NNUNET_DEFAULT, TRAINER_ARCHITECTURES
+    from CRCSegmentationLib.networks.nnunet_architectures import NNUNET_DEFAULT, RCSEGNEXT, TRAINER_ARCHITECTURES
+    from CRCTraining.rcsegnext_mixin import RCSegNeXtNetworkMixin
 
     defined: Dict[str, type] = {}
     for path in python_files(LIBS["CRCTraining"] / "trainers"):
         module = importlib.import_module(f"CRCTraining.trainers.{path.stem}")
         defined.update({name: value for name, value in vars(module).items()
                         if isinstance(value, type) and issubclass(value, nnUNetTrainer) and value is not nnUNetTrainer})
-    default_network = nnUNetTrainer.build_network_architecture
-    prediction = {n for n, c in defined.items() if c.build_network_architecture is default_network}
-    pretraining = set(defined) - prediction  # SSL trainers: a 1-channel reconstruction head
+    builders = {NNUNET_DEFAULT: nnUNetTrainer.build_network_architecture,
+                RCSEGNEXT: RCSegNeXtNetworkMixin.build_network_architecture}
+    built = {n: next((a for a, b in builders.items() if c.build_network_architecture is b), None)
+             for n, c in defined.items()}
+    pretraining = {n for n, a in built.items() if a is None}  # SSL trainers: a 1-channel reconstruction head
     assert pretraining == {"nnUNetTrainerAGSSL", "nnUNetTrainerSSLInpaint", "nnUNetTrainerSSLMAE"}
-    assert set(TRAINER_ARCHITECTURES) == prediction
-    assert set(TRAINER_ARCHITECTURES.values()) == {NNUNET_DEFAULT}
+    assert TRAINER_ARCHITECTURES == {n: a for n, a in built.items() if a is not None}
+    assert set(TRAINER_ARCHITECTURES.values()) == {NNUNET_DEFAULT, RCSEGNEXT}
 
 
 # --- pip: package list and wheel --------------------------------------------------------------

@@ -77,21 +77,24 @@ def shrink_network(plans_file: Path) -> List[int]:
     return features
 
 
-def portable_dataset_json(dataset_json: dict) -> dict:
+def portable_dataset_json(dataset_json: dict, note: str = SOURCE_NOTE) -> dict:
     """The same description without this machine's work folder (prepare records the source folder)."""
-    source = dataset_json.get("agcrc", {}).get("source")
-    if isinstance(source, dict) and "folder" in source:
-        source["folder"] = SOURCE_NOTE
+    for block in ("agcrc", "crcseg"):  # CT (prepare.py) and MR (prepare_mr.py) datasets
+        source = (dataset_json.get(block) or {}).get("source")
+        if isinstance(source, dict) and "folder" in source:
+            source["folder"] = note
+        elif isinstance(source, str):
+            dataset_json[block]["source"] = note
     return dataset_json
 
 
-def strip_checkpoint(path: Path) -> None:
+def strip_checkpoint(path: Path, note: str = SOURCE_NOTE) -> None:
     """Keep what inference needs: no optimizer state, grad scaler or training log."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     kept = {key: checkpoint[key] for key in CHECKPOINT_KEYS if key in checkpoint}
     init_args = dict(kept["init_args"])
     init_args["device"] = "cpu"  # a plain string: loadable with weights_only=True anywhere
-    init_args["dataset_json"] = portable_dataset_json(dict(init_args["dataset_json"]))
+    init_args["dataset_json"] = portable_dataset_json(dict(init_args["dataset_json"]), note)
     kept["init_args"] = init_args
     temporary = path.with_suffix(".tmp")
     torch.save(kept, temporary)
@@ -99,20 +102,22 @@ def strip_checkpoint(path: Path) -> None:
     torch.load(path, map_location="cpu", weights_only=True)  # what the inference engine does
 
 
-def write_bundle(model_folder: Path, destination: Path) -> Path:
+def write_bundle(model_folder: Path, destination: Path, name: str = "demo_phantom", description: str = DESCRIPTION,
+                 note: str = SOURCE_NOTE) -> Path:
     """Export, strip the checkpoint, rewrite the metadata's SHA-256 through ``CRCSegmentationLib.bundle``."""
     from CRCSegmentationLib.bundle import METADATA_FILE, read_metadata, verify_bundle
     from CRCTraining.export import export_bundle
     from OrganGuidanceLib.checksum import sha256_of
 
     staging = Path(tempfile.mkdtemp(prefix=".tmp-demo-", dir=destination.parent)) / destination.name
-    export_bundle(model_folder, staging, folds=("all",), name="demo_phantom", description=DESCRIPTION)
+    export_bundle(model_folder, staging, folds=("all",), name=name, description=description)
     dataset_file = staging / "dataset.json"
-    dataset_file.write_text(json.dumps(portable_dataset_json(json.loads(dataset_file.read_text())), indent=4) + "\n")
+    dataset_file.write_text(json.dumps(portable_dataset_json(json.loads(dataset_file.read_text()), note), indent=4)
+                            + "\n")
     metadata = read_metadata(staging)
-    metadata.guidance = portable_dataset_json({"agcrc": metadata.guidance})["agcrc"]
+    metadata.guidance = portable_dataset_json({"agcrc": metadata.guidance}, note)["agcrc"]
     for relative in metadata.checkpoint_sha256:
-        strip_checkpoint(staging / relative)
+        strip_checkpoint(staging / relative, note)
         metadata.checkpoint_sha256[relative] = sha256_of(staging / relative)
     (staging / METADATA_FILE).write_text(metadata.to_json() + "\n")
     verify_bundle(staging)

@@ -25,7 +25,7 @@ from OrganGuidanceLib.guidance import GuidanceParameters, GuidanceResult, MOSSou
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import IMAGE_SUFFIXES, read_image, write_image
 from OrganGuidanceLib.labels import ORGAN_SETS, load_convention
-from OrganGuidanceLib.validation import InputError, check_ct
+from OrganGuidanceLib.validation import InputError
 
 from .inference import SegmentationParameters
 from .metrics import compute_metrics
@@ -194,10 +194,12 @@ def segment_files(
             raise InputError(f"output: {', '.join(str(p) for p in existing[:3])}{' ...' if len(existing) > 3 else ''} "
                              "exists already; pass --overwrite to replace it, or choose another output folder")
     source = model if isinstance(model, ModelSource) else open_model(model)
+    if source.modality == "MR" and organs is not None:
+        raise InputError(f"--organs: model '{source.name}' segments MR images and takes no organ guidance")
     parameters = parameters or SegmentationParameters()
     segmenter = source.segmenter(parameters)  # loads the model once for every case
     # A CT-only model runs TotalSegmentator only when asked to (organ guidance then just narrows the region).
-    needs_guidance = source.input_channels != ["CT"] or organs is not None
+    needs_guidance = source.uses_guidance or organs is not None
     guidance_parameters = guidance_parameters_for(source)
     organ_source = _OrganSource(organ_maps, convention, guidance_parameters.organ_set, parameters.device) \
         if needs_guidance else None
@@ -212,13 +214,15 @@ def segment_files(
         start = time.perf_counter()
         try:
             ct = read_image(path, name=case)
-            check_ct(ct)  # before organ masks: TotalSegmentator on a non-CT would waste minutes
+            source.check_image(ct)  # before organ masks: TotalSegmentator on a non-CT would waste minutes
             guidance: Optional[GuidanceResult] = None
             if organ_source is not None:
                 guidance = run_guidance(ct, [organ_source.segment(case, ct)], guidance_parameters)
                 result.warnings.extend(guidance.warnings)
             segmentation = segmenter.segment(ct, guidance)
             result.output = write_image(segmentation.mask, output_dir / f"{case}_tumor.nii.gz")
+            if segmentation.organs is not None:  # e.g. RCSegNeXt's rectum: every label of the model in one map
+                write_image(model_label_map(segmentation, source), output_dir / f"{case}_labels.nii.gz")
             result.statistics = tumor_statistics(segmentation.mask).to_dict()
             result.warnings.extend(segmentation.warnings)
             result.device = segmentation.device
@@ -233,6 +237,13 @@ def segment_files(
         write_summary(report)  # after every case: an interrupted batch keeps what it did
     bar.close()
     return report
+
+
+def model_label_map(segmentation, model: ModelSource) -> Image:
+    """The organs the model segmented with the tumor painted over them, in the model's label values."""
+    array = segmentation.organs.array.copy()
+    array[segmentation.mask.array > 0] = model.tumor_labels[0]
+    return segmentation.mask.with_array(array.astype(np.uint8), "Labels")
 
 
 def _metrics(case: str, mask: Image, folder: Path) -> Dict[str, float]:
@@ -271,10 +282,12 @@ def _format(value) -> str:
 
 # --- command line: ``crcseg segment`` ------------------------------------------------------------
 def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", type=Path, help="a CT file or a folder of CT files (NIfTI, NRRD, MHA)")
+    parser.add_argument("input", type=Path, help="a CT file or a folder of CT files (NIfTI, NRRD, MHA); MR files for an MR "
+                        "model (RCSegNeXt)")
     parser.add_argument("-m", "--model", required=True,
                         help="a model bundle, an nnU-Net results folder, or a catalogue name (e.g. demo_phantom)")
-    parser.add_argument("-o", "--output", required=True, type=Path, help="folder for <case>_tumor.nii.gz and summary.csv")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="folder for <case>_tumor.nii.gz and summary.csv (and <case>_labels.nii.gz, "
+                        "every label of the model, when it segments organs too: the rectum of an MR model)")
     parser.add_argument("--organs", type=Path, default=None,
                         help="folder of organ label maps <case>.nii.gz, or one label map for one CT "
                              "(default: run TotalSegmentator)")

@@ -162,11 +162,23 @@ def add_tumor_demo_arguments(parser) -> None:
     parser.add_argument("--model", type=Path, default=None,
                         help="tumor model bundle (default: the shipped demonstration model, catalogue name demo_phantom)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="device of the tumor model")
+    parser.add_argument("--mri", action="store_true",
+                        help="the MR path instead: rectum + tumor on a sagittal T2 phantom with the shipped RCSegNeXt "
+                        "demonstration model (--model: another MR bundle)")
 
 
 def tumor_demo_main(args) -> int:
     from OrganGuidanceLib.demo import demo_main
 
+    if args.mri:
+        from OrganGuidanceLib.validation import InputError
+
+        from .mr_demo import run_mr_demo
+
+        if args.guidance_only or args.sample or args.sample_url:
+            raise InputError("--mri runs the MR path, which has no organ guidance or CT sample")
+        run_mr_demo(args.output, model=args.model, device=args.device)
+        return 0
     # A public sample has no tumor ground truth, and the demo model knows only phantoms.
     if args.guidance_only or args.sample or args.sample_url:
         return demo_main(args)

@@ -37,7 +37,7 @@ from OrganGuidanceLib.labels import LabelConvention
 from OrganGuidanceLib.morphology import bounding_box
 from OrganGuidanceLib.mos_codes import compact_mos
 from OrganGuidanceLib.providers import RunCancelled
-from OrganGuidanceLib.validation import InputError, check_ct
+from OrganGuidanceLib.validation import InputError
 
 from .model_source import ModelSource
 
@@ -137,7 +137,7 @@ def build_input_channels(names: List[str], ct: Image, guidance: Optional[Guidanc
     """
     arrays = []
     for name in names:
-        if name == "CT":
+        if name in ("CT", "MR"):  # the image itself (nnU-Net normalises it as in training)
             arrays.append(ct.array[region.slices])
         elif guidance is None:
             raise InputError(f"the model needs the {name} channel: run organ guidance first")
@@ -146,7 +146,7 @@ def build_input_channels(names: List[str], ct: Image, guidance: Optional[Guidanc
         elif name == "OOI":
             arrays.append(guidance.ooi.array[region.slices] > 0)
         else:
-            raise InputError(f"input channel '{name}' is not one this engine builds (CT, MOS, OOI)")
+            raise InputError(f"input channel '{name}' is not one this engine builds (CT, MOS, OOI, MR)")
     return np.stack([np.asarray(a, dtype=np.float32) for a in arrays])
 
 
@@ -209,8 +209,12 @@ class TumorSegmenter:
             report(stage, fraction)
 
         step("checking inputs", 0.0)
-        check_ct(ct)
-        available = ["CT"] + (["MOS", "OOI"] if guidance is not None else [])
+        self.model.check_image(ct)
+        if self.model.modality == "MR" and guidance is not None:
+            warnings.append("organ guidance was given to an MR model, which takes none: it was not used")
+            guidance = None
+        image_channel = "MR" if self.model.modality == "MR" else "CT"
+        available = [image_channel] + (["MOS", "OOI"] if guidance is not None else [])
         self.model.check_channels(available)
         if guidance is not None:
             for item in (guidance.mos, guidance.ooi):
@@ -245,7 +249,8 @@ class TumorSegmenter:
         tumor = np.isin(labels, self.model.tumor_labels) & ~outside
         mask = self.postprocess(ct.with_array(tumor.astype(np.uint8), "Tumor"), guidance, warnings)
         organs = None
-        if self.parameters.keep_organs and self.model.organ_labels:
+        # MR models (RCSegNeXt) segment the rectum as a result of its own (§3.1), so it is always kept.
+        if (self.parameters.keep_organs or self.model.modality == "MR") and self.model.organ_labels:
             organ_values = sorted(self.model.organ_labels.values())
             inside = np.zeros(ct.shape, bool)
             inside[region.slices] = True  # the organs where tiles ran (with OOI-chosen tiles: the OOI's)
@@ -266,8 +271,12 @@ class TumorSegmenter:
                                  organs)
 
     def region(self, ct: Image, guidance: Optional[GuidanceResult], warnings: List[str]) -> CropBox:
-        """Body crop ∩ (OOI bounding box + margin), in CT array indices: where tiles are run."""
+        """Body crop ∩ (OOI bounding box + margin), in CT array indices: where tiles are run.
+
+        MR: the whole grid (the body crop thresholds Hounsfield units; an MR model has no OOI)."""
         full = CropBox.full(ct.shape)  # type: ignore[arg-type]
+        if self.model.modality == "MR":
+            return full
         box = full
         if self.parameters.body_crop:
             crop = guidance.crop_box if guidance is not None else None

@@ -29,7 +29,7 @@ from OrganGuidanceLib.labels import LabelConvention, load_convention
 from OrganGuidanceLib.logic import GuidanceJob, OrganGuidanceLogic, OrganGuidanceSettings
 from OrganGuidanceLib.mrml import image_from_volume_node, node_name, register_segmentation_converter_rules
 from OrganGuidanceLib.providers import RunCancelled
-from OrganGuidanceLib.validation import InputError, check_ct
+from OrganGuidanceLib.validation import InputError
 
 from .mrml import (
     STATISTICS_REFERENCE_ROLE,
@@ -132,11 +132,17 @@ class CRCSegmentationLogic:
         if ct_node is None:
             raise InputError("CT: no volume selected")
         if ct_node.IsA("vtkMRMLLabelMapVolumeNode") or not ct_node.IsA("vtkMRMLScalarVolumeNode"):
-            raise InputError(f"{node_name(ct_node)}: is a {ct_node.GetClassName()}, not a CT volume")
+            raise InputError(f"{node_name(ct_node)}: is a {ct_node.GetClassName()}, not an image volume (a CT, or an MR volume for an MR model)")
         ct = image_from_volume_node(ct_node)
-        check_ct(ct)
         model = self.models.open(settings.model, settings.folds, settings.checkpoint)  # a folder or a catalogue name
+        model.check_image(ct)  # a CT for CT models, an MR volume for MR models
         job = SegmentationJob(ct=ct, ct_node_id=ct_node.GetID(), settings=settings, model=model)
+        if model.modality == "MR":  # RCSegNeXt: T2 MRI alone; organ guidance is a CT method
+            if settings.guidance_source != "none":
+                job.messages.append(f"model '{model.name}' segments MR images without organ guidance: "
+                                    "the organ guidance setting was not used")
+            model.check_channels(["MR"])
+            return job
         if settings.guidance_source == "scene":
             node = settings.guidance_node
             if node.GetScene() is None or self.scene.GetNodeByID(node.GetID()) is None:

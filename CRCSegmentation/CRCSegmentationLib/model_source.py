@@ -32,7 +32,10 @@ from .bundle import METADATA_FILE, BundleError, BundleMetadata, verify_bundle
 if TYPE_CHECKING:  # type hints only: the segmenters import torch and nnU-Net
     from .segmenters import Segmenter
 
-KNOWN_CHANNELS = ("CT", "MOS", "OOI")  # AG-CRC Table V inputs; prepare.py writes them in this order
+KNOWN_CHANNELS = ("CT", "MOS", "OOI", "MR")  # AG-CRC Table V inputs (prepare.py's order); MR: RCSegNeXt's T2
+CHANNEL_ALIASES = {"T2": "MR", "T2W": "MR", "MRI": "MR"}  # names MR datasets give their one channel
+# The image channel each modality's models take first; MR models take nothing else (no organ guidance on MR).
+IMAGE_CHANNEL = {"CT": "CT", "MR": "MR"}
 DEFAULT_CHECKPOINT = "checkpoint_final.pth"
 # Keys nnU-Net's predictor reads from a checkpoint (initialize_from_trained_model_folder).
 REQUIRED_CHECKPOINT_KEYS = ("network_weights", "trainer_name", "init_args")
@@ -90,6 +93,23 @@ class ModelSource:
                 f"but only {list(available)} ({len(available)}) are available; missing {missing}"
                 + (": run organ guidance first (the MOS and OOI channels come from it)" if "CT" in available else "")
             )
+
+    def check_image(self, image) -> None:
+        """``InputError`` unless ``image`` (an ``Image``) is of this model's modality: a CT for CT models
+        (``check_ct``), an MR volume for MR models (``mr_checks.check_mr``); the message names both."""
+        from OrganGuidanceLib.validation import check_ct
+
+        from .mr_checks import check_mr
+
+        try:
+            (check_mr if self.modality == "MR" else check_ct)(image)
+        except InputError as error:
+            raise InputError(f"model '{self.name}' segments {self.modality} images: {error}") from error
+
+    @property
+    def uses_guidance(self) -> bool:
+        """Whether the model reads organ-guidance channels (MOS, OOI); never for MR models."""
+        return any(channel in ("MOS", "OOI") for channel in self.input_channels)
 
 
 def open_model(path: Union[str, Path], folds: Optional[Sequence[Union[str, int]]] = None,
@@ -153,7 +173,7 @@ def _open_bundle(folder: Path, folds, checkpoint) -> ModelSource:
                 f"{sorted(metadata.checkpoint_sha256)}); unrecorded weights are not used"
             )
     dataset = _read_json(folder / "dataset.json")
-    channels = _channels_from_names(folder, metadata.input_channels)
+    channels = _channels_from_names(folder, metadata.input_channels, metadata.modality)
     if len(channels) != _dataset_channel_count(folder, dataset):
         raise ModelError(
             f"{folder}: {METADATA_FILE} lists {len(channels)} input channels {channels}, dataset.json "
@@ -190,11 +210,41 @@ def _open_results_folder(folder: Path, folds, checkpoint) -> ModelSource:
         if not (fold_folder / checkpoint).is_file():
             present = sorted(p.name for p in fold_folder.glob("*.pth"))
             raise ModelError(f"{fold_folder}: checkpoint {checkpoint} is missing (present: {present or 'none'})")
-    names = dataset.get("channel_descriptions") or dataset.get("channel_names") or dataset.get("modality") or {}
-    channels = _channels_from_names(folder, [names[k] for k in sorted(names, key=int)])
+    ordered = dataset_channel_names(dataset)
+    modality = dataset_modality(dataset)
+    channels = _channels_from_names(folder, ordered, modality)
     labels = {str(k): v for k, v in dataset.get("labels", {}).items()}
+    tumor = _results_tumor_labels(folder, labels)
+    # MR (RCSegNeXt): every other foreground label (the rectum) is an organ, segmented and shown, never tumor.
+    organs = ({k: int(v) for k, v in labels.items() if k != "background" and isinstance(v, int) and v not in tumor}
+              if modality == "MR" else {})
     return ModelSource(folder, chosen, checkpoint, channels, labels, folder.parent.name, parts[0], False, None,
-                       str(dataset.get("description", "")), tumor_labels=_results_tumor_labels(folder, labels))
+                       str(dataset.get("description", "")), modality=modality, tumor_labels=tumor,
+                       organ_labels=organs)
+
+
+def _canonical_channel(name: object) -> str:
+    canonical = str(name).strip().upper()
+    return CHANNEL_ALIASES.get(canonical, canonical)
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].upper() in "AEFHILMNORSX" else "a"  # by sound: "an MR", "a CT"
+
+
+def dataset_channel_names(dataset: dict) -> List[str]:
+    """The channels' readable names in order (``prepare.py`` keeps them apart from nnU-Net's normalisation names)."""
+    names = dataset.get("channel_descriptions") or dataset.get("channel_names") or dataset.get("modality") or {}
+    return [str(names[k]) for k in sorted(names, key=int)]
+
+
+def dataset_modality(dataset: dict) -> str:
+    """``MR`` or ``CT``: the ``crcseg`` block of ``crcseg prepare --modality mr``, else the first channel's name."""
+    declared = (dataset.get("crcseg") or {}).get("modality")
+    if declared:
+        return str(declared).upper()
+    names = dataset_channel_names(dataset)
+    return "MR" if names and _canonical_channel(names[0]) == "MR" else "CT"
 
 
 def _results_tumor_labels(folder: Path, labels: Dict[str, object]) -> List[int]:
@@ -215,19 +265,29 @@ def _dataset_channel_count(folder: Path, dataset: dict) -> int:
     return len(names)
 
 
-def _channels_from_names(folder: Path, names: Sequence[str]) -> List[str]:
+def _channels_from_names(folder: Path, names: Sequence[str], modality: str = "CT") -> List[str]:
     """Map the model's channel names to ours; an unknown name means we cannot build that input."""
     channels = []
     for index, name in enumerate(names):
-        canonical = str(name).strip().upper()
+        canonical = _canonical_channel(name)
         if canonical not in KNOWN_CHANNELS:
             raise ModelError(
                 f"{folder}: input channel {index} is '{name}'; this engine builds only {list(KNOWN_CHANNELS)} "
                 "(add channel_descriptions to dataset.json to name them)"
             )
         channels.append(canonical)
-    if not channels or channels[0] != "CT":
-        raise ModelError(f"{folder}: the first input channel must be CT, the model has {channels or 'none'}")
+    image_channel = IMAGE_CHANNEL.get(modality)
+    if image_channel is None:
+        raise ModelError(f"{folder}: modality '{modality}' is not one of {sorted(IMAGE_CHANNEL)}")
+    if not channels or channels[0] != image_channel:
+        raise ModelError(f"{folder}: {_article(modality)} {modality} model's first input channel must be "
+                         f"{image_channel}, the model has {channels or 'none'}")
+    foreign = [c for c in channels if c in IMAGE_CHANNEL.values() and c != image_channel]
+    if foreign or (modality == "MR" and len(channels) != 1):
+        raise ModelError(f"{folder}: {_article(modality)} {modality} model with the input channels {channels}; "
+                         "this engine builds "
+                         + ("only the MR channel for MR models (no organ guidance on MR)" if modality == "MR"
+                            else "CT, MOS and OOI for CT models"))
     return channels
 
 

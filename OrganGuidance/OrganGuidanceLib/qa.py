@@ -91,11 +91,11 @@ def _layer_slice(layer: OverlayLayer, plane: np.ndarray) -> np.ndarray:
 
 def _draw_panel(ax, ct_plane: np.ndarray, planes: List[Optional[np.ndarray]], layers: Sequence[OverlayLayer],
                 boxes: List[Optional[Tuple[Tuple[int, int], Tuple[int, int]]]], extent, origin: str,
-                corner_labels: Tuple[str, str, str, str]) -> None:
+                corner_labels: Tuple[str, str, str, str], window: Tuple[float, float] = CT_WINDOW) -> None:
     from matplotlib.colors import to_rgba
     from matplotlib.patches import Rectangle
 
-    width, level = CT_WINDOW
+    width, level = window
     ax.imshow(ct_plane, cmap="gray", vmin=level - width / 2, vmax=level + width / 2,
               extent=extent, origin=origin, interpolation="nearest")
     for layer, plane, box in zip(layers, planes, boxes):
@@ -156,9 +156,15 @@ def save_mask_overlay(
     center_zyx: Optional[Sequence[float]] = None,
     title: str = "",
     dpi: int = 110,
+    window: Optional[Tuple[float, float]] = None,
+    views: Sequence[str] = ("axial", "coronal"),
 ) -> Path:
     """Axial (top row) and coronal (bottom row) CT through ``center_zyx`` (voxel index; default the
-    volume centre), one column per entry of ``columns`` with its own layers and legend."""
+    volume centre), one column per entry of ``columns`` with its own layers and legend.
+
+    ``window``: (width, level) in the image's units (default the CT soft-tissue window in HU; an MR
+    image passes its own, e.g. from percentiles). ``views``: two of axial, coronal, sagittal, one per row
+    (a sagittal MRI is best seen sagittal and axial)."""
     from matplotlib.figure import Figure
     from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
@@ -173,10 +179,19 @@ def save_mask_overlay(
     k, j, _ = (int(np.clip(round(c), 0, n - 1)) for c, n in zip(center_spl, volume.shape))
     nz, ny, nx = volume.shape
     # (name, take a plane, extent in mm, origin, corner labels, box row/column axes, cut axis, cut index)
-    views = (
-        (f"axial  {k + 1}/{nz}", lambda a: a[k], (0, nx * sl, ny * sp, 0), "upper", ("R", "L", "A", "P"), (1, 2), 0, k),
-        (f"coronal  {j + 1}/{ny}", lambda a: a[:, j], (0, nx * sl, 0, nz * ss), "lower", ("R", "L", "S", "I"), (0, 2), 1, j),
-    )
+    i = int(np.clip(round(center_spl[2]), 0, volume.shape[2] - 1))
+    available = {
+        "axial": (f"axial  {k + 1}/{nz}", lambda a: a[k], (0, nx * sl, ny * sp, 0), "upper", ("R", "L", "A", "P"),
+                  (1, 2), 0, k),
+        "coronal": (f"coronal  {j + 1}/{ny}", lambda a: a[:, j], (0, nx * sl, 0, nz * ss), "lower",
+                    ("R", "L", "S", "I"), (0, 2), 1, j),
+        "sagittal": (f"sagittal  {i + 1}/{nx}", lambda a: a[:, :, i], (0, ny * sp, 0, nz * ss), "lower",
+                     ("A", "P", "S", "I"), (0, 1), 2, i),
+    }
+    unknown = [v for v in views if v not in available]
+    if unknown or len(views) != 2:
+        raise ValueError(f"views {list(views)}: give two of {sorted(available)}")
+    views = tuple(available[v] for v in views)
     scale = {0: ss, 1: sp, 2: sl}
 
     figure = Figure(figsize=(5.6 * len(columns), 11.6), facecolor="black")
@@ -193,15 +208,17 @@ def save_mask_overlay(
                 boxes.append(tuple(
                     (ranges[a][0] * scale[a], ranges[a][1] * scale[a]) for a in box_axes
                 ) if inside else None)  # type: ignore[index]
-            _draw_panel(ax, np.asarray(take(volume)), planes, layers, boxes, extent, origin, corners)
+            _draw_panel(ax, np.asarray(take(volume)), planes, layers, boxes, extent, origin, corners,
+                        window or CT_WINDOW)
             ax.add_artist(AnchoredSizeBar(ax.transData, 50, "5 cm", "lower right", color="white",
                                           frameon=False, size_vertical=1.5, pad=0.6))
             ax.set_title(f"{heading}: {name}" if row == 0 else name, color="white", fontsize=11)
             if row == 1:
                 ax.legend(handles=_legend_handles(layers), loc="upper center", bbox_to_anchor=(0.5, -0.02),
                           ncol=2, frameon=False, labelcolor="white", fontsize=9)
-    window = f"CT window W {CT_WINDOW[0]:.0f} / L {CT_WINDOW[1]:.0f} HU"
-    figure.suptitle(f"{title}\n{window}" if title else window, color="white", fontsize=12)
+    shown = window or CT_WINDOW
+    window_text = f"window W {shown[0]:.0f} / L {shown[1]:.0f}" + (" (image units)" if window else " HU (CT)")
+    figure.suptitle(f"{title}\n{window_text}" if title else window_text, color="white", fontsize=12)
     return _write_figure_atomic(figure, Path(path), dpi)
 
 

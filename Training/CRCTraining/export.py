@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from CRCSegmentationLib.bundle import METADATA_FILE, BundleMetadata
+from CRCSegmentationLib.model_source import dataset_channel_names, dataset_modality
 from CRCSegmentationLib.networks.nnunet_architectures import TRAINER_ARCHITECTURES
 from OrganGuidanceLib.checksum import sha256_of
 from OrganGuidanceLib.validation import InputError
@@ -69,14 +70,14 @@ def export_bundle(
             plans=plans,
             folds=[str(f) for f in folds],
             checkpoint=checkpoint,
-            input_channels=_channel_names(dataset_json),
+            input_channels=dataset_channel_names(dataset_json),
             labels=labels,
             checkpoint_sha256={relative: sha256_of(staging / relative) for relative in checkpoints},
             guidance=dataset_json.get("agcrc", {}),
             description=description,
             software=_software_versions(),
             kind="nnunet",
-            modality="CT",
+            modality=dataset_modality(dataset_json),
             tumor_labels=tumor_labels,
             organ_labels=organ_labels,  # FLARE24 organ interference: segmented, never reported as tumor
             # our trainers' network, so the bundle predicts without CRCTraining; nnU-Net's own trainers: ""
@@ -97,6 +98,9 @@ def label_roles(model_folder: Path, dataset_json: dict) -> Tuple[List[str], List
     ``agcrc["organ_interference"]``; any other dataset has no organ labels.
     """
     labels = {str(k): int(v) for k, v in dataset_json["labels"].items()}
+    if dataset_modality(dataset_json) == "MR":  # RCSegNeXt: the rectum is segmented and shown, never tumor
+        tumor = _tumor_labels(model_folder, labels)
+        return tumor, [name for name, value in labels.items() if value != 0 and name not in tumor]
     block = (dataset_json.get("agcrc") or {}).get("organ_interference")
     if not block:
         return _tumor_labels(model_folder, labels), []
@@ -119,11 +123,6 @@ def _tumor_labels(model_folder: Path, labels: dict) -> list:
     return foreground
 
 
-def _channel_names(dataset_json: dict) -> list:
-    # nnU-Net's channel_names hold normalisation schemes ("CT", "noNorm"); prepare.py keeps readable names apart.
-    described = dataset_json.get("channel_descriptions")
-    source = described if described else dataset_json.get("channel_names", dataset_json.get("modality", {}))
-    return [str(source[key]) for key in sorted(source, key=int)]
 
 
 def _software_versions() -> dict:

@@ -40,11 +40,36 @@ def _schedule(parser: argparse.ArgumentParser, fold: str = "0") -> None:
                         help="skip nnU-Net's sliding-window validation of the fold after training")
 
 
+def _configuration(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--configuration", help="nnU-Net configuration (default: 3d_fullres; 3d_fullres_rcsegnext "
+                        "for the RCSegNeXt trainers, written by `crcseg rcsegnext-plans`)")
+
+
+def configuration_of(args: argparse.Namespace, trainer: str) -> str:
+    """``--configuration``, else the one the trainer's network needs."""
+    from CRCSegmentationLib.networks.nnunet_architectures import RCSEGNEXT, TRAINER_ARCHITECTURES
+
+    from .planning import CONFIGURATION
+    from .rcsegnext_configuration import RCSEGNEXT_CONFIGURATION
+
+    if getattr(args, "configuration", None):
+        return args.configuration
+    return RCSEGNEXT_CONFIGURATION if TRAINER_ARCHITECTURES.get(trainer) == RCSEGNEXT else CONFIGURATION
+
+
 def add_training_commands(commands) -> None:
-    prepare = commands.add_parser("prepare", help="dataset -> nnU-Net raw dataset with CT + MOS + OOI channels")
+    prepare = commands.add_parser("prepare", help="dataset -> nnU-Net raw dataset: CT + MOS + OOI channels, "
+                                  "or with --modality mr one T2 MRI channel and rectum + tumor labels")
     _common(prepare)
     prepare.add_argument("source", type=Path, help="MSD (e.g. Task10_Colon) or nnU-Net raw dataset folder")
     prepare.add_argument("--name", required=True, help="dataset name, e.g. ColonAGCRC")
+    prepare.add_argument("--modality", choices=("ct", "mr"), default="ct",
+                         help="ct: AG-CRC's CT + MOS + OOI (default); mr: sagittal T2 MRI with rectum + tumor "
+                         "labels, no organ guidance (RCSegNeXt)")
+    prepare.add_argument("--rectum-label", help="--modality mr: the source's rectum label (name or value; "
+                         "default: the label named rectum)")
+    prepare.add_argument("--tumor-label", help="--modality mr: the source's tumor label (name or value; "
+                         "default: the label named tumor, tumour, cancer or carcinoma)")
     prepare.add_argument("--organs", default="totalsegmentator",
                          help="'totalsegmentator' (needs its weights) or a folder of organ label maps <case>.nii.gz")
     prepare.add_argument("--convention", default="totalsegmentator", help="label convention of --organs")
@@ -71,6 +96,8 @@ def add_training_commands(commands) -> None:
     plan.add_argument("--processes", type=int, default=2)
     plan.add_argument("--ssl-dataset-id", type=int, help="also preprocess this AG-SSL dataset with the same plans")
     plan.add_argument("--no-verify", action="store_true", help="skip nnU-Net's dataset integrity check")
+    plan.add_argument("--rcsegnext", action="store_true",
+                      help="also write the 3d_fullres_rcsegnext configuration (as `crcseg rcsegnext-plans` does)")
     plan.set_defaults(run=plan_main)
 
     pretrain = commands.add_parser("pretrain", help="self-supervised pretraining (AG-SSL, Eq. 7)")
@@ -85,6 +112,7 @@ def add_training_commands(commands) -> None:
     train.add_argument("--sampling", choices=sorted(SAMPLING_TRAINERS),
                        help="Table VI ablation: sampling strategy alone (without AF-loss)")
     train.add_argument("--pretrained", type=Path, help="checkpoint from `crcseg pretrain` to initialise from")
+    _configuration(train)
     _schedule(train)
     train.set_defaults(run=train_main)
 
@@ -93,6 +121,7 @@ def add_training_commands(commands) -> None:
     predict.add_argument("-i", "--input", type=Path, required=True, help="folder of <case>_0000/1/2 files")
     predict.add_argument("-o", "--output", type=Path, required=True)
     predict.add_argument("--trainer", default="nnUNetTrainerAGCRC")
+    _configuration(predict)
     predict.add_argument("--folds", nargs="+", default=["0"])
     predict.add_argument("--checkpoint", default="checkpoint_final.pth")
     predict.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
@@ -104,6 +133,7 @@ def add_training_commands(commands) -> None:
     _common(export)
     export.add_argument("-o", "--output", type=Path, required=True, help="bundle folder to create")
     export.add_argument("--trainer", default="nnUNetTrainerAGCRC")
+    _configuration(export)
     export.add_argument("--folds", nargs="+", default=["0"])
     export.add_argument("--checkpoint", default="checkpoint_final.pth")
     export.add_argument("--name", help="model name (default: the dataset name)")
@@ -123,6 +153,10 @@ def prepare_main(args: argparse.Namespace) -> int:
 
     if args.interference_organs and args.labels != "organ-interference":  # a usage error: exit code 2
         raise InputError("--interference-organs needs --labels organ-interference")
+    if args.modality == "mr":
+        return _prepare_mr(args)
+    if args.rectum_label or args.tumor_label:
+        raise InputError("--rectum-label and --tumor-label need --modality mr")
     paths = configure(args.workdir)
     organs = args.organs if args.organs == "totalsegmentator" else Path(args.organs)
     report = prepare_dataset(
@@ -141,6 +175,23 @@ def prepare_main(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0  # like `crcseg segment`: some cases of the batch failed
 
 
+def _prepare_mr(args: argparse.Namespace) -> int:
+    from OrganGuidanceLib.validation import InputError
+
+    from .nnunet_env import configure
+    from .prepare_mr import prepare_mr_dataset
+
+    ct_only = [flag for flag, used in (("--ssl", args.ssl), ("--labels organ-interference", args.labels != "tumor"),
+                                       ("--second-organs", args.second_organs is not None)) if used]
+    if ct_only:
+        raise InputError(f"{', '.join(ct_only)}: CT options; --modality mr takes no organ guidance")
+    paths = configure(args.workdir)
+    report = prepare_mr_dataset(args.source, args.dataset_id, args.name, paths.raw,
+                                rectum_label=args.rectum_label, tumor_label=args.tumor_label)
+    print(report.summary())
+    return 1 if report.failed else 0
+
+
 def plan_main(args: argparse.Namespace) -> int:
     from .nnunet_env import configure
     from .planning import patch_size, plan_and_preprocess, preprocess_with_plans_of, preprocessed_folder
@@ -152,10 +203,29 @@ def plan_main(args: argparse.Namespace) -> int:
     configuration = plans["configurations"]["3d_fullres"]
     print(f"3d_fullres: spacing {configuration['spacing']} mm, patch {configuration['patch_size']}, "
           f"batch {configuration['batch_size']}")
-    precompute_sampling_maps(preprocessed_folder(args.dataset_id), patch_size(args.dataset_id))
+    if _has_ooi_channel(args.dataset_id):  # AG-sampling's maps come from the OOI; MR datasets have none
+        precompute_sampling_maps(preprocessed_folder(args.dataset_id), patch_size(args.dataset_id))
+    if args.rcsegnext:
+        from .rcsegnext_configuration import RCSegNeXtPlan, add_rcsegnext_configuration, plans_file
+
+        written = add_rcsegnext_configuration(plans_file(args.dataset_id), RCSegNeXtPlan())
+        print(f"3d_fullres_rcsegnext: patch {written['patch_size']}, batch {written['batch_size']}")
     if args.ssl_dataset_id is not None:
         preprocess_with_plans_of(args.dataset_id, args.ssl_dataset_id, args.processes)
     return 0
+
+
+def _has_ooi_channel(dataset_id: int) -> bool:
+    """False for the MR datasets of ``prepare --modality mr`` (one T2 channel), True for every CT one."""
+    import json
+    import os
+
+    from CRCSegmentationLib.model_source import dataset_modality
+
+    from .nnunet_env import dataset_name
+
+    dataset = json.loads((Path(os.environ["nnUNet_raw"]) / dataset_name(dataset_id) / "dataset.json").read_text())
+    return dataset_modality(dataset) != "MR"
 
 
 def _run_training(args: argparse.Namespace, trainer: str, pretrained=None) -> int:
@@ -169,7 +239,8 @@ def _run_training(args: argparse.Namespace, trainer: str, pretrained=None) -> in
     if args.no_final_validation:
         os.environ[ENV_FINAL_VALIDATION] = "0"
     checkpoint = train(
-        args.dataset_id, trainer, args.fold, pretrained_weights=pretrained, device=args.device,
+        args.dataset_id, trainer, args.fold, configuration=configuration_of(args, trainer),
+        pretrained_weights=pretrained, device=args.device,
         num_gpus=args.num_gpus, epochs=args.epochs, iterations=args.iterations, val_iterations=args.val_iterations,
     )
     print(f"{trainer}: {checkpoint}")
@@ -197,7 +268,8 @@ def predict_main(args: argparse.Namespace) -> int:
     from .predict import predict_folder
 
     paths = configure(args.workdir)
-    model = trained_model_folder(paths.results, dataset_name(args.dataset_id), args.trainer)
+    model = trained_model_folder(paths.results, dataset_name(args.dataset_id), args.trainer,
+                                 configuration_of(args, args.trainer))
     written = predict_folder(model, args.input, args.output, args.folds, args.checkpoint,
                              resolve_device(args.device), not args.no_mirroring, args.step_size)
     print(f"{len(written)} predictions in {args.output}")
@@ -209,7 +281,8 @@ def export_main(args: argparse.Namespace) -> int:
     from .nnunet_env import configure, dataset_name
 
     paths = configure(args.workdir)
-    model = trained_model_folder(paths.results, dataset_name(args.dataset_id), args.trainer)
+    model = trained_model_folder(paths.results, dataset_name(args.dataset_id), args.trainer,
+                                 configuration_of(args, args.trainer))
     bundle = export_bundle(model, args.output, args.folds, args.checkpoint, args.name, args.description)
     print(f"model bundle: {bundle}")
     return 0

@@ -3,11 +3,12 @@
 nnU-Net stores a trainer class name in every checkpoint and rebuilds the network through that
 class's ``build_network_architecture``. Our trainers live in ``CRCTraining.trainers``, which a
 Slicer with only the two module folders does not have (DESIGN.md, "A trained model never needs
-``CRCTraining`` to predict"). Our trainers change sampling, losses or pretraining, not the
-network, so each name maps to an architecture built here:
+``CRCTraining`` to predict"), so each of our trainer names maps to an architecture built here:
 
 - ``nnunet_default``: nnU-Net's own network from the plans (``nnUNetTrainer.build_network_architecture``),
-  the one every AG-CRC trainer trains.
+  the one every AG-CRC and FLARE24 trainer trains;
+- ``rcsegnext``: RCSegNeXt (``networks.rcsegnext``) from the configuration's spacing and the options that
+  ``crcseg rcsegnext-plans`` stores in it (``networks.rcsegnext_plans``), for every ``nnUNetTrainerRCSegNeXt*``.
 
 A bundle of format 2 names its architecture in ``crcseg_model.json`` (``network``), so a renamed or
 user-derived trainer predicts too. A trainer name we do not know is looked up the way nnU-Net does
@@ -20,6 +21,7 @@ from typing import Callable, Dict, Optional
 from torch import nn
 
 NNUNET_DEFAULT = "nnunet_default"
+RCSEGNEXT = "rcsegnext"
 
 # Every prediction trainer of CRCTraining.trainers (a test holds this table against that package).
 # Pretraining trainers (nnUNetTrainerAGSSL, ...SSLInpaint, ...SSLMAE) reconstruct the CT: not segmenters.
@@ -35,6 +37,10 @@ TRAINER_ARCHITECTURES: Dict[str, str] = {
     "nnUNetTrainerSamplingHybridColon": NNUNET_DEFAULT,
     "nnUNetTrainerOrganInterference": NNUNET_DEFAULT,  # FLARE24: default nnU-Net network (§2.2)
     "nnUNetTrainerOrganInterferenceAFLoss": NNUNET_DEFAULT,
+    "nnUNetTrainerRCSegNeXt": RCSEGNEXT,
+    "nnUNetTrainerRCSegNeXtPaperSchedule": RCSEGNEXT,
+    "nnUNetTrainerRCSegNeXtAGCRC": RCSEGNEXT,
+    "nnUNetTrainerRCSegNeXtOrganInterference": RCSEGNEXT,
 }
 
 # (plans_manager, configuration_manager, input channels, output channels) -> network without deep supervision
@@ -50,7 +56,13 @@ def _nnunet_default(plans_manager, configuration_manager, num_input_channels: in
     )
 
 
-ARCHITECTURE_BUILDERS: Dict[str, NetworkBuilder] = {NNUNET_DEFAULT: _nnunet_default}
+def _rcsegnext(plans_manager, configuration_manager, num_input_channels: int, num_output_channels: int) -> nn.Module:
+    from .rcsegnext_plans import rcsegnext_from_plans
+
+    return rcsegnext_from_plans(plans_manager, configuration_manager, num_input_channels, num_output_channels)
+
+
+ARCHITECTURE_BUILDERS: Dict[str, NetworkBuilder] = {NNUNET_DEFAULT: _nnunet_default, RCSEGNEXT: _rcsegnext}
 
 
 class UnknownArchitecture(LookupError):
