@@ -147,12 +147,15 @@ def test_feature_lists_and_torch_through_pytorch_utils():
     tumor = {r.import_name for r in install.requirements(features=[install.TUMOR])}
     assert {"torch", "nnunetv2", "tqdm"} <= tumor and "totalsegmentator" not in tumor
     refinement = {r.import_name for r in install.requirements(features=[install.REFINEMENT])}
-    assert refinement == core | {"torch", "segment_anything"}
+    assert refinement == core | {"torch", "torchvision", "segment_anything"}  # segment_anything imports torchvision
     everything = install.requirements(totalsegmentator=True, features=install.PANEL_FEATURES)
     assert everything == list(install.REQUIREMENTS)  # table order is install order
-    assert [r.import_name for r in everything if r.installer == "pytorch"] == ["torch"]
+    # PyTorchUtils installs torch and torchvision together (torchVersionRequirement, torchvisionVersionRequirement)
+    assert [r.import_name for r in everything if r.installer == "pytorch"] == ["torch", "torchvision"]
     assert not any(p.startswith("torch") for p in install.pip_requirements(everything))
     assert install.TORCH_VERSION_REQUIREMENT == "==" + public_version("torch")
+    assert install.TORCHVISION_VERSION_REQUIREMENT == "==" + public_version("torchvision")
+    assert "torchvision" in tumor  # the HCF networks are torchvision ResNet18s
     with pytest.raises(ValueError):
         install.requirements_for(["no-such-feature"])
 
@@ -248,6 +251,6 @@ def test_requirements_are_pinned_and_torch_goes_through_pytorch_utils():
     for requirement in everything:
         if requirement.installer == "pip":
             assert re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", requirement.pip_requirement), requirement
-    assert [r.import_name for r in everything if r.installer == "pytorch"] == ["torch"]
+    assert [r.import_name for r in everything if r.installer == "pytorch"] == ["torch"]  # TotalSegmentator: no torchvision
     assert "torch" not in " ".join(install.pip_requirements(everything))
     assert "connected-components-3d==" in install.describe(install.CORE_REQUIREMENTS)

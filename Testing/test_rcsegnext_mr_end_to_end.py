@@ -147,3 +147,19 @@ def test_an_mr_bundle_whose_channels_mix_ct_inputs_is_refused(trained, tmp_path)
     (bundle / "crcseg_model.json").write_text(json.dumps(metadata))
     with pytest.raises(ModelError, match="an MR model's first input channel must be MR"):
         open_model(bundle)
+
+
+def test_the_comparison_command_reports_both_networks_on_the_same_plans(trained):
+    out = trained["root"] / "comparison.json"
+    assert main(["rcsegnext-compare", "-d", str(DATASET), "--workdir", str(trained["work"]), "--fold", "all",
+                 "--epochs", "1", "--iterations", "1", "--timing-iterations", "1", "--device", "cpu",
+                 "-o", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["configuration"] == "3d_fullres_rcsegnext" and report["patch_size"] == [8, 32, 32]
+    ours, base = report["networks"]
+    assert (ours["trainer"], base["trainer"]) == ("nnUNetTrainerRCSegNeXt", "nnUNetTrainerBaseline")
+    assert 0 < ours["parameters"] < base["parameters"] and 0 < ours["macs_per_patch"] < base["macs_per_patch"]
+    for network in (ours, base):
+        assert network["seconds_per_training_iteration"] > 0 and len(network["seconds_per_case"]) == 4
+        assert set(network["dice_per_class"]) == {"rectum", "tumor"}
+        assert all(0.0 <= d <= 1.0 for d in network["dice_per_class"].values())

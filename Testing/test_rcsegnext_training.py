@@ -162,3 +162,15 @@ def test_total_downsampling_follows_the_configuration_spacing():
 
     assert total_downsampling(RCSegNeXtConfig(spacing=AG_SPACING)) == (4, 16, 16)
     assert total_downsampling(RCSegNeXtConfig(spacing=(1.6, 1.29, 1.29))) == (16, 16, 16)
+
+
+def test_table3_command_prints_every_variant_against_the_paper(capsys):
+    from CRCTraining.cli import main
+
+    assert main(["rcsegnext-table3"]) == 0
+    printed = capsys.readouterr().out
+    rows = [line.split() for line in printed.splitlines() if line.split()[:1] in (["conv"], ["aninext"])]
+    assert [(r[0], r[1]) for r in rows] == [("conv", "conv"), ("aninext", "conv"), ("aninext", "convnext"),
+                                             ("aninext", "res2net"), ("aninext", "res2next"), ("aninext", "isonext")]
+    assert rows[-1][2:5] == ["2,320,611", "2,759,363", "2.76"]  # ours (no dead shortcuts), public-code rule, paper
+    assert all(abs(float(r[5])) < 1.0 for r in rows)  # within 1 % of Table 3 (percent column)

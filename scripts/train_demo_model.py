@@ -175,19 +175,11 @@ def main(argv: List[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from CRCTraining.export import trained_model_folder
-    from CRCTraining.nnunet_env import configure, dataset_name
-    from CRCTraining.trainer_mixins import ENV_FINAL_VALIDATION
+    from CRCTraining.nnunet_env import dataset_name
 
-    if args.output.exists() and not args.force:
-        print(f"{args.output} exists; pass --force to replace it", file=sys.stderr)
+    paths = start_run(args)
+    if paths is None:
         return 2
-    if args.workdir.exists() and args.force and not args.export_only:
-        shutil.rmtree(args.workdir)
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    paths = configure(args.workdir)
-    if args.threads:
-        limit_torch_threads(args.threads)
-    os.environ[ENV_FINAL_VALIDATION] = "0"
     timings: Dict[str, float] = {}
 
     if not args.export_only:
@@ -204,6 +196,25 @@ def main(argv: List[str] | None = None) -> int:
     print("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     print("held-out phantoms (mean): " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     return 0
+
+
+def start_run(args: argparse.Namespace):
+    """nnU-Net folders under ``--workdir`` (emptied by ``--force``), threads, no final validation; None if
+    the bundle exists and ``--force`` is not given. Shared with ``train_mr_demo_model.py``."""
+    from CRCTraining.nnunet_env import configure
+    from CRCTraining.trainer_mixins import ENV_FINAL_VALIDATION
+
+    if args.output.exists() and not args.force:
+        print(f"{args.output} exists; pass --force to replace it", file=sys.stderr)
+        return None
+    if args.workdir.exists() and args.force and not args.export_only:
+        shutil.rmtree(args.workdir)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    paths = configure(args.workdir)
+    if args.threads:
+        limit_torch_threads(args.threads)
+    os.environ[ENV_FINAL_VALIDATION] = "0"
+    return paths
 
 
 def train_model(args: argparse.Namespace, paths, timings: Dict[str, float]) -> None:

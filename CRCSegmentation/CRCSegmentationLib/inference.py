@@ -16,6 +16,10 @@ Steps (DESIGN.md, data flow):
    outside, nothing is predicted;
 4. post-processing on the CT grid (tumor kept within the OOI, small components removed).
 
+MR models (RCSegNeXt, modality ``MR``) take the MR volume alone: it is checked as MR (``mr_checks``), the
+whole grid is predicted (the body crop thresholds Hounsfield units; there is no OOI), and the organs the
+model segments (the rectum) always come with the tumor.
+
 The predictor is built once per ``TumorSegmenter``; a batch reuses it. CUDA that fails or runs
 out of memory during a case is retried on the CPU, and the result says so.
 """

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from OrganGuidanceLib.image import Image
-from OrganGuidanceLib.validation import InputError, check_3d
+from OrganGuidanceLib.validation import InputError, check_3d, check_real_finite
 
 # Below this no MR intensity falls; a CT's air (-1000 HU) and padding (-3024, ...) do.
 MR_MIN_PLAUSIBLE = -500.0
@@ -57,16 +57,7 @@ def check_mr(image: Image) -> None:
     constant, and not a CT in Hounsfield units (no value below -500, where CT air lies)."""
     check_3d(image)
     array = image.array
-    if array.dtype == bool or not np.issubdtype(array.dtype, np.number) or \
-            np.issubdtype(array.dtype, np.complexfloating):
-        raise InputError(f"{image.name}: voxel type {array.dtype} is not a real intensity type; an MR volume is needed")
-    if np.issubdtype(array.dtype, np.floating):
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        if bad:
-            raise InputError(f"{image.name}: has {bad} NaN or infinite voxels; fix or mask them before segmentation")
-    minimum, maximum = float(array.min()), float(array.max())
-    if minimum == maximum:
-        raise InputError(f"{image.name}: every voxel has the value {minimum:g}; there is no image to segment")
+    minimum, maximum = check_real_finite(image, "is not a real intensity type; an MR volume is needed")
     if minimum < MR_MIN_PLAUSIBLE:
         sample = array.ravel()[:: max(1, array.size // _SAMPLE_SIZE)]
         air = float(np.mean(np.abs(sample.astype(np.float64) - CT_AIR_HU) <= CT_AIR_TOLERANCE_HU))

@@ -10,9 +10,9 @@ installed in the test environment. Both panels take their lists from here only.
 
 Pure Python (no Slicer, no Qt): the widget asks the user and then installs what
 ``missing_requirements`` returns, with ``slicer.util.pip_install`` for ``pip``
-requirements and the PyTorch extension's ``PyTorchUtils`` for ``torch`` (it picks
-the build that matches the GPU driver). Presence is checked with
-``importlib.util.find_spec``, which does not import (torch or TotalSegmentator
+requirements and the PyTorch extension's ``PyTorchUtils`` for ``torch`` and
+``torchvision`` (it installs both together, in the build that matches the GPU
+driver). Presence is checked with ``importlib.util.find_spec``, which does not import (torch or TotalSegmentator
 take seconds to import); a package that is present at another version is left alone.
 
 Supported Slicer: 5.10 and later (Python 3.12), tested with Slicer 5.12, which bundles the
@@ -79,6 +79,10 @@ REQUIREMENTS: Tuple[Requirement, ...] = (
                 features=(CORE,), requires_python=">=3.9,<4.0"),
     Requirement("torch", "torch==2.14.1", "PyTorch, which runs TotalSegmentator, nnU-Net v2 and U-SAM", "pytorch",
                 features=(TOTALSEGMENTATOR, TUMOR, REFINEMENT), requires_python=">=3.10"),
+    # PyTorchUtils installs torch and torchvision together (its installTorch takes a torchvisionVersionRequirement).
+    # The HCF tumour model's networks are torchvision ResNet18s; segment_anything imports torchvision too.
+    Requirement("torchvision", "torchvision==0.29.1", "torchvision, whose ResNet18 the HCF tumor networks build on",
+                "pytorch", features=(TUMOR, REFINEMENT), requires_python=">=3.10,!=3.14.1"),
     Requirement("totalsegmentator", "TotalSegmentator==2.18.0", "TotalSegmentator multi-organ segmentation",
                 features=(TOTALSEGMENTATOR,), requires_python=">=3.9"),
     # TotalSegmentator 2.18 runs on nnU-Net v2 too (it asks for >=2.3.1; this is the tested release).
@@ -138,8 +142,10 @@ def requirements(totalsegmentator: bool = False, features: Iterable[str] = ()) -
 
 CORE_REQUIREMENTS = tuple(requirements_for([CORE]))
 TOTALSEGMENTATOR_REQUIREMENTS = tuple(requirements_for([TOTALSEGMENTATOR]))
-TORCH_REQUIREMENT = next(r for r in REQUIREMENTS if r.installer == "pytorch")
+TORCH_REQUIREMENT = next(r for r in REQUIREMENTS if r.import_name == "torch")
 TORCH_VERSION_REQUIREMENT = "==" + TORCH_REQUIREMENT.version  # PyTorchUtils' torchVersionRequirement
+TORCHVISION_REQUIREMENT = next(r for r in REQUIREMENTS if r.import_name == "torchvision")
+TORCHVISION_VERSION_REQUIREMENT = "==" + TORCHVISION_REQUIREMENT.version  # its torchvisionVersionRequirement
 
 
 def is_importable(import_name: str) -> bool:

@@ -346,20 +346,27 @@ class RunPanelBase(qt.QWidget):
 
     @staticmethod
     def installTorch() -> None:
-        """PyTorch through the PyTorch extension, which picks the build for the GPU driver."""
+        """PyTorch and torchvision through the PyTorch extension, which picks the build for the GPU driver."""
+        import importlib.util
+
+        vision = install.TORCHVISION_REQUIREMENT.pip_requirement
         try:
             import PyTorchUtils
         except ImportError:
             # Without the extension, PyPI's default build (CPU-only on Windows) still runs, slower.
-            slicer.util.pip_install(install.TORCH_REQUIREMENT.pip_requirement)
+            slicer.util.pip_install(f"{install.TORCH_REQUIREMENT.pip_requirement} {vision}")
             return
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
         if not torchLogic.torchInstalled():
             torch = torchLogic.installTorch(
-                askConfirmation=True, torchVersionRequirement=install.TORCH_VERSION_REQUIREMENT
+                askConfirmation=True, torchVersionRequirement=install.TORCH_VERSION_REQUIREMENT,
+                torchvisionVersionRequirement=install.TORCHVISION_VERSION_REQUIREMENT,
             )
             if torch is None:
                 raise RuntimeError(_("PyTorch was not installed; the run cannot start without it."))
+        if importlib.util.find_spec("torchvision") is None:
+            # PyTorchUtils installs torchvision only together with torch; the pin keeps the installed torch build.
+            slicer.util.pip_install(vision)
 
     # ------------------------------------------------------------------ running
     def onApply(self) -> None:

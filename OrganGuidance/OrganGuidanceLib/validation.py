@@ -1,6 +1,8 @@
 """Checks of user inputs; each failure names the input and what is wrong with it."""
 from __future__ import annotations
 
+from typing import Sequence, Tuple
+
 import numpy as np
 
 from .image import Image
@@ -39,6 +41,29 @@ def check_3d(image: Image) -> None:
         raise InputError(
             f"{image.name}: has shape {image.shape} (z, y, x), a single slice; a 3D volume with several slices is needed"
         )
+
+
+def check_real_finite(image: Image, wrong_type: str = "is not a real number type",
+                      no_image: str = "there is no image to segment",
+                      padding_values: Sequence[float] = ()) -> Tuple[float, float]:
+    """Raise ``InputError`` unless the voxels are finite real numbers, not all one value; return (min, max).
+
+    The common ground of the intensity checks (``check_ct``, ``CRCSegmentationLib.mr_checks.check_mr``):
+    ``wrong_type`` and ``no_image`` end their messages; a constant value among ``padding_values`` is named
+    as scanner padding.
+    """
+    array = image.array
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise InputError(f"{image.name}: voxel type {array.dtype} {wrong_type}")
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise InputError(f"{image.name}: has {bad} NaN or infinite voxels; fix or mask them before segmentation")
+    minimum, maximum = float(array.min()), float(array.max())
+    if minimum == maximum:
+        note = " (a padding value scanners write outside the field of view)" if minimum in padding_values else ""
+        raise InputError(f"{image.name}: every voxel has the value {minimum:g}{note}; {no_image}")
+    return minimum, maximum
 
 
 def _as_dtype(array: np.ndarray, value: float):
@@ -144,18 +169,8 @@ def check_ct(image: Image) -> None:
     """
     check_3d(image)
     array = image.array
-    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
-        raise InputError(f"{image.name}: voxel type {array.dtype} is not a real number type")
-    if np.issubdtype(array.dtype, np.floating):
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        if bad:
-            raise InputError(f"{image.name}: has {bad} NaN or infinite voxels; fix or mask them before segmentation")
-    minimum, maximum = float(array.min()), float(array.max())
-    if minimum == maximum:
-        note = " (a padding value scanners write outside the field of view)" if minimum in CT_PADDING_VALUES_HU else ""
-        raise InputError(
-            f"{image.name}: every voxel has the value {minimum:g}{note}; there is no image: this is not a CT scan"
-        )
+    minimum, maximum = check_real_finite(image, no_image="there is no image: this is not a CT scan",
+                                         padding_values=CT_PADDING_VALUES_HU)
     sample = _sample(array)
     padding = find_ct_padding(array, sample)
     excluded, exact = "", True

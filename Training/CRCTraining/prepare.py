@@ -32,10 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from tqdm import tqdm
 
 import OrganGuidanceLib
-from OrganGuidanceLib.atomic import write_text_atomic
 from OrganGuidanceLib.checksum import update_with_file
 from OrganGuidanceLib.guidance import GuidanceParameters, MOSSource, run_guidance
 from OrganGuidanceLib.image import Image
@@ -49,16 +47,16 @@ from .datasets import SourceCase, SourceDataset, find_case_map, read_source_data
 from .organ_interference import (
     FLARE22_ORGANS, LABEL_MODES, InterferenceLabels, match_organs, merge_labels, organ_voxel_counts,
 )
+from .raw_dataset import (
+    FILE_ENDING, TEMPORARY_PREFIX, CaseReport, RawDatasetLayout, failure_message, read_json, write_if_changed,
+)
 
 if TYPE_CHECKING:
     from OrganGuidanceLib.providers import TotalSegmentatorProvider
 
 CACHE_FORMAT = 1  # bump when the outputs of the same inputs change
-FILE_ENDING = ".nii.gz"
 CACHE_FOLDER = ".agcrc_cache"
-REPORT_FILE = "prepare_report.json"
 EXTRA_FOLDERS = {"ooi0Tr": "undilated OOI (OOI0), 0/1", "bowelwallTr": "bowel wall, dilate(OOI0) XOR erode(OOI0), 0/1"}
-TEMPORARY_PREFIX = ".tmp-"  # OrganGuidanceLib.atomic's temporary files; left over only after a hard kill
 
 # nnU-Net picks each channel's normalisation from its name (nnunetv2.preprocessing.normalization.
 # map_channel_name_to_normalization): "CT" -> CTNormalization (clip to the foreground's 0.5..99.5
@@ -79,7 +77,7 @@ class PrepareError(InputError):
 
 # --- report -----------------------------------------------------------------------------------
 @dataclass
-class PrepareReport:
+class PrepareReport(CaseReport):
     dataset_folder: Path
     done: List[str] = field(default_factory=list)  # computed in this run
     cached: List[str] = field(default_factory=list)  # skipped: hash matched, outputs present
@@ -92,13 +90,8 @@ class PrepareReport:
 
     @property
     def num_training(self) -> int:
+        """The cases the dataset holds: the kept ones too."""
         return len(self.done) + len(self.cached) + len(self.kept)
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["dataset_folder"] = str(self.dataset_folder)
-        data["num_training"] = self.num_training
-        return data
 
     def summary(self) -> str:
         counts = f"{len(self.done)} prepared, {len(self.cached)} cached, {len(self.failed)} failed"
@@ -130,6 +123,15 @@ def case_outputs(folder: Path, case_id: str) -> Dict[str, Path]:
     }
 
 
+def _is_agcrc_dataset(description: dict) -> bool:
+    """A dataset.json that prepare_dataset wrote (it carries the "agcrc" block)."""
+    return "agcrc" in description
+
+
+LAYOUT = RawDatasetLayout(CACHE_FOLDER, case_outputs, "prepare_dataset", _is_agcrc_dataset, PrepareError,
+                          CACHE_FORMAT, extra_folders=tuple(EXTRA_FOLDERS))
+
+
 def _hash_path(digest: "hashlib._Hash", path: Path) -> None:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
@@ -145,15 +147,6 @@ def input_hash(inputs: Dict[str, Path], settings: dict) -> str:
         _hash_path(digest, Path(inputs[role]))
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return digest.hexdigest()
-
-
-def _read_json(path: Path) -> dict:
-    """A JSON object from ``path``, or {} when it is missing, unreadable or not an object."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 # --- one case ---------------------------------------------------------------------------------
@@ -271,14 +264,6 @@ def _compute_case(case: SourceCase, inputs: Dict[str, Path], setup: _Setup) -> T
     return images, statistics
 
 
-def _remove_case(folder: Path, case_id: str) -> bool:
-    paths = [*case_outputs(folder, case_id).values(), folder / CACHE_FOLDER / f"{case_id}.json"]
-    present = [p for p in paths if p.exists()]
-    for path in present:
-        path.unlink()
-    return bool(present)
-
-
 def _replace_case_outputs(folder: Path, case_id: str, images: Dict[str, Image], outputs: Dict[str, Path],
                           cache_path: Path) -> None:
     """Write every output of a case to a staging folder, then move them into place together.
@@ -286,7 +271,7 @@ def _replace_case_outputs(folder: Path, case_id: str, images: Dict[str, Image], 
     The earlier sidecar goes first: from then until the new sidecar is written the case does not
     look cached, so a run killed between the renames recomputes it next time.
     """
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{case_id}-", dir=folder))
+    staging = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{case_id}-", dir=folder))
     try:
         staged = {key: write_image(images[key], staging / path.relative_to(folder)) for key, path in outputs.items()}
         if cache_path.exists():
@@ -298,80 +283,34 @@ def _replace_case_outputs(folder: Path, case_id: str, images: Dict[str, Image], 
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _existing_case_ids(folder: Path) -> List[str]:
-    ids = set()
-    for sub, ending in (("imagesTr", f"_0000{FILE_ENDING}"), ("labelsTr", FILE_ENDING), (CACHE_FOLDER, ".json")):
-        for path in (folder / sub).glob(f"*{ending}"):
-            if not path.name.startswith("."):
-                ids.add(path.name[: -len(ending)])
-    return sorted(ids)
-
-
 def _prepare_case(case: SourceCase, setup: _Setup, report: PrepareReport) -> str:
     """Prepare one case (or find it cached); returns "done", "cached" or "failed"."""
-    cache_path = setup.folder / CACHE_FOLDER / f"{case.case_id}.json"
+    cache_path = LAYOUT.sidecar(setup.folder, case.case_id)
     outputs = case_outputs(setup.folder, case.case_id)
     try:
         inputs = _case_inputs(case, setup)
         digest = input_hash(inputs, setup.settings)
-        cached = _read_json(cache_path) if cache_path.exists() else {}
-        if cached.get("hash") == digest and all(p.exists() for p in outputs.values()):
-            report.statistics[case.case_id] = cached.get("statistics", {})
-            if report.statistics[case.case_id].get("warnings"):
-                report.warnings[case.case_id] = report.statistics[case.case_id]["warnings"]
-            report.cached.append(case.case_id)
+        if LAYOUT.reuse_cached(report, setup.folder, case.case_id, digest):
             return "cached"
         start = time.perf_counter()
         images, statistics = _compute_case(case, inputs, setup)
         _replace_case_outputs(setup.folder, case.case_id, images, outputs, cache_path)
         statistics["seconds"] = round(time.perf_counter() - start, 2)
     except Exception as error:  # noqa: BLE001 - one bad case must not stop a dataset; KeyboardInterrupt still does
-        message = str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
+        message = failure_message(error)
         message = message[len(case.case_id) + 2:] if message.startswith(f"{case.case_id}: ") else message
         if cache_path.exists() and all(p.exists() for p in outputs.values()):
             report.kept[case.case_id] = message  # a temporary failure (e.g. out of memory) must not lose them
-            report.statistics[case.case_id] = _read_json(cache_path).get("statistics", {})
+            report.statistics[case.case_id] = read_json(cache_path).get("statistics", {})
             return "kept"
         report.failed[case.case_id] = message
-        if _remove_case(setup.folder, case.case_id):  # partial outputs of an interrupted earlier run
+        if LAYOUT.remove_case(setup.folder, case.case_id):  # partial outputs of an interrupted earlier run
             report.removed.append(case.case_id)
         return "failed"
-    sidecar = {
-        "case_id": case.case_id, "hash": digest, "version": __version__, "cache_format": CACHE_FORMAT,
-        "inputs": {role: str(path) for role, path in inputs.items()},
-        "outputs": {key: str(path.relative_to(setup.folder)) for key, path in outputs.items()},
-        "statistics": statistics,
-    }
-    write_text_atomic(cache_path, json.dumps(sidecar, indent=2) + "\n")  # last: only complete cases are cached
-    report.statistics[case.case_id] = statistics
-    if statistics.get("warnings"):
-        report.warnings[case.case_id] = statistics["warnings"]
-    report.done.append(case.case_id)
-    return "done"
+    return LAYOUT.finish_case(report, setup.folder, case.case_id, digest, inputs, statistics)
 
 
 # --- the dataset ------------------------------------------------------------------------------
-def _output_folder(nnunet_raw: Path, dataset_id: int, dataset_name: str) -> Path:
-    name = dataset_folder_name(dataset_id, dataset_name)
-    nnunet_raw = Path(nnunet_raw)
-    others = [p.name for p in nnunet_raw.glob(f"Dataset{int(dataset_id):03d}_*") if p.is_dir() and p.name != name]
-    if others:
-        raise PrepareError(f"{nnunet_raw}: dataset id {dataset_id} is taken by {others}; nnU-Net needs unique ids")
-    folder = nnunet_raw / name
-    if folder.is_dir() and any(folder.iterdir()):
-        description = _read_json(folder / "dataset.json")
-        if "agcrc" not in description and not (folder / CACHE_FOLDER).is_dir():
-            raise PrepareError(
-                f"{folder}: exists and was not written by prepare_dataset; choose another id or name, "
-                "or move it away (nothing is overwritten)"
-            )
-    for sub in ("imagesTr", "labelsTr", *EXTRA_FOLDERS, CACHE_FOLDER, "."):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-        for leftover in (folder / sub).glob(f"{TEMPORARY_PREFIX}*"):  # an interrupted atomic write or staging
-            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-    return folder
-
-
 def _organ_setup(
     organs: Organs, convention: str, parameters: GuidanceParameters, device: str, fast: bool,
     interference_organs: Optional[Sequence[str]] = None,
@@ -535,31 +474,14 @@ def prepare_dataset(
     if interference is not None:  # only then: a tumor dataset keeps the hashes of earlier runs
         settings["labels"] = {"mode": labels, "organs": list(interference.organs),
                               "mos_values": interference.metadata()["mos_values"]}
-    folder = _output_folder(Path(nnunet_raw), dataset_id, dataset_name)
+    folder = LAYOUT.output_folder(Path(nnunet_raw), dataset_id, dataset_folder_name(dataset_id, dataset_name))
     run_parameters = GuidanceParameters(**{**asdict(parameters), "body_crop": False})
     setup = _Setup(folder, run_parameters, organ_convention, second, second_folder, provider, ssl,
                    tuple(int(v) for v in tumor_labels) if tumor_labels else None, settings, interference,
                    _inference_mos_values(provider, parameters.organ_set) if provider and interference else None)
     report = PrepareReport(folder)
-
-    progress = tqdm(dataset.cases, desc=f"prepare {folder.name}", unit="case")
-    for case in progress:
-        progress.set_postfix_str(case.case_id)
-        _prepare_case(case, setup, report)
-    progress.close()
-    wanted = {c.case_id for c in dataset.cases} - set(report.failed)
-    for stale in _existing_case_ids(folder):
-        if stale not in wanted and _remove_case(folder, stale):
-            report.removed.append(stale)
-    report.removed = sorted(set(report.removed))
-
-    write_text_atomic(folder / REPORT_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
-    if report.num_training == 0:
-        summary = _failure_summary(report.failed)
-        raise PrepareError(f"{folder.name}: every one of {len(report.failed)} cases failed: {summary}")
+    LAYOUT.prepare_cases(folder, dataset.cases, lambda case: _prepare_case(case, setup, report), report,
+                         _failure_summary)
     description = _dataset_json(dataset_name, dataset, setup, organ_settings, report.num_training)
-    text = json.dumps(description, indent=2) + "\n"
-    json_path = folder / "dataset.json"
-    if not json_path.exists() or json_path.read_text() != text:  # an unchanged dataset keeps its file
-        write_text_atomic(json_path, text)
+    write_if_changed(folder / "dataset.json", json.dumps(description, indent=2) + "\n")
     return report

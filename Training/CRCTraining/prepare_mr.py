@@ -36,16 +36,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
-from tqdm import tqdm
 
 from CRCSegmentationLib.mr_checks import check_mr, thick_axis
-from OrganGuidanceLib.atomic import write_text_atomic
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import read_image, write_image
 from OrganGuidanceLib.validation import InputError, check_label_map
@@ -53,12 +50,10 @@ from OrganGuidanceLib.validation import InputError, check_label_map
 from . import __version__
 from .datasets import SourceCase, SourceDataset, read_source_dataset
 from .prepare import PrepareError, dataset_folder_name, input_hash
+from .raw_dataset import FILE_ENDING, TEMPORARY_PREFIX, CaseReport, RawDatasetLayout, failure_message, write_if_changed
 
 CACHE_FORMAT = 1  # bump when the outputs of the same inputs change
-FILE_ENDING = ".nii.gz"
 CACHE_FOLDER = ".crcseg_cache"
-REPORT_FILE = "prepare_report.json"
-TEMPORARY_PREFIX = ".tmp-"  # OrganGuidanceLib.atomic's temporary files; left over only after a hard kill
 CHANNEL_NAMES = {"0": "zscore"}  # nnU-Net: "zscore" -> ZScoreNormalization
 CHANNEL_DESCRIPTIONS = {"0": "MR"}
 LABELS = {"background": 0, "rectum": 1, "tumor": 2}  # RCSegNeXt §3.1: rectum and tumor
@@ -129,6 +124,18 @@ def _listing(names: Dict[int, str]) -> str:
     return "{" + ", ".join(f"{v}: {n!r}" for v, n in sorted(names.items())) + "}" if names else "none"
 
 
+def _named_like(names: Dict[int, str], matches: Callable[[str], bool], role: str, like: str,
+                where: str) -> Tuple[int, ...]:
+    """The non-background values whose names ``matches``; none found asks for the explicit ``<role>_label``."""
+    values = tuple(v for v, n in sorted(names.items()) if v and matches(n))
+    if not values:
+        raise MRPrepareError(
+            f"{where}: no label named like {like} among its labels {_listing(names)}; "
+            f"name the {role} label explicitly ({role}_label)"
+        )
+    return values
+
+
 def resolve_labels(dataset: SourceDataset, rectum_label: LabelChoice = None,
                    tumor_label: LabelChoice = None) -> LabelMapping:
     """The source's rectum and tumor values, from the explicit choices or by name in its dataset.json."""
@@ -142,19 +149,9 @@ def resolve_labels(dataset: SourceDataset, rectum_label: LabelChoice = None,
             "by name: give both values (rectum_label, tumor_label)"
         )
     if rectum is None:
-        rectum = tuple(v for v, n in sorted(names.items()) if v and _is_rectum_name(n))
-        if not rectum:
-            raise MRPrepareError(
-                f"{where}: no label named like 'rectum' among its labels {_listing(names)}; "
-                "name the rectum label explicitly (rectum_label)"
-            )
+        rectum = _named_like(names, _is_rectum_name, "rectum", "'rectum'", where)
     if tumor is None:
-        tumor = tuple(v for v, n in sorted(names.items()) if v and _is_tumor_name(n))
-        if not tumor:
-            raise MRPrepareError(
-                f"{where}: no label named like 'tumor', 'tumour', 'cancer' or 'carcinoma' among its labels "
-                f"{_listing(names)}; name the tumor label explicitly (tumor_label)"
-            )
+        tumor = _named_like(names, _is_tumor_name, "tumor", "'tumor', 'tumour', 'cancer' or 'carcinoma'", where)
     both = sorted(set(rectum) & set(tumor))
     if both:
         raise MRPrepareError(f"{where}: label value(s) {both} cannot be both the rectum and the tumor")
@@ -164,7 +161,7 @@ def resolve_labels(dataset: SourceDataset, rectum_label: LabelChoice = None,
 
 # --- report -------------------------------------------------------------------------------------
 @dataclass
-class MRPrepareReport:
+class MRPrepareReport(CaseReport):
     dataset_folder: Path
     done: List[str] = field(default_factory=list)  # written in this run
     cached: List[str] = field(default_factory=list)  # skipped: inputs unchanged, outputs present
@@ -172,16 +169,6 @@ class MRPrepareReport:
     removed: List[str] = field(default_factory=list)  # cases deleted from the dataset (failed now, or gone)
     warnings: Dict[str, List[str]] = field(default_factory=dict)  # case id -> things to check
     statistics: Dict[str, dict] = field(default_factory=dict)  # case id -> voxel counts, spacing, thick axis
-
-    @property
-    def num_training(self) -> int:
-        return len(self.done) + len(self.cached)
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["dataset_folder"] = str(self.dataset_folder)
-        data["num_training"] = self.num_training
-        return data
 
     def summary(self) -> str:
         text = (f"{self.dataset_folder.name}: {len(self.done)} prepared, {len(self.cached)} cached, "
@@ -200,12 +187,13 @@ def case_outputs(folder: Path, case_id: str) -> Dict[str, Path]:
     }
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+def _is_mr_dataset(description: dict) -> bool:
+    """A dataset.json that prepare_mr_dataset wrote (its "crcseg" block says MR)."""
+    return (description.get("crcseg") or {}).get("modality") == "MR"
+
+
+LAYOUT = RawDatasetLayout(CACHE_FOLDER, case_outputs, "prepare_mr_dataset", _is_mr_dataset, MRPrepareError,
+                          CACHE_FORMAT, not_a_case=TEMPORARY_PREFIX)
 
 
 def _check_grid(label: Image, image: Image) -> None:
@@ -281,27 +269,14 @@ def _compute_case(case: SourceCase, setup: _Setup) -> Tuple[Image, Image, dict]:
     return image, image.with_array(remapped, "labels (rectum 1, tumor 2)"), statistics
 
 
-def _remove_case(folder: Path, case_id: str) -> bool:
-    paths = [*case_outputs(folder, case_id).values(), folder / CACHE_FOLDER / f"{case_id}.json"]
-    present = [p for p in paths if p.exists()]
-    for path in present:
-        path.unlink()
-    return bool(present)
-
-
 def _prepare_case(case: SourceCase, setup: _Setup, report: MRPrepareReport) -> str:
     """Prepare one case (or find it cached): "done", "cached" or "failed"."""
     outputs = case_outputs(setup.folder, case.case_id)
-    cache_path = setup.folder / CACHE_FOLDER / f"{case.case_id}.json"
+    cache_path = LAYOUT.sidecar(setup.folder, case.case_id)
     try:
         inputs = {"image": case.image, **({"label": case.label} if case.label is not None else {})}
         digest = input_hash(inputs, setup.settings)
-        cached = _read_json(cache_path)
-        if cached.get("hash") == digest and all(p.exists() for p in outputs.values()):
-            report.statistics[case.case_id] = cached.get("statistics", {})
-            if report.statistics[case.case_id].get("warnings"):
-                report.warnings[case.case_id] = report.statistics[case.case_id]["warnings"]
-            report.cached.append(case.case_id)
+        if LAYOUT.reuse_cached(report, setup.folder, case.case_id, digest):
             return "cached"
         image, label, statistics = _compute_case(case, setup)
         if cache_path.exists():  # from here until the new sidecar the case does not look cached
@@ -309,22 +284,11 @@ def _prepare_case(case: SourceCase, setup: _Setup, report: MRPrepareReport) -> s
         write_image(image, outputs["image"])
         write_image(label, outputs["label"])
     except Exception as error:  # noqa: BLE001 - one bad case must not stop a dataset; KeyboardInterrupt still does
-        report.failed[case.case_id] = str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
-        if _remove_case(setup.folder, case.case_id):  # a case that fails now must not stay with old content
+        report.failed[case.case_id] = failure_message(error)
+        if LAYOUT.remove_case(setup.folder, case.case_id):  # a case that fails now must not stay with old content
             report.removed.append(case.case_id)
         return "failed"
-    sidecar = {
-        "case_id": case.case_id, "hash": digest, "version": __version__, "cache_format": CACHE_FORMAT,
-        "inputs": {role: str(path) for role, path in inputs.items()},
-        "outputs": {key: str(path.relative_to(setup.folder)) for key, path in outputs.items()},
-        "statistics": statistics,
-    }
-    write_text_atomic(cache_path, json.dumps(sidecar, indent=2) + "\n")  # last: only complete cases are cached
-    report.statistics[case.case_id] = statistics
-    if statistics["warnings"]:
-        report.warnings[case.case_id] = statistics["warnings"]
-    report.done.append(case.case_id)
-    return "done"
+    return LAYOUT.finish_case(report, setup.folder, case.case_id, digest, inputs, statistics)
 
 
 # --- the dataset --------------------------------------------------------------------------------
@@ -333,31 +297,7 @@ def _output_folder(raw: Path, dataset_id: int, name: str) -> Path:
         folder_name = dataset_folder_name(dataset_id, name)
     except PrepareError as error:
         raise MRPrepareError(str(error)) from error
-    raw = Path(raw)
-    others = [p.name for p in raw.glob(f"Dataset{int(dataset_id):03d}_*") if p.is_dir() and p.name != folder_name]
-    if others:
-        raise MRPrepareError(f"{raw}: dataset id {dataset_id} is taken by {others}; nnU-Net needs unique ids")
-    folder = raw / folder_name
-    if folder.is_dir() and any(folder.iterdir()):
-        description = _read_json(folder / "dataset.json")
-        ours = (description.get("crcseg") or {}).get("modality") == "MR" or (folder / CACHE_FOLDER).is_dir()
-        if not ours:
-            raise MRPrepareError(
-                f"{folder}: exists and was not written by prepare_mr_dataset; choose another id or name, "
-                "or move it away (nothing is overwritten)"
-            )
-    for sub in ("imagesTr", "labelsTr", CACHE_FOLDER, "."):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-        for leftover in (folder / sub).glob(f"{TEMPORARY_PREFIX}*"):  # an interrupted atomic write
-            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-    return folder
-
-
-def _existing_case_ids(folder: Path) -> List[str]:
-    ids = {p.name[: -len(FILE_ENDING)] for p in (folder / "labelsTr").glob(f"*{FILE_ENDING}")}
-    ids |= {p.name[: -len(f"_0000{FILE_ENDING}")] for p in (folder / "imagesTr").glob(f"*_0000{FILE_ENDING}")}
-    ids |= {p.stem for p in (folder / CACHE_FOLDER).glob("*.json")}
-    return sorted(i for i in ids if not i.startswith(TEMPORARY_PREFIX))
+    return LAYOUT.output_folder(Path(raw), dataset_id, folder_name)
 
 
 def _dataset_json(name: str, dataset: SourceDataset, mapping: LabelMapping, num_training: int) -> dict:
@@ -413,24 +353,8 @@ def prepare_mr_dataset(
     }
     setup = _Setup(folder, dataset, mapping, settings)
     report = MRPrepareReport(folder)
-    progress = tqdm(dataset.cases, desc=f"prepare {folder.name}", unit="case")
-    for case in progress:
-        progress.set_postfix_str(case.case_id)
-        _prepare_case(case, setup, report)
-    progress.close()
-    wanted = {c.case_id for c in dataset.cases} - set(report.failed)
-    for stale in _existing_case_ids(folder):
-        if stale not in wanted and _remove_case(folder, stale) and stale not in report.removed:
-            report.removed.append(stale)
-    report.removed = sorted(set(report.removed))
-
-    write_text_atomic(folder / REPORT_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
-    if report.num_training == 0:
-        raise MRPrepareError(
-            f"{folder.name}: every one of {len(report.failed)} cases failed: {_failure_summary(report.failed)}"
-        )
-    text = json.dumps(_dataset_json(name, dataset, mapping, report.num_training), indent=2) + "\n"
-    json_path = folder / "dataset.json"
-    if not json_path.exists() or json_path.read_text() != text:  # an unchanged dataset keeps its file
-        write_text_atomic(json_path, text)
+    LAYOUT.prepare_cases(folder, dataset.cases, lambda case: _prepare_case(case, setup, report), report,
+                         _failure_summary)
+    write_if_changed(folder / "dataset.json",
+                     json.dumps(_dataset_json(name, dataset, mapping, report.num_training), indent=2) + "\n")
     return report

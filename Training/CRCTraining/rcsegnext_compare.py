@@ -204,6 +204,13 @@ def compare(dataset_id: int, configuration: str = RCSEGNEXT_CONFIGURATION, fold:
         raise InputError(f"{plans_path}: no configuration '{configuration}'; run `crcseg rcsegnext-plans -d "
                          f"{dataset_id}` first")
     configuration_manager = plans_manager.get_configuration(configuration)
+    from .rcsegnext_configuration import default_network_divisor
+
+    divisor = default_network_divisor(configuration_manager.configuration)
+    if any(p % d for p, d in zip(configuration_manager.patch_size, divisor)):
+        raise InputError(f"{plans_path}: the patch {list(configuration_manager.patch_size)} of '{configuration}' is "
+                         f"not divisible by nnU-Net's network's downsampling {list(divisor)}, so the two networks "
+                         "cannot train on the same patches; rerun `crcseg rcsegnext-plans` without --patch-size")
     dataset_json = json.loads((plans_path.parent / "dataset.json").read_text())
     torch_device = resolve_device(device)
     patch, batch_size = list(configuration_manager.patch_size), int(configuration_manager.batch_size)
@@ -219,14 +226,24 @@ def compare(dataset_id: int, configuration: str = RCSEGNEXT_CONFIGURATION, fold:
             seconds_per_iteration(network, batch, classes, torch_device, timing_iterations)))
         del network
     if train_networks:
-        os.environ["CRCSEG_FINAL_VALIDATION"] = "0"  # our own evaluation below
+        from .trainer_mixins import ENV_FINAL_VALIDATION
+
         labels = {str(k): int(v) for k, v in dataset_json["labels"].items()}
-        for entry in figures:
-            train(dataset_id, entry.trainer, fold, configuration, device=device, epochs=epochs, iterations=iterations,
-                  val_iterations=1)
-            cases = validation_cases(dataset_id, fold)
-            folder = trained_model_folder(Path(os.environ["nnUNet_results"]), name, entry.trainer, configuration)
-            entry.seconds_per_case, entry.dice_per_class = evaluate_fold(folder, fold, cases, labels, torch_device)
+        saved = os.environ.get(ENV_FINAL_VALIDATION)
+        os.environ[ENV_FINAL_VALIDATION] = "0"  # our own evaluation below, the same for both
+        try:
+            for entry in tqdm(figures, desc="train + evaluate", unit="network"):
+                train(dataset_id, entry.trainer, fold, configuration, device=device, epochs=epochs,
+                      iterations=iterations, val_iterations=1)
+                cases = validation_cases(dataset_id, fold)
+                folder = trained_model_folder(Path(os.environ["nnUNet_results"]), name, entry.trainer, configuration)
+                entry.seconds_per_case, entry.dice_per_class = evaluate_fold(folder, fold, cases, labels,
+                                                                             torch_device)
+        finally:
+            if saved is None:
+                os.environ.pop(ENV_FINAL_VALIDATION, None)
+            else:
+                os.environ[ENV_FINAL_VALIDATION] = saved
     result = Comparison(name, configuration, patch, batch_size, torch_device.type, epochs, iterations, figures)
     if output is not None:
         write_text_atomic(Path(output), json.dumps(asdict(result), indent=2))

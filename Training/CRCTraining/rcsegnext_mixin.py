@@ -11,21 +11,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .trainer_mixins import NoDeepSupervisionMixin
+
 PAPER_EPOCHS = 100  # RCSegNeXt §3.1
 
 
-class RCSegNeXtNetworkMixin:
+class RCSegNeXtNetworkMixin(NoDeepSupervisionMixin):
     """RCSegNeXt (``CRCSegmentationLib.networks.rcsegnext``) from the configuration's spacing and options.
 
     No deep supervision: the paper's network has one output (§2.1, Fig. 2). The configuration's patch
     must be a multiple of the network's total downsampling; ``crcseg rcsegnext-plans`` writes one that is,
     and a configuration that is not fails when the network is built, before the first iteration.
     """
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.enable_deep_supervision = False
 
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,

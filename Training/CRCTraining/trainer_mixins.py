@@ -92,7 +92,17 @@ class AFLossTrainerMixin:
         return super().validation_step(batch)
 
 
-class SSLPretrainingTrainerMixin:
+class NoDeepSupervisionMixin:
+    """Trains one output, as nnU-Net's ``nnUNetTrainerNoDeepSupervision``, for networks built without the
+    deep-supervision heads (the SSL reconstruction network, RCSegNeXt)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.enable_deep_supervision = False
+
+
+class SSLPretrainingTrainerMixin(NoDeepSupervisionMixin):
     """AG-CRC Eq. 7: reconstruct the CT channel from a masked input with an L1 loss.
 
     ``ssl_masking`` picks the task: "bowel_wall" (AG-SSL; the SSL dataset carries the
@@ -103,11 +113,6 @@ class SSLPretrainingTrainerMixin:
     """
 
     ssl_masking = "bowel_wall"
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.enable_deep_supervision = False
 
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,

@@ -37,6 +37,7 @@ TRAINER_ARCHITECTURES: Dict[str, str] = {
     "nnUNetTrainerSamplingHybridColon": NNUNET_DEFAULT,
     "nnUNetTrainerOrganInterference": NNUNET_DEFAULT,  # FLARE24: default nnU-Net network (§2.2)
     "nnUNetTrainerOrganInterferenceAFLoss": NNUNET_DEFAULT,
+    "nnUNetTrainerCRLoss": NNUNET_DEFAULT,  # HCF CR loss (Eq. 4-8) on the default network
     "nnUNetTrainerRCSegNeXt": RCSEGNEXT,
     "nnUNetTrainerRCSegNeXtPaperSchedule": RCSEGNEXT,
     "nnUNetTrainerRCSegNeXtAGCRC": RCSEGNEXT,
