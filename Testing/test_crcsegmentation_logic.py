@@ -150,7 +150,7 @@ def test_unknown_model_and_folder_without_plans_are_named(mrml_scene, ct_node, l
 
 def test_label_map_as_ct_is_rejected(mrml_scene, organs, logic, tmp_path):
     node = add_volume_node(mrml_scene, organs, "organ labels", labelmap=True)
-    with pytest.raises(InputError, match="organ labels: is a vtkMRMLLabelMapVolumeNode, not a CT"):
+    with pytest.raises(InputError, match="organ labels: is a vtkMRMLLabelMapVolumeNode, not an image volume"):
         logic.prepare(node, CRCSegmentationSettings(model=str(tmp_path), guidance_source="none"))
 
 

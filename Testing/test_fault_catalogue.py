@@ -311,7 +311,7 @@ FAULTS: List[Fault] = [
           ("0 of 1 cases segmented", "failed", "2d")),
     Fault("segment-output-is-a-file", lambda w: segment(w, "demo_phantom")[:4] + ["-o", w["a_file"]], BAD_INPUT,
           ("is a file",)),
-    Fault("segment-mrml-labelmap-as-ct", _labelmap_as_ct, BAD_INPUT, ("not a ct volume",)),
+    Fault("segment-mrml-labelmap-as-ct", _labelmap_as_ct, BAD_INPUT, ("not an image volume",)),
     # training
     Fault("plan-without-workdir", lambda w: ["plan", "-d", "950"], BAD_INPUT, ("nnu-net folders are not set",)),
     Fault("train-pretrained-missing", lambda w: ["train", "-d", "950", "--workdir", w.out("work"), "--pretrained",

@@ -69,6 +69,20 @@ def test_the_bundle_is_an_mr_rcsegnext_bundle(trained):
     model = open_model(trained["bundle"])
     assert model.modality == "MR" and model.tumor_labels == [2] and model.organ_labels == {"rectum": 1}
     assert not model.uses_guidance
+    # the network the bundle builds convolves in-plane only along the thick axis: its first two levels are
+    # anisotropic (1x3x3, paper §2.1) on tensor axis D, which nnU-Net's transpose made the left-right axis
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from CRCSegmentationLib.networks.nnunet_architectures import network_builder
+    from CRCSegmentationLib.networks.rcsegnext import level_is_anisotropic
+
+    plans = PlansManager(json.loads((trained["bundle"] / "plans.json").read_text()))
+    network = network_builder(metadata.trainer, metadata.network)(
+        plans, plans.get_configuration("3d_fullres_rcsegnext"), 1, 3)
+    assert network.config.spacing == (4.0, 0.875, 0.875) and network.anisotropic_axis == 0
+    assert level_is_anisotropic(network.config)[:3] == [True, True, False]
+    first = network.encoder[0][0].depthwise  # the first AniNeXt block's depthwise kernel: 1 x 3 x 3
+    assert tuple(first.kernel_size) == (1, 3, 3)
 
 
 def test_the_bundle_segments_an_mr_volume_without_the_training_package(trained, tmp_path):
