@@ -166,12 +166,7 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--held-out-cases", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--iterations", type=int, default=20, help="training iterations per epoch")
-    parser.add_argument("--seed", type=int, default=0, help="torch/numpy seed of the training run")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for PyTorch (default: nnU-Net's choice, every core); 1 on a busy machine")
-    parser.add_argument("--force", action="store_true", help="replace an existing bundle and work folder")
-    parser.add_argument("--export-only", action="store_true",
-                        help="skip data and training: export (and evaluate) the model already trained in --workdir")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
 
     from CRCTraining.export import trained_model_folder
@@ -196,6 +191,16 @@ def main(argv: List[str] | None = None) -> int:
     print("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     print("held-out phantoms (mean): " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     return 0
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Seed, threads, --force and --export-only: the same for both demonstration-model scripts."""
+    parser.add_argument("--seed", type=int, default=0, help="torch/numpy seed of the training run")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for PyTorch (default: nnU-Net's choice, every core); 1 on a busy machine")
+    parser.add_argument("--force", action="store_true", help="replace an existing bundle and work folder")
+    parser.add_argument("--export-only", action="store_true",
+                        help="skip data and training: export (and evaluate) the model already trained in --workdir")
 
 
 def start_run(args: argparse.Namespace):

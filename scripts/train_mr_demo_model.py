@@ -26,7 +26,7 @@ from typing import Dict, List
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_demo_model import seed_everything, start_run, write_bundle  # noqa: E402
+from train_demo_model import add_run_arguments, seed_everything, start_run, write_bundle  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 RESOURCES = REPOSITORY / "CRCSegmentation" / "Resources"
@@ -118,10 +118,7 @@ def main(argv: List[str] | None = None) -> int:
     parser.add_argument("--patch-size", type=int, nargs=3, default=PATCH_SIZE, metavar=("Z", "Y", "X"),
                         help="patch of the 3d_fullres_rcsegnext configuration (default %(default)s; 8 x 64 x 64 "
                         "trains 2x faster but sees too little around the rectum: false positives in the perineum)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--force", action="store_true")
-    parser.add_argument("--export-only", action="store_true")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
 
     from CRCTraining.export import trained_model_folder
