@@ -49,11 +49,11 @@ class TumorDemoReport:
     summary: str = ""
 
 
-def demo_model_path() -> Path:
-    """The shipped demonstration bundle, through the module's catalogue."""
+def demo_model_path(name: str = DEMO_MODEL_NAME) -> Path:
+    """A shipped demonstration bundle (default the CT one), through the module's catalogue."""
     from .catalogue import fetch_model
 
-    return Path(fetch_model(DEMO_MODEL_NAME))
+    return Path(fetch_model(name))
 
 
 def _phantom_guidance(parameters: GuidanceParameters):

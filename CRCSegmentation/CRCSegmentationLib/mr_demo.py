@@ -41,12 +41,6 @@ class MRDemoReport:
     summary: str = ""
 
 
-def mr_demo_model_path() -> Path:
-    from .catalogue import fetch_model
-
-    return Path(fetch_model(MR_DEMO_MODEL_NAME))
-
-
 def mr_window(image: Image) -> tuple:
     """(width, level) from the 1st-99.5th percentiles of the body: MR has no fixed units."""
     values = image.array[image.array > np.percentile(image.array, 20)]
@@ -93,6 +87,7 @@ def run_mr_demo(output_dir: Union[str, Path], model: Optional[Union[str, Path]] 
     from OrganGuidanceLib.io import write_image
 
     from .batch import model_label_map
+    from .demo import demo_model_path
     from .inference import SegmentationParameters
     from .model_source import ModelError, open_model
     from .mr_phantom import make_sagittal_t2_phantom
@@ -103,7 +98,7 @@ def run_mr_demo(output_dir: Union[str, Path], model: Optional[Union[str, Path]] 
     start = time.perf_counter()
     phantom = make_sagittal_t2_phantom(seed=seed)
     timings["phantom"] = time.perf_counter() - start
-    model_folder = Path(model) if model is not None else mr_demo_model_path()
+    model_folder = Path(model) if model is not None else demo_model_path(MR_DEMO_MODEL_NAME)
     start = time.perf_counter()
     source = open_model(model_folder)
     if source.modality != "MR":

@@ -119,14 +119,11 @@ def seconds_per_iteration(network: torch.nn.Module, batch: torch.Tensor, classes
     return (time.perf_counter() - start) / iterations
 
 
-def _networks(plans_manager, configuration_manager, dataset_json: dict) -> Dict[str, torch.nn.Module]:
+def _networks(plans_manager, configuration_manager, channels: int, classes: int) -> Dict[str, torch.nn.Module]:
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
     from CRCSegmentationLib.networks.rcsegnext_plans import rcsegnext_from_plans
 
-    channels = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
-    classes = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
     return {
         "RCSegNeXt": rcsegnext_from_plans(plans_manager, configuration_manager, channels, classes),
         # nnU-Net trains its default network with deep supervision: its training cost includes those heads.
@@ -214,12 +211,14 @@ def compare(dataset_id: int, configuration: str = RCSEGNEXT_CONFIGURATION, fold:
     dataset_json = json.loads((plans_path.parent / "dataset.json").read_text())
     torch_device = resolve_device(device)
     patch, batch_size = list(configuration_manager.patch_size), int(configuration_manager.batch_size)
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+    in_channels = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
+    classes = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
     figures = []
-    for network_name, network in _networks(plans_manager, configuration_manager, dataset_json).items():
-        in_channels = next(p for p in network.parameters() if p.ndim == 5).shape[1]
+    for network_name, network in _networks(plans_manager, configuration_manager, in_channels, classes).items():
         sample = torch.randn(1, in_channels, *patch)
         macs = multiply_accumulates(network.eval(), sample)
-        classes = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
         batch = torch.randn(batch_size, in_channels, *patch)
         figures.append(NetworkFigures(
             network_name, ARMS[network_name], sum(p.numel() for p in network.parameters()), macs,

@@ -25,8 +25,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 from OrganGuidanceLib.atomic import write_text_atomic
 from OrganGuidanceLib.validation import InputError
 
+from CRCSegmentationLib.networks.rcsegnext import total_downsampling
 from CRCSegmentationLib.networks.rcsegnext_plans import (
-    PLANS_OPTIONS_KEY, PatchSizeError, check_patch_size, config_for, network_divisor,
+    PLANS_OPTIONS_KEY, PatchSizeError, check_patch_size, config_for,
 )
 
 from .planning import CONFIGURATION, PLANS
@@ -86,7 +87,7 @@ def add_rcsegnext_configuration(path: Path, plan: RCSegNeXtPlan) -> Dict[str, An
         config = config_for(parent["spacing"], 1, 2, plan.network)
     except (TypeError, ValueError) as error:
         raise InputError(f"RCSegNeXt options {plan.network}: {error}") from error
-    rcsegnext = network_divisor({**parent, PLANS_OPTIONS_KEY: plan.network})
+    rcsegnext = total_downsampling(config)
     if plan.patch_size is not None:
         patch = tuple(int(p) for p in plan.patch_size)
         try:

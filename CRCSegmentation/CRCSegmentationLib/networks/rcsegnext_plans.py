@@ -11,7 +11,7 @@ thick axis of the scan whatever the file's orientation, e.g. left-right on a sag
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Sequence
 
 from torch import nn
 
@@ -54,13 +54,6 @@ def check_patch_size(patch_size: Sequence[int], config: RCSegNeXtConfig, where: 
             f"{where}: patch size {list(patch_size)} equals RCSegNeXt's total downsampling {list(divisor)}: its "
             "deepest level would be a single voxel, where instance normalisation is undefined; use a larger patch"
         )
-
-
-def network_divisor(configuration: Dict[str, Any], num_input_channels: int = 1, num_classes: int = 2
-                    ) -> Tuple[int, int, int]:
-    """Total downsampling of the RCSegNeXt that a configuration dictionary describes (channels do not matter)."""
-    config = config_for(configuration["spacing"], num_input_channels, num_classes, plans_options(configuration))
-    return total_downsampling(config)
 
 
 def rcsegnext_from_plans(plans_manager, configuration_manager, num_input_channels: int,

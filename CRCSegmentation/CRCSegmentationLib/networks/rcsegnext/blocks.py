@@ -176,8 +176,13 @@ class _ResidualBlock(nn.Module):
     out_channels: int
     shortcut: Optional[nn.Conv3d]
 
+    def _add_shortcut(self, in_channels: int, out_channels: int) -> None:
+        """Last in every subclass's ``__init__``: the shortcut's weights are drawn after the branch's."""
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.shortcut = _shortcut(in_channels, out_channels)
+
     def branch(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: each block defines its branch
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
@@ -200,8 +205,7 @@ class AniNeXtBlock(_ResidualBlock):
         )
         self.norm = _instance_norm(in_channels)
         self.bottleneck = InvertedBottleneck(in_channels, out_channels, expansion)
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.shortcut = _shortcut(in_channels, out_channels)
+        self._add_shortcut(in_channels, out_channels)
 
     def branch(self, x: Tensor) -> Tensor:
         return self.bottleneck(self.norm(self.depthwise(x)))
@@ -238,8 +242,7 @@ class Res2NeXtBlock(_ResidualBlock):
         self.multiscale = HierarchicalScales(in_channels, scales, _depthwise_group_conv(kernel_size))
         self.norm = _instance_norm(in_channels)
         self.bottleneck = InvertedBottleneck(in_channels, out_channels, expansion)
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.shortcut = _shortcut(in_channels, out_channels)
+        self._add_shortcut(in_channels, out_channels)
 
     def branch(self, x: Tensor) -> Tensor:
         return self.bottleneck(self.norm(self.multiscale(x)))
@@ -259,8 +262,7 @@ class IsoNeXtBlock(_ResidualBlock):
         self.multiscale = HierarchicalScales(in_channels, scales, _depthwise_group_conv(kernel_size))
         self.norm = _instance_norm(in_channels)
         self.saim = ScaleAwareIntegration(in_channels, out_channels, expansion, scales)
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.shortcut = _shortcut(in_channels, out_channels)
+        self._add_shortcut(in_channels, out_channels)
 
     def branch(self, x: Tensor) -> Tensor:
         return self.saim(self.norm(self.multiscale(x)))
@@ -304,8 +306,7 @@ class Res2NetBlock(_ResidualBlock):
             nn.Conv3d(in_channels, out_channels, kernel_size=1, bias=False), _instance_norm(out_channels)
         )
         self.act = nn.ReLU()
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.shortcut = _shortcut(in_channels, out_channels)
+        self._add_shortcut(in_channels, out_channels)
 
     def branch(self, x: Tensor) -> Tensor:
         return self.restore(self.multiscale(self.reduce(x)))
