@@ -43,7 +43,8 @@ def add_usam_commands(commands) -> None:
     train.add_argument("--sam-checkpoint", type=Path, help="SAM ViT-B weights sam_vit_b_01ec64.pth (strongly advised)")
     train.add_argument("--iterations", type=int, help="optimisation steps (default: --epochs passes over the slices)")
     train.add_argument("--epochs", type=int, default=100, help="default 100 (public U-SAM code)")
-    train.add_argument("--batch-size", type=int, default=24, help="default 24 (CARE paper)")
+    train.add_argument("--batch-size", type=int, default=24,
+                       help="default 24 (CARE paper); under torchrun the batch of all processes together")
     train.add_argument("--lr-decoder", type=float, default=1e-3)
     train.add_argument("--lr-encoder", type=float, default=1e-4, help="ViT and CNN encoder")
     train.add_argument("--weight-decay", type=float, default=1e-4)
@@ -94,6 +95,7 @@ def slices_main(args: argparse.Namespace) -> int:
 
 
 def train_main(args: argparse.Namespace) -> int:
+    from .engine2d import is_main_process
     from .usam_train import USAMTrainingSettings, train_usam
 
     settings = USAMTrainingSettings(
@@ -105,6 +107,8 @@ def train_main(args: argparse.Namespace) -> int:
         workers=args.workers, sam_checkpoint=args.sam_checkpoint,
     )
     result = train_usam(settings)
+    if not is_main_process():  # under torchrun: rank 0 reports
+        return 0
     for warning in result.warnings:
         print(f"warning: {warning}")
     if result.skipped:

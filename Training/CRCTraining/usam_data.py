@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -271,28 +271,6 @@ def collate(samples: Sequence[dict]) -> dict:
         "point_labels": torch.from_numpy(labels),
         "name": [s["name"] for s in samples],
     }
-
-
-def iteration_keys(num_slices: int, batch_size: int, seed: int, iteration: int) -> List[Tuple[int, int]]:
-    """The ``(slice index, sample seed)`` keys of training iteration ``iteration``: a function of its number only."""
-    rng = np.random.default_rng([int(seed), int(iteration)])
-    indices = rng.integers(0, num_slices, size=batch_size)
-    seeds = rng.integers(0, 2**31 - 1, size=batch_size)
-    return [(int(i), int(s)) for i, s in zip(indices, seeds)]
-
-
-class IterationBatches(torch.utils.data.Sampler):
-    """Batch sampler over iterations ``start .. stop - 1`` (resumable: no hidden sampler state)."""
-
-    def __init__(self, num_slices: int, batch_size: int, seed: int, start: int, stop: int) -> None:
-        self.num_slices, self.batch_size, self.seed, self.start, self.stop = num_slices, batch_size, seed, start, stop
-
-    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
-        for iteration in range(self.start, self.stop):
-            yield iteration_keys(self.num_slices, self.batch_size, self.seed, iteration)
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
 
 
 def to_model_prompts(batch: dict, device: torch.device) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:

@@ -1,0 +1,19 @@
+"""One 2D training engine for U-SAM, the HCF slice classifier and SANet.
+
+A method describes itself as an ``EngineTask`` (data, network, optimiser, loss, validation, checkpoint
+format); ``train(task, settings)`` runs it on one device or, under ``torchrun``, on several processes with
+PyTorch's ``DistributedDataParallel`` (NCCL on GPUs, gloo on CPU). Everything else is the engine's:
+the ``DistributedSampler`` batches, AMP on CUDA, resumable checkpoints, the learning-rate schedule,
+validation each epoch with early stopping, tqdm, the training log and curve, all on rank 0.
+"""
+from .batches import EpochBatches, sample_seed
+from .distributed import DistributedContext, distributed_context, is_main_process
+from .engine import EngineResult, train
+from .schedules import SCHEDULES, learning_rate_factor
+from .settings import EngineSettings
+from .task import EngineTask
+
+__all__ = [
+    "DistributedContext", "EngineResult", "EngineSettings", "EngineTask", "EpochBatches", "SCHEDULES",
+    "distributed_context", "is_main_process", "learning_rate_factor", "sample_seed", "train",
+]
