@@ -84,12 +84,15 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--stop-after", type=int)
     parser.add_argument("--checkpoint-every", type=int, default=2)
+    parser.add_argument("--scores", type=float, nargs="*", help="validation scores, one per epoch (rank 0 validates)")
+    parser.add_argument("--patience", type=int)
     args = parser.parse_args(argv)
     settings = EngineSettings(output=args.output, iterations=args.iterations, batch_size=args.batch_size,
                               checkpoint_every=args.checkpoint_every, schedule="cosine_restarts", cycle_epochs=1,
-                              device="cpu", threads=1)
-    result = train(ToyTask(), settings, stop_after=args.stop_after, progress=False)
-    print(f"world {result.world_size}: {result.iterations} iterations -> {result.final}")
+                              device="cpu", threads=1, patience=args.patience)
+    result = train(ToyTask(args.scores), settings, stop_after=args.stop_after, progress=False)
+    early = " (stopped early)" if result.stopped_early else ""
+    print(f"world {result.world_size}: {result.iterations} iterations{early} -> {result.final}")
     return 0
 
 

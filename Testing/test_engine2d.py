@@ -100,6 +100,16 @@ def test_a_killed_two_process_run_resumes_and_ends_as_an_uninterrupted_one(toy_r
     np.testing.assert_array_equal(resumed["history"].numpy(), uninterrupted["history"].numpy())
 
 
+def test_rank_0s_early_stop_stops_every_process(tmp_path):
+    arguments = ["--iterations", "40", "--batch-size", "8", "--scores", "0.5", "0.9", "0.8", "0.7", "--patience", "2"]
+    output = run(torchrun(2, str(TOY), str(tmp_path / "two"), *arguments))
+    assert output.count("world 2: 16 iterations (stopped early)") == 2
+    run([sys.executable, str(TOY), str(tmp_path / "one"), *arguments])
+    two, one = weights(tmp_path / "two" / "toy_final.pt"), weights(tmp_path / "one" / "toy_final.pt")
+    assert two["training"]["best_iteration"] == one["training"]["best_iteration"] == 8
+    assert max_difference(one["state_dict"], two["state_dict"]) < 1e-5
+
+
 def test_usam_train_runs_under_torchrun_with_two_processes(tmp_path):
     from CRCSegmentationLib.usam.checkpoint import read_usam_checkpoint
     from CRCTraining.usam_data import extract_phantom_slices
