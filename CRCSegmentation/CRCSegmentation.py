@@ -34,6 +34,9 @@ class CRCSegmentation(ScriptedLoadableModule):
             "<li>point refinement with U-SAM: green (tumor) and red (not tumor) points re-segment the axial slice "
             "they are placed on; Propagate carries that slice to its neighbours; Undo restores the replaced slices. "
             "Needs a trained U-SAM checkpoint.</li></ol>"
+            "HCF models (a slice classifier, then SANet on the slices it calls abnormal) segment the CT alone; "
+            "their slice classifier can also clear another model's tumor on the slices it calls normal "
+            "(Advanced: slice-classifier filter). "
             "Models come from the catalogue or a model folder. Demonstration models are not for clinical use. "
             "A running segmentation can be cancelled; a cancelled run leaves the scene as it was. "
             "From the Python console: <code>CRCSegmentationLib.logic.CRCSegmentationLogic(slicer.mrmlScene)"
@@ -49,7 +52,10 @@ class CRCSegmentation(ScriptedLoadableModule):
             "segmentation, Nature Methods 18, 203-211, 2021;</li>"
             "<li>Y. Luo et al.: Crop and Segment: Efficient Whole body pan-cancer segmentation, MICCAI FLARE 2024;</li>"
             "<li>CARE / U-SAM: a U-shaped, point-prompted Segment Anything model for rectal cancer segmentation "
-            "(A. Kirillov et al.: Segment Anything, ICCV 2023).</li>"
+            "(A. Kirillov et al.: Segment Anything, ICCV 2023);</li>"
+            "<li>J. Shi et al.: Rethinking automatic segmentation of gross target volume from a decoupling "
+            "perspective (HCF: slice classifier + SANet), Computerized Medical Imaging and Graphics, 102323, "
+            "2024.</li>"
             "</ul>The module layout follows Kitware's SlicerNNUnet extension."
         )
 

@@ -52,7 +52,8 @@ def test_format_2_metadata_is_read_as_written(bundle):
 
 
 @pytest.mark.parametrize("changes, words", [
-    ({"kind": "hcf"}, ["kind 'hcf'", "cannot run yet"]),
+    ({"kind": "usam"}, ["kind 'usam'", "cannot run yet"]),
+    ({"kind": "hcf"}, ["hcf.json is missing"]),  # an nnU-Net bundle relabelled: HCF's own file is asked for
     ({"kind": "unet2000"}, ["kind 'unet2000'", "not one of"]),
     ({"modality": "PET"}, ["modality 'PET'"]),
     ({"format_version": 99}, ["bundle format 99", "newer"]),

@@ -5,6 +5,8 @@ TotalSegmentator) -> organ guidance with the parameters the model was trained wi
 (``dataset.json["agcrc"]``) -> ``TumorSegmenter.segment`` -> ``<case>_tumor.nii.gz``
 -> statistics, and AG-CRC metrics against ``<case>.nii.gz`` in a reference folder.
 A case that fails is reported in the summary and skipped; the model is loaded once.
+Models that take no organ guidance (MR, HCF) get none. ``slice_filter``: an HCF bundle whose slice
+classifier clears the tumor on the slices it calls normal (``slice_filter.SliceFilter``), after any model.
 """
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ STATISTICS_COLUMNS = ("volume_ml", "largest_axial_diameter_mm", "craniocaudal_ex
 # peak GPU memory and the area under the GPU-memory-time curve on CUDA (empty where they do not apply)
 EFFICIENCY_COLUMNS = ("wall_s", "peak_rss_mb", "gpu_peak_mb", "gpu_memory_time_mb_s")
 METRIC_COLUMNS = ("dice", "nsd", "precision", "recall", "hd95")
+# Slice models (HCF): axial slices and how many of them went to SANet; the slice filter's report
+SLICE_COLUMNS = ("slices", "sanet_slices", "filter_removed_voxels", "filter_rejected_slices", "filter_tumor_slices")
 
 
 @dataclass
@@ -54,6 +58,8 @@ class CaseResult:
     seconds: float = 0.0
     device: str = ""
     efficiency: Dict[str, float] = field(default_factory=dict)  # FLARE's measures of the model run
+    slices: Dict[str, int] = field(default_factory=dict)  # SLICE_COLUMNS that apply (HCF, slice filter)
+    slice_filter: str = ""  # the slice filter's summary line, when one ran
 
 
 @dataclass
@@ -72,6 +78,7 @@ class BatchReport:
 
     def summary(self) -> str:
         text = f"{len(self.succeeded)} of {len(self.cases)} cases segmented; summary in {self.summary_csv}"
+        text += "".join(f"\n  {c.case}: {c.slice_filter}" for c in self.succeeded if c.slice_filter)
         return text + "".join(f"\n  {c.case}: FAILED: {c.error}" for c in self.failed)
 
 
@@ -176,9 +183,12 @@ def segment_files(
     parameters: Optional[SegmentationParameters] = None,
     convention: str = "totalsegmentator",
     overwrite: bool = False,
+    slice_filter: Optional[Union[ModelSource, str, Path]] = None,
 ) -> BatchReport:
     """Segment every CT of ``inputs``; ``organs``: folder of label maps, or one file for one CT (else TotalSegmentator).
 
+    ``slice_filter``: an HCF bundle (or classifier-only bundle, folder or catalogue name) whose slice
+    classifier then clears the tumor on the slices it calls normal; the summary reports what it removed.
     Existing results in ``output_dir`` are never replaced unless ``overwrite``: the run is refused first.
     """
     files = find_inputs(inputs)
@@ -194,9 +204,17 @@ def segment_files(
             raise InputError(f"output: {', '.join(str(p) for p in existing[:3])}{' ...' if len(existing) > 3 else ''} "
                              "exists already; pass --overwrite to replace it, or choose another output folder")
     source = model if isinstance(model, ModelSource) else open_model(model)
-    if source.modality == "MR" and organs is not None:
-        raise InputError(f"--organs: model '{source.name}' segments MR images and takes no organ guidance")
+    if source.no_guidance_reason and organs is not None:
+        raise InputError(f"--organs: model '{source.name}' {source.no_guidance_reason} and takes no organ guidance")
     parameters = parameters or SegmentationParameters()
+    cleaner = None
+    if slice_filter is not None:
+        from .slice_filter import SliceFilter
+
+        if source.modality != "CT":
+            raise InputError(f"--slice-filter: an HCF slice classifier reads CT slices; model '{source.name}' "
+                             f"segments {source.modality} images")
+        cleaner = SliceFilter(slice_filter, parameters.device)  # before the model: a wrong filter fails fast
     segmenter = source.segmenter(parameters)  # loads the model once for every case
     # A CT-only model runs TotalSegmentator only when asked to (organ guidance then just narrows the region).
     needs_guidance = source.uses_guidance or organs is not None
@@ -220,6 +238,16 @@ def segment_files(
                 guidance = run_guidance(ct, [organ_source.segment(case, ct)], guidance_parameters)
                 result.warnings.extend(guidance.warnings)
             segmentation = segmenter.segment(ct, guidance)
+            if cleaner is not None:
+                segmentation = cleaner.apply(ct, segmentation)
+                filtered = segmentation.slice_filter
+                result.slice_filter = filtered.summary()
+                result.slices.update({"filter_removed_voxels": filtered.removed_voxels,
+                                      "filter_rejected_slices": len(filtered.rejected_slices),
+                                      "filter_tumor_slices": filtered.tumor_slices})
+            if segmentation.slice_counts:
+                result.slices.update({"slices": segmentation.slice_counts["slices"],
+                                      "sanet_slices": segmentation.slice_counts["abnormal"]})
             result.output = write_image(segmentation.mask, output_dir / f"{case}_tumor.nii.gz")
             if segmentation.organs is not None:  # e.g. RCSegNeXt's rectum: every label of the model in one map
                 write_image(model_label_map(segmentation, source), output_dir / f"{case}_labels.nii.gz")
@@ -259,7 +287,7 @@ def _metrics(case: str, mask: Image, folder: Path) -> Dict[str, float]:
 
 def write_summary(report: BatchReport) -> Path:
     columns = ["case", "status", *STATISTICS_COLUMNS, *METRIC_COLUMNS, "seconds", "device", *EFFICIENCY_COLUMNS,
-               "output", "error", "warnings"]
+               *SLICE_COLUMNS, "output", "error", "warnings"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
@@ -270,6 +298,7 @@ def write_summary(report: BatchReport) -> Path:
         row.update({k: _format(v) for k, v in case.statistics.items()})
         row.update({k: _format(v) for k, v in case.metrics.items()})
         row.update({k: _format(v) for k, v in case.efficiency.items()})
+        row.update({k: _format(v) for k, v in case.slices.items()})
         writer.writerow(row)
     return write_text_atomic(report.summary_csv, buffer.getvalue())
 
@@ -305,6 +334,9 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", nargs="+", default=None, help="folds to ensemble (default: all available)")
     parser.add_argument("--checkpoint", default=None, help="checkpoint file name (default: checkpoint_final.pth)")
     parser.add_argument("--min-component-ml", type=float, default=0.0, help="remove tumor components smaller than this")
+    parser.add_argument("--slice-filter", default=None, metavar="MODEL",
+                        help="an HCF bundle or classifier-only bundle (folder or catalogue name): its slice classifier "
+                             "clears the tumor on the axial slices it calls normal (false-positive filter, any model)")
     parser.add_argument("--exact-tiles", action="store_true",
                         help="run every full-volume tile touching the OOI box: inside it, exactly nnU-Net's "
                              "full-volume result (default: skip tiles weighing < 5 %% of their peak on the OOI)")
@@ -318,6 +350,7 @@ def segment_main(args: argparse.Namespace) -> int:
         chosen["mirroring"] = False
     parameters = SegmentationParameters.for_preset(args.preset, **chosen)
     report = segment_files(args.input, model, args.output, organs=args.organs, references=args.references,
-                           parameters=parameters, convention=args.convention, overwrite=args.overwrite)
+                           parameters=parameters, convention=args.convention, overwrite=args.overwrite,
+                           slice_filter=args.slice_filter)
     print(report.summary())
     return 0 if not report.failed else 1

@@ -12,7 +12,8 @@ Format 2 (DESIGN.md, "A model bundle says what it is") adds what a bundle is: it
 SANet; ``usam`` for point refinement), the ``modality`` it expects (``CT`` or ``MR``), which of its
 labels are the tumor (``tumor_labels``; every other label is an organ or background and is never
 reported as tumor) and, for ``nnunet``, the ``network`` it builds (``networks.nnunet_architectures``),
-so a renamed trainer still predicts. A format-1 bundle (the shipped demonstration model) reads as
+so a renamed trainer still predicts. An ``hcf`` bundle holds no nnU-Net files: its layout (``hcf.json``,
+``classifier/fold_K.pt``, ``sanet/fold_K.pt``) is described and checked in ``hcf_bundle``. A format-1 bundle (the shipped demonstration model) reads as
 kind ``nnunet``, modality ``CT``, tumor = the ``tumor`` label or the only foreground label.
 """
 from __future__ import annotations

@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import cc3d
 import numpy as np
@@ -116,6 +116,9 @@ class TumorSegmentation:
     tiles: Tuple[int, int] = (0, 0)  # sliding-window tiles run, of the full volume's (per fold and mirror)
     efficiency: Dict[str, float] = field(default_factory=dict)  # FLARE's measures of the model run (efficiency.py)
     organs: Optional[Image] = None  # organ labels of an organ-interference model (model values), if kept
+    # Slice models (HCF): {"slices": axial slices, "abnormal": slices the classifier passed to SANet}
+    slice_counts: Dict[str, int] = field(default_factory=dict)
+    slice_filter: Optional[Any] = None  # slice_filter.SliceFilterReport when a slice filter cleaned the mask
 
 
 def torch_device(name: str):

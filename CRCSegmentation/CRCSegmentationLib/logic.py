@@ -6,7 +6,8 @@ The same three steps as ``OrganGuidanceLib.logic``, so MRML stays on the main th
   segmentation in the scene, or the inputs of an Organ Guidance run done on the fly),
   opens and checks the model;
 - ``compute`` (any thread) touches no MRML: organ guidance when asked for, then the
-  ``TumorSegmenter``; it can be cancelled;
+  model's segmenter, then the optional slice filter (``slice_filter``: an HCF slice classifier
+  clears the tumor on the slices it calls normal); it can be cancelled;
 - ``apply`` (main thread) writes the "Tumor" segment and the statistics table.
 
 ``process`` chains the three for the Python console and batch scripts.
@@ -64,6 +65,7 @@ class CRCSegmentationSettings:
     organ_guidance: OrganGuidanceSettings = field(default_factory=OrganGuidanceSettings)  # when "compute"
     convention: str = "totalsegmentator"  # names of the organ segments of guidance_node (the MOS channel's labels)
     segmentation: Any = field(default_factory=_default_segmentation_parameters)  # inference.SegmentationParameters
+    slice_filter: str = ""  # "" or an HCF (classifier-only) bundle folder / catalogue name: slice_filter.SliceFilter
 
     def is_valid(self) -> Tuple[bool, str]:
         if not self.model.strip():
@@ -96,6 +98,7 @@ class SegmentationJob:
     guidance: Optional[GuidanceResult] = None  # read from the scene
     guidance_job: Optional[GuidanceJob] = None  # organ guidance to compute first
     messages: List[str] = field(default_factory=list)  # warnings for the user
+    slice_filter_model: Any = None  # model_source.ModelSource of the slice filter, when one is chosen
 
 
 @dataclass
@@ -121,6 +124,8 @@ class CRCSegmentationLogic:
         self.scene = scene
         self.guidance_logic = OrganGuidanceLogic(scene)
         self.models = ModelCache()  # verified and loaded once per model choice, not on every click
+        self.filter_models = ModelCache()  # the slice filter's bundle, kept apart from the model's entry
+        self._slice_filter: Optional[Tuple[tuple, Any]] = None  # (key, slice_filter.SliceFilter) built last
         register_segmentation_converter_rules()  # no-op inside Slicer; needed under slicer-core
 
     # --- main thread ------------------------------------------------------------
@@ -137,11 +142,19 @@ class CRCSegmentationLogic:
         model = self.models.open(settings.model, settings.folds, settings.checkpoint)  # a folder or a catalogue name
         model.check_image(ct)  # a CT for CT models, an MR volume for MR models
         job = SegmentationJob(ct=ct, ct_node_id=ct_node.GetID(), settings=settings, model=model)
-        if model.modality == "MR":  # RCSegNeXt: T2 MRI alone; organ guidance is a CT method
+        if settings.slice_filter.strip():
+            from .slice_filter import check_filter_model
+
+            job.slice_filter_model = check_filter_model(self.filter_models.open(settings.slice_filter.strip()))
+            try:
+                job.slice_filter_model.check_image(ct)  # its classifier reads CT slices
+            except InputError as error:
+                raise InputError(f"slice filter: {error}") from error
+        if model.no_guidance_reason:  # RCSegNeXt: T2 MRI alone (organ guidance is a CT method); HCF: slices alone
             if settings.guidance_source != "none":
-                job.messages.append(f"model '{model.name}' segments MR images without organ guidance: "
+                job.messages.append(f"model '{model.name}' {model.no_guidance_reason} without organ guidance: "
                                     "the organ guidance setting was not used")
-            model.check_channels(["MR"])
+            model.check_channels(["MR" if model.modality == "MR" else "CT"])
             return job
         if settings.guidance_source == "scene":
             node = settings.guidance_node
@@ -206,8 +219,24 @@ class CRCSegmentationLogic:
         result = segmenter.segment(job.ct, guidance, progress=model_progress, cancel=cancel)
         if cancel.is_set():
             raise RunCancelled("cancelled during tumor segmentation")
+        if job.slice_filter_model is not None:
+            report("slice filter", None)
+            result = self.slice_filter(job.slice_filter_model, job.settings.segmentation.device).apply(
+                job.ct, result, cancel)  # its summary joins the warnings (the panel shows them)
         job.messages.extend(result.warnings)
         return result
+
+    def slice_filter(self, model, device: str = "auto"):
+        """The ``slice_filter.SliceFilter`` of ``model`` on ``device``, built once per choice."""
+        from .slice_filter import SliceFilter
+
+        key = (id(model), device)
+        cached = self._slice_filter
+        if cached is not None and cached[0] == key and cached[1].model is model:
+            return cached[1]
+        built = SliceFilter(model, device)
+        self._slice_filter = (key, built)
+        return built
 
     # --- console / batch ----------------------------------------------------------
     def process(self, ct_node, settings: Optional[CRCSegmentationSettings] = None, output_node=None,

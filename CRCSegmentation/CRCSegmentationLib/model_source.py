@@ -9,7 +9,8 @@ user learns about a missing fold or corrupt weights at once, with the file named
 A bundle also says what kind of model it is (``bundle.KINDS``); ``ModelSource.segmenter`` returns
 the segmenter of that kind (``segmenters.py``), each with the same ``segment(image, guidance,
 progress, cancel)``, so callers never branch on the kind. A plain results folder is kind ``nnunet``,
-modality ``CT``.
+modality ``CT``. A bundle of kind ``hcf`` (slice classifier + SANet, ``hcf_bundle``) has no nnU-Net files:
+its ``hcf.json`` and ``classifier/fold_K.pt`` / ``sanet/fold_K.pt`` weight files are checked instead.
 
 Checkpoints are opened with ``torch.load(weights_only=True)``: a tampered pickle
 cannot run code. nnU-Net 2.8.1 checkpoints hold tensors, dicts, lists, strings and
@@ -23,7 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 
 from OrganGuidanceLib.validation import InputError
 
@@ -67,6 +68,7 @@ class ModelSource:
     # What ``open_model`` already unpickled (weights and the keys the predictor reads), so that building
     # the segmenter does not load every checkpoint a second time; the predictor keeps the same dicts.
     loaded_checkpoints: Dict[Path, dict] = field(default_factory=dict, repr=False, compare=False)
+    hcf: Any = None  # kind "hcf": hcf_bundle.HCFConfig (slice preprocessing, the two stages' folds, decision rules)
 
     @property
     def tumor_label(self) -> int:
@@ -82,6 +84,9 @@ class ModelSource:
         return make_segmenter(self, parameters)
 
     def checkpoint_paths(self) -> List[Path]:
+        """Every weight file the segmenter loads: ``fold_N/<checkpoint>`` (nnunet), the stages' files (hcf)."""
+        if self.kind == "hcf":
+            return [self.folder / relative for relative in self.hcf.weight_files()]
         return [self.folder / f"fold_{fold}" / self.checkpoint for fold in self.folds]
 
     def check_channels(self, available: Sequence[str]) -> None:
@@ -111,6 +116,19 @@ class ModelSource:
         """Whether the model reads organ-guidance channels (MOS, OOI); never for MR models."""
         return any(channel in ("MOS", "OOI") for channel in self.input_channels)
 
+    @property
+    def no_guidance_reason(self) -> str:
+        """Why the model takes no organ guidance at all (not even to narrow its region); "" when it takes it.
+
+        MR models (RCSegNeXt): organ guidance is a CT method; HCF models: every axial slice goes to the
+        slice classifier, the organs play no part.
+        """
+        if self.modality == "MR":
+            return "segments MR images"
+        if self.kind == "hcf":
+            return "segments CT slices with a slice classifier and SANet (HCF)"
+        return ""
+
 
 def open_model(path: Union[str, Path], folds: Optional[Sequence[Union[str, int]]] = None,
                checkpoint: Optional[str] = None, load_checkpoints: bool = True) -> ModelSource:
@@ -130,8 +148,13 @@ def open_model(path: Union[str, Path], folds: Optional[Sequence[Union[str, int]]
     else:
         source = _open_results_folder(folder, folds, checkpoint)
     if load_checkpoints:
-        for path in source.checkpoint_paths():
-            source.loaded_checkpoints[path] = _check_checkpoint(path, len(source.input_channels))
+        if source.kind == "hcf":
+            from .hcf_bundle import load_hcf_weights
+
+            source.loaded_checkpoints.update(load_hcf_weights(source.folder, source.hcf))
+        else:
+            for path in source.checkpoint_paths():
+                source.loaded_checkpoints[path] = _check_checkpoint(path, len(source.input_channels))
     return source
 
 
@@ -156,6 +179,11 @@ def _open_bundle(folder: Path, folds, checkpoint) -> ModelSource:
             f"{folder}: a model of kind '{metadata.kind}', which this version of SlicerCRC cannot run yet "
             f"(it runs {sorted(SEGMENTER_KINDS)}); update SlicerCRC"
         )
+    if metadata.kind == "hcf":
+        if checkpoint:
+            raise ModelError(f"{folder}: an HCF bundle has one weight file per fold and stage; there is no "
+                             f"checkpoint '{checkpoint}' to choose")
+        return _open_hcf_bundle(folder, metadata, folds)
     if metadata.network:
         from .networks.nnunet_architectures import UnknownArchitecture, architecture_for
 
@@ -184,6 +212,18 @@ def _open_bundle(folder: Path, folds, checkpoint) -> ModelSource:
     return ModelSource(folder, chosen, checkpoint, channels, labels, metadata.name, metadata.trainer,
                        True, metadata, metadata.description, metadata.kind, metadata.modality, tumor,
                        metadata.network, {name: labels[name] for name in metadata.organ_labels})
+
+
+def _open_hcf_bundle(folder: Path, metadata: BundleMetadata, folds) -> ModelSource:
+    """An HCF bundle (``hcf_bundle``): ``hcf.json`` checked against the metadata; ``folds`` select in both stages."""
+    from .hcf_bundle import read_hcf_config
+
+    config = read_hcf_config(folder, metadata).with_folds(folds, folder)
+    chosen = sorted(set(config.classifier.folds) | set(config.sanet.folds), key=lambda f: (len(f), f))
+    labels = {str(k): int(v) for k, v in metadata.labels.items()}
+    return ModelSource(folder, chosen, "", ["CT"], labels, metadata.name, metadata.trainer, True, metadata,
+                       metadata.description, "hcf", "CT", [labels[name] for name in metadata.tumor_label_names()],
+                       hcf=config)
 
 
 def _open_results_folder(folder: Path, folds, checkpoint) -> ModelSource:

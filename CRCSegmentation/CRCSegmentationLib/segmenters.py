@@ -2,8 +2,9 @@
 
 The module, the console API and ``crcseg segment`` call ``open_model(...).segmenter(parameters)``
 and then ``segment(image, guidance, progress, cancel)``; none of them branches on the kind. A kind
-is added by registering its factory in ``SEGMENTER_KINDS`` (``hcf`` and ``usam`` bundles come with
-their methods). Importing this module is cheap: a factory imports its engine when called.
+is added by registering its factory in ``SEGMENTER_KINDS`` (``nnunet``: ``inference.TumorSegmenter``;
+``hcf``: ``hcf_segmenter.HCFSegmenter``; ``usam`` bundles come with their method). Importing this module
+is cheap: a factory imports its engine when called.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:  # type hints only: the engines import torch and nnU-Net
     from .model_source import ModelSource
 
     class Segmenter(Protocol):
-        """What every kind's segmenter offers (``TumorSegmenter`` for ``nnunet``)."""
+        """What every kind's segmenter offers (``TumorSegmenter`` for ``nnunet``, ``HCFSegmenter`` for ``hcf``)."""
 
         def segment(self, image: Image, guidance: Optional[GuidanceResult] = None,
                     progress: Optional[ProgressCallback] = None,
@@ -33,9 +34,16 @@ def _nnunet_segmenter(model: "ModelSource", parameters: Optional["SegmentationPa
     return TumorSegmenter(model, parameters)
 
 
+def _hcf_segmenter(model: "ModelSource", parameters: Optional["SegmentationParameters"]) -> "Segmenter":
+    from .hcf_segmenter import HCFSegmenter
+
+    return HCFSegmenter(model, parameters)
+
+
 # kind -> factory(model, parameters); bundle.KINDS lists every kind a bundle may declare.
 SEGMENTER_KINDS: Dict[str, Callable[["ModelSource", Optional["SegmentationParameters"]], "Segmenter"]] = {
     "nnunet": _nnunet_segmenter,
+    "hcf": _hcf_segmenter,
 }
 
 

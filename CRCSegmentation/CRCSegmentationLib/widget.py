@@ -71,6 +71,8 @@ class CRCSegmentationParameterNode:
     mirroring: bool = True
     fastPreset: bool = False  # FLARE24 §3.2: inference.PRESETS["fast"] (tile step 7/8, no mirroring)
     showOrgans: bool = False  # = SegmentationParameters.keep_organs (organ-interference models)
+    sliceFilter: bool = False  # CRCSegmentationSettings.slice_filter: HCF slice classifier clears normal slices
+    sliceFilterModel: pathlib.Path  # its bundle folder (HCF or classifier-only)
     restrictToOoi: bool = True
     ooiMarginMm: Annotated[float, WithinRange(0.0, 200.0)] = 20.0
     bodyCrop: bool = True
@@ -103,6 +105,7 @@ def settingsFromParameterNode(parameterNode: CRCSegmentationParameterNode):
         guidance_node=p.guidanceNode if p.guidanceSource == "scene" else None,
         organ_guidance=OrganGuidanceSettings(primary=organs, device=p.device),
         convention=p.guidanceConvention,
+        slice_filter=pathText(p.sliceFilterModel) if p.sliceFilter else "",
         segmentation=SegmentationParameters.for_preset(
             "fast" if p.fastPreset else "default",
             device=p.device,
@@ -226,6 +229,8 @@ class CRCSegmentationPanel(RunPanelBase):
         if p.modelSource == "catalogue" and index >= 0:
             self.ui.modelInfoLabel.setText(self.ui.modelComboBox.itemData(index, qt.Qt.ToolTipRole) or "")
         self.ui.ooiMarginSpinBox.setEnabled(p.restrictToOoi)
+        self.ui.sliceFilterModelLabel.setEnabled(p.sliceFilter)
+        self.ui.sliceFilterModelPathLineEdit.setEnabled(p.sliceFilter)
         self._showStatistics(p.outputSegmentation)
         self._updateButtons()
 

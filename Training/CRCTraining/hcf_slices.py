@@ -11,7 +11,9 @@ SANet" (/work/shared/papers/HCF_SANet_GTV_decoupling.txt).
   ones. theta_0: abnormal only; theta_1, theta_2, theta_4: 1, 2, 4 normal slices per abnormal slice;
   theta_n: all slices (the original ratio).
 
-Arrays are numpy ``(z, y, x)``; an axial slice is ``volume[k]`` (array axis 0).
+Arrays are numpy ``(z, y, x)``; an axial slice is ``volume[k]`` (array axis 0). The preprocessing
+(``SliceDatasetConfig``, ``body_box``, ``slice_to_input``, ``label_to_input``) is inference code too and
+lives in ``CRCSegmentationLib.hcf_preprocessing``; it is imported from there and re-exported here.
 """
 from __future__ import annotations
 
@@ -22,87 +24,16 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from scipy import ndimage
 
+from CRCSegmentationLib.hcf_preprocessing import (  # noqa: F401 - re-exported: the slice preprocessing lives in the Lib
+    Box, SliceDatasetConfig, body_box, input_to_slice, label_to_input, slice_to_input,
+)
 from OrganGuidanceLib.io import image_suffix, read_image
 from OrganGuidanceLib.validation import InputError
 
-Box = Tuple[int, int, int, int]  # (r0, r1, c0, c1), half-open: slice_hu[r0:r1, c0:c1]
 Ratio = Union[int, str]
 ALL_SLICES = "n"  # theta_n
 CARE_TUMOR = 2  # CARE npz labels: 0 background, 1 normal rectum, 2 tumor
-
-
-@dataclass
-class SliceDatasetConfig:
-    """Slice preprocessing (paper Sec. 4.2).
-
-    ``hu_window``: the paper windows CT per site (lung, nasopharynx) without giving the values; for
-    colorectal (abdomen/pelvis) soft tissue we use the usual abdominal window, level 40 / width 400
-    HU = (-160, 240), the same window as the project's U-SAM slices. ``body_threshold_hu``: voxels above
-    it count as body (air and most of the table/blanket noise lie below -300 HU). ``body_margin_px``:
-    pixels added on each side of the body box (the public code's crop margin). ``size``: the network
-    input, 512 x 512 in the paper.
-    """
-
-    hu_window: Tuple[float, float] = (-160, 240)
-    size: int = 512
-    body_threshold_hu: float = -300
-    body_margin_px: int = 10
-
-
-# --- preprocessing -------------------------------------------------------------------
-
-def body_box(slice_hu: np.ndarray, threshold: float, margin: int) -> Box:
-    """Bounding box of the largest connected region above ``threshold`` plus ``margin``, clipped.
-
-    Returns half-open ``(r0, r1, c0, c1)``; the whole slice when nothing is foreground (Sec. 4.2:
-    "obtain the bounding box of the foreground by preserving the largest connectivity region").
-    """
-    slice_hu = np.asarray(slice_hu)
-    if slice_hu.ndim != 2:
-        raise ValueError(f"body_box: a 2D slice is needed, got shape {slice_hu.shape}")
-    rows, cols = slice_hu.shape
-    labels, count = ndimage.label(slice_hu > threshold)
-    if count == 0:
-        return 0, rows, 0, cols
-    sizes = np.bincount(labels.ravel())[1:]
-    largest = int(np.argmax(sizes)) + 1
-    r_slice, c_slice = ndimage.find_objects((labels == largest).astype(np.int32))[0]
-    margin = max(int(margin), 0)
-    return (max(r_slice.start - margin, 0), min(r_slice.stop + margin, rows),
-            max(c_slice.start - margin, 0), min(c_slice.stop + margin, cols))
-
-
-def _resize(array: np.ndarray, size: int, order: int) -> np.ndarray:
-    """Resize a 2D array to ``size x size`` with pixel-area (grid mode) geometry; order 1 bilinear, 0 nearest."""
-    factors = (size / array.shape[0], size / array.shape[1])
-    out = ndimage.zoom(array, factors, order=order, mode="nearest", grid_mode=True)
-    if out.shape != (size, size):  # zoom rounds the output shape; never off for these factors, but be exact
-        raise AssertionError(f"resize produced {out.shape}, expected {(size, size)}")
-    return out
-
-
-def slice_to_input(slice_hu: np.ndarray, config: SliceDatasetConfig) -> Tuple[np.ndarray, Box]:
-    """HU slice -> network input: window to [0, 1], crop to the body box, bilinear resize (Sec. 4.2).
-
-    Returns the ``(size, size)`` float32 image in [0, 1] and the box used (for ``label_to_input``).
-    """
-    slice_hu = np.asarray(slice_hu, dtype=np.float32)
-    box = body_box(slice_hu, config.body_threshold_hu, config.body_margin_px)
-    low, high = float(config.hu_window[0]), float(config.hu_window[1])
-    if not high > low:
-        raise ValueError(f"hu_window {config.hu_window}: the upper bound must exceed the lower one")
-    r0, r1, c0, c1 = box
-    unit = np.clip((slice_hu[r0:r1, c0:c1] - low) / (high - low), 0.0, 1.0)
-    image = np.clip(_resize(unit, int(config.size), order=1), 0.0, 1.0).astype(np.float32)
-    return image, box
-
-
-def label_to_input(label: np.ndarray, box: Box, size: int) -> np.ndarray:
-    """The label slice on the input grid of ``slice_to_input``: same crop, nearest-neighbour resize."""
-    r0, r1, c0, c1 = box
-    return _resize(np.asarray(label)[r0:r1, c0:c1], int(size), order=0)
 
 
 # --- slice records -------------------------------------------------------------------
