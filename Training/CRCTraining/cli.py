@@ -27,6 +27,7 @@ from OrganGuidanceLib.cli import add_guidance_arguments, guidance_main
 
 from .evaluate import add_evaluate_arguments, evaluate_main
 from .flare24_ablation import add_ablation_command
+from .hcf_cli import add_hcf_commands
 from .rcsegnext_cli import add_rcsegnext_commands
 from .training_cli import add_training_commands
 from .usam_cli import add_usam_commands
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     guidance.set_defaults(run=guidance_main)
     add_training_commands(commands)
     add_usam_commands(commands)
+    add_hcf_commands(commands)
     add_ablation_command(commands)
     add_rcsegnext_commands(commands)
     evaluate = commands.add_parser("evaluate", help="Dice, NSD, precision, recall, HD95 of a prediction folder")

@@ -22,9 +22,13 @@ from torch.utils.data import DistributedSampler
 Key = Tuple[int, int]  # (dataset index, sample seed)
 
 
-def sample_seed(seed: int, epoch: int, position: int) -> int:
-    """The random seed of the sample at ``position`` of epoch ``epoch`` (augmentation, points)."""
-    return int(np.random.default_rng([int(seed), int(epoch), int(position), 7]).integers(0, 2**31 - 1))
+def sample_seed(seed: int, epoch: int, position: int, lap: int = 0) -> int:
+    """The random seed of the sample at ``position`` of epoch ``epoch`` (augmentation, points).
+
+    ``lap``: how often the epoch was already gone through to fill the last batch (an epoch shorter than a
+    batch repeats its samples; each repeat gets its own augmentation).
+    """
+    return int(np.random.default_rng([int(seed), int(epoch), int(position), int(lap), 7]).integers(0, 2**31 - 1))
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -44,14 +48,14 @@ class EpochBatches(torch.utils.data.Sampler):
         if self.epoch_length == 0:
             raise ValueError("an epoch holds no samples")
         self.iterations_per_epoch = math.ceil(self.epoch_length / self.batch_size)
-        self._cached: Tuple[int, List[int], Sequence[int]] = (-1, [], [])
+        self._cached: Tuple[int, List[Tuple[int, int]], Sequence[int]] = (-1, [], [])
 
     @property
     def per_rank(self) -> int:
         return self.batch_size // self.world_size
 
-    def _epoch(self, epoch: int) -> Tuple[List[int], Sequence[int]]:
-        """This rank's shuffled positions of ``epoch`` (cyclically filled to whole batches) and the epoch's indices."""
+    def _epoch(self, epoch: int) -> Tuple[List[Tuple[int, int]], Sequence[int]]:
+        """This rank's shuffled (position, lap) of ``epoch`` (cyclically filled to whole batches), the epoch's indices."""
         if self._cached[0] != epoch:
             indices = self.epoch_indices(epoch)
             if len(indices) != self.epoch_length:
@@ -62,7 +66,7 @@ class EpochBatches(torch.utils.data.Sampler):
             sampler.set_epoch(epoch)
             positions = list(sampler)
             needed = self.iterations_per_epoch * self.per_rank
-            positions = [positions[i % len(positions)] for i in range(needed)]
+            positions = [(positions[i % len(positions)], i // len(positions)) for i in range(needed)]
             self._cached = (epoch, positions, indices)
         return self._cached[1], self._cached[2]
 
@@ -71,7 +75,7 @@ class EpochBatches(torch.utils.data.Sampler):
         epoch, step = divmod(int(iteration), self.iterations_per_epoch)
         positions, indices = self._epoch(epoch)
         chosen = positions[step * self.per_rank:(step + 1) * self.per_rank]
-        return [(int(indices[p]), sample_seed(self.seed, epoch, p)) for p in chosen]
+        return [(int(indices[p]), sample_seed(self.seed, epoch, p, lap)) for p, lap in chosen]
 
     def __iter__(self) -> Iterator[List[Key]]:
         for iteration in range(self.start, self.stop):

@@ -199,7 +199,7 @@ class _Run:
         if scaler_state:
             scaler.load_state_dict(scaler_state)
         stop = self.total if stop_after is None else min(self.total, int(stop_after))
-        validating = type(self.task).validate is not EngineTask.validate
+        validating = self.task.has_validation()
         if progress.stopped_early:
             stop = start
         batches = EpochBatches(self.task.epoch_indices, self.settings.batch_size, self.settings.seed,

@@ -55,6 +55,10 @@ class EngineTask(ABC):
         """Metrics on the validation data, with ``score_name`` among them; None: the task has none."""
         return None
 
+    def has_validation(self) -> bool:
+        """Whether ``validate`` runs after each epoch (then the engine also checkpoints at every epoch's end)."""
+        return type(self).validate is not EngineTask.validate
+
     def resume_settings(self) -> Dict[str, object]:
         """The method's settings a run must keep to be continued."""
         return {}
