@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 from OrganGuidanceLib.checksum import sha256_of
 
@@ -71,6 +71,20 @@ class BundleMetadata:
             return ["tumor"]
         foreground = [name for name, value in self.labels.items() if int(value) != 0]
         return foreground if len(foreground) == 1 else []
+
+
+def software_versions(packages: Sequence[str]) -> Dict[str, str]:
+    """Python's and the installed ``packages``' versions, for a bundle's ``software`` record."""
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": sys.version.split()[0]}
+    for package in packages:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return versions
 
 
 def read_metadata(folder: Path) -> BundleMetadata:

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,9 +39,9 @@ from torch import nn
 
 from OrganGuidanceLib.checksum import sha256_of
 
-from .bundle import METADATA_FILE, BundleMetadata
+from .bundle import METADATA_FILE, BundleMetadata, software_versions
 from .hcf_preprocessing import SliceDatasetConfig
-from .model_source import ModelError
+from .model_source import ModelError, load_weights_only
 
 HCF_FILE = "hcf.json"
 HCF_FORMAT = 1
@@ -137,34 +136,29 @@ class HCFConfig:
 
 
 # --- writing ----------------------------------------------------------------------------------
-def _software_versions() -> Dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {"python": sys.version.split()[0]}
-    for package in ("torch", "torchvision", "slicercrc"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return versions
-
-
 def _state_dict_error(error: Exception, limit: int = 400) -> str:
     """torch's load_state_dict message on one line (its first line only says "Error(s) in loading ...")."""
     text = " ".join(str(error).split())
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
+def _fit_error(stage: HCFStage, network: nn.Module, state: Dict[str, torch.Tensor]) -> Optional[str]:
+    """None when ``state`` loads strictly into ``network``; else why not, naming the stage's network."""
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        return (f"{stage.network} ({', '.join(f'{k}={v}' for k, v in stage.builder.items())}): "
+                f"{_state_dict_error(error)}")
+    return None
+
+
 def _check_state(stage: HCFStage, network: nn.Module, state: Dict[str, torch.Tensor], fold: str) -> Dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise ValueError(f"{stage.name} fold {fold}: a state dict is needed, got {type(state).__name__}")
     cpu = {str(k): v.detach().cpu() for k, v in state.items()}
-    try:
-        network.load_state_dict(cpu, strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"{stage.name} fold {fold}: not the state dict of {stage.network}"
-                         f"({', '.join(f'{k}={v}' for k, v in stage.builder.items())}): "
-                         f"{_state_dict_error(error)}") from error
+    error = _fit_error(stage, network, cpu)
+    if error:
+        raise ValueError(f"{stage.name} fold {fold}: not the state dict of {error}")
     return cpu
 
 
@@ -225,7 +219,8 @@ def write_hcf_bundle(folder: Path, classifier_states: Sequence[Dict[str, torch.T
         metadata = BundleMetadata(
             name=str(name), version=str(version), input_channels=["CT"], labels=dict(HCF_LABELS),
             checkpoint_sha256=checksums, kind="hcf", modality="CT", tumor_labels=["tumor"], folds=all_folds,
-            description=str(description), software=dict(software) if software is not None else _software_versions(),
+            description=str(description),
+            software=dict(software) if software is not None else software_versions(("torch", "torchvision", "slicercrc")),
         )
         (staging / METADATA_FILE).write_text(metadata.to_json())
         os.replace(staging, folder)
@@ -329,25 +324,15 @@ def load_stage_weights(path: Path, stage: HCFStage, network: Optional[nn.Module]
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: weight file is missing")
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file; all mean "unusable"
-        raise ModelError(
-            f"{path}: cannot be loaded as a weights-only torch file ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); the file is corrupt, truncated, or holds code"
-        ) from error
+    data = load_weights_only(path, "torch file")
     if not isinstance(data, dict) or not isinstance(data.get("state_dict"), dict):
         raise ModelError(f"{path}: not an HCF weight file (a dict with 'state_dict' is expected)")
     if data.get("network") != stage.network:
         raise ModelError(f"{path}: holds the weights of '{data.get('network')}', the {stage.name} needs '{stage.network}'")
     state = data["state_dict"]
-    network = network if network is not None else stage.build()
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ModelError(f"{path}: the weights do not fit {stage.network} "
-                         f"({', '.join(f'{k}={v}' for k, v in stage.builder.items())}): "
-                         f"{_state_dict_error(error)}") from error
+    error = _fit_error(stage, network if network is not None else stage.build(), state)
+    if error:
+        raise ModelError(f"{path}: the weights do not fit {error}")
     return state
 
 

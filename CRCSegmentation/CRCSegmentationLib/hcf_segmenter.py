@@ -43,7 +43,7 @@ from OrganGuidanceLib.validation import InputError
 
 from .hcf_bundle import HCFConfig, HCFStage, load_stage_weights
 from .hcf_preprocessing import Box, axial_axis, input_to_slice, slice_to_input
-from .inference import ProgressCallback, SegmentationParameters, TumorSegmentation, _is_cuda_failure
+from .inference import ProgressCallback, SegmentationParameters, TumorSegmentation, _is_cuda_failure, progress_step
 from .model_source import ModelError, ModelSource
 
 DEFAULT_BATCH_SIZE = 16  # slices per forward pass (paper Sec. 4.2 trains with 128 / 64 on A100s)
@@ -241,14 +241,10 @@ class HCFSegmenter:
                 progress: Optional[ProgressCallback] = None,
                 cancel: Optional[threading.Event] = None) -> TumorSegmentation:
         """Tumor mask (uint8 0/1 on the CT grid) and probability; raises ``InputError``, ``RunCancelled``."""
-        report = progress or (lambda stage, fraction: None)
+        step = progress_step(progress, cancel)
         timings: Dict[str, float] = {}
         warnings: List[str] = []
         start = time.perf_counter()
-
-        def step(stage: str, fraction: float) -> None:
-            _check_cancel(cancel, stage)
-            report(stage, fraction)
 
         step("checking inputs", 0.0)
         self.model.check_image(ct)
@@ -299,7 +295,8 @@ class HCFSegmenter:
                                               "Tumor probability")
         timings["postprocess"] = time.perf_counter() - tick
         timings["total"] = time.perf_counter() - start
-        report("done", 1.0)
+        if progress is not None:
+            progress("done", 1.0)
         counts = {"slices": len(inputs), "abnormal": len(decisions.abnormal_slices)}
         return TumorSegmentation(mask_image, probability_image, CropBox.full(ct.shape), self.device.type,  # type: ignore[arg-type]
                                  warnings, timings, (0, 0), monitor.measures(), slice_counts=counts)

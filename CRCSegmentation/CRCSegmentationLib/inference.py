@@ -121,6 +121,19 @@ class TumorSegmentation:
     slice_filter: Optional[Any] = None  # slice_filter.SliceFilterReport when a slice filter cleaned the mask
 
 
+def progress_step(progress: Optional[ProgressCallback],
+                  cancel: Optional[threading.Event]) -> Callable[[str, float], None]:
+    """``step(stage, fraction)`` of a segmenter: stop if cancelled (``RunCancelled``), then report progress."""
+    report = progress or (lambda stage, fraction: None)
+
+    def step(stage: str, fraction: float) -> None:
+        if cancel is not None and cancel.is_set():
+            raise RunCancelled(f"cancelled before '{stage}'")
+        report(stage, fraction)
+
+    return step
+
+
 def torch_device(name: str):
     import torch
 
@@ -205,15 +218,10 @@ class TumorSegmenter:
     def segment(self, ct: Image, guidance: Optional[GuidanceResult] = None,
                 progress: Optional[ProgressCallback] = None,
                 cancel: Optional[threading.Event] = None) -> TumorSegmentation:
-        report = progress or (lambda stage, fraction: None)
+        step = progress_step(progress, cancel)
         timings: Dict[str, float] = {}
         warnings: List[str] = []
         start = time.perf_counter()
-
-        def step(stage: str, fraction: float) -> None:
-            if cancel is not None and cancel.is_set():
-                raise RunCancelled(f"cancelled before '{stage}'")
-            report(stage, fraction)
 
         step("checking inputs", 0.0)
         self.model.check_image(ct)
@@ -271,7 +279,8 @@ class TumorSegmenter:
             probability_image = ct.with_array(probabilities, "Tumor probability")
         timings["postprocess"] = time.perf_counter() - tick
         timings["total"] = time.perf_counter() - start
-        report("done", 1.0)
+        if progress is not None:
+            progress("done", 1.0)
         predictor = self._predictor(torch_device(used))
         tiles = (predictor.tiles_run, predictor.tiles_total)
         return TumorSegmentation(mask, probability_image, region, used, warnings, timings, tiles, monitor.measures(),

@@ -339,18 +339,23 @@ def checkpoint_safe_globals() -> list:
     return [core.multiarray.scalar, np.dtype, np.dtypes.Float32DType, np.dtypes.Float64DType]
 
 
-def load_checkpoint(path: Path) -> dict:
-    """Unpickle a checkpoint without running code (``weights_only=True``); ``ModelError`` if corrupt."""
+def load_weights_only(path: Path, what: str = "checkpoint", safe_globals: Sequence = ()) -> object:
+    """``torch.load(weights_only=True)`` on the CPU; ``ModelError`` naming ``path`` if it cannot be read so."""
     import torch
 
     try:
-        with torch.serialization.safe_globals(checkpoint_safe_globals()):
-            data = torch.load(str(path), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file; all mean "unusable"
         raise ModelError(
-            f"{path}: cannot be loaded as a weights-only checkpoint ({type(error).__name__}: "
+            f"{path}: cannot be loaded as a weights-only {what} ({type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else ''}); the file is corrupt, truncated, or holds code"
         ) from error
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Unpickle a checkpoint without running code (``weights_only=True``); ``ModelError`` if corrupt."""
+    data = load_weights_only(path, "checkpoint", checkpoint_safe_globals())
     if not isinstance(data, dict):
         raise ModelError(f"{path}: holds a {type(data).__name__}, not an nnU-Net checkpoint")
     missing = [k for k in REQUIRED_CHECKPOINT_KEYS if k not in data]

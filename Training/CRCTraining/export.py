@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from CRCSegmentationLib.bundle import METADATA_FILE, BundleMetadata
+from CRCSegmentationLib.bundle import METADATA_FILE, BundleMetadata, software_versions
 from CRCSegmentationLib.model_source import dataset_channel_names, dataset_modality
 from CRCSegmentationLib.networks.nnunet_architectures import TRAINER_ARCHITECTURES
 from OrganGuidanceLib.checksum import sha256_of
@@ -75,7 +75,7 @@ def export_bundle(
             checkpoint_sha256={relative: sha256_of(staging / relative) for relative in checkpoints},
             guidance=dataset_json.get("agcrc", {}),
             description=description,
-            software=_software_versions(),
+            software=software_versions(("nnunetv2", "torch", "slicercrc")),
             kind="nnunet",
             modality=dataset_modality(dataset_json),
             tumor_labels=tumor_labels,
@@ -121,17 +121,3 @@ def _tumor_labels(model_folder: Path, labels: dict) -> list:
         raise ValueError(f"{model_folder}: cannot tell which of the labels {sorted(labels)} is the tumor "
                          "(name it 'tumor' in dataset.json)")
     return foreground
-
-
-
-
-def _software_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for package in ("nnunetv2", "torch", "slicercrc"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return versions

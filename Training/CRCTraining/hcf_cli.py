@@ -148,24 +148,15 @@ def phantoms_main(args: argparse.Namespace) -> int:
 
 
 def train_main(args: argparse.Namespace) -> int:
-    from .engine2d import is_main_process
+    from .engine2d.report import print_training_result
     from .hcf_train import train_stage
 
     settings = _settings(args, images=args.images, labels=args.labels, npz=args.npz, ratio=args.ratio,
                          batch_size=args.batch_size)
     result = train_stage(args.stage, settings)
-    if not is_main_process():  # under torchrun: rank 0 reports
-        return 0
-    for warning in result.warnings:
-        print(f"warning: {warning}")
-    if result.skipped:
-        print(f"already finished ({result.iterations} iterations): {result.final}")
-        return 0
-    last = result.history[-10:, 1].mean() if len(result.history) else float("nan")
     best = "" if result.best_score is None else f", best validation score {result.best_score:.4f}"
     early = ", stopped early" if result.stopped_early else ""
-    print(f"HCF {args.stage}: {result.iterations} iterations (from {result.resumed_from}) on {result.world_size} "
-          f"process(es){early}, final loss {last:.4f}{best}: {result.final}")
+    print_training_result(result, f"HCF {args.stage}: ", f" on {result.world_size} process(es){early}{best}")
     return 0
 
 

@@ -95,7 +95,7 @@ def slices_main(args: argparse.Namespace) -> int:
 
 
 def train_main(args: argparse.Namespace) -> int:
-    from .engine2d import is_main_process
+    from .engine2d.report import print_training_result
     from .usam_train import USAMTrainingSettings, train_usam
 
     settings = USAMTrainingSettings(
@@ -106,16 +106,7 @@ def train_main(args: argparse.Namespace) -> int:
         seed=args.seed, checkpoint_every=args.checkpoint_every, device=args.device, threads=args.threads,
         workers=args.workers, sam_checkpoint=args.sam_checkpoint,
     )
-    result = train_usam(settings)
-    if not is_main_process():  # under torchrun: rank 0 reports
-        return 0
-    for warning in result.warnings:
-        print(f"warning: {warning}")
-    if result.skipped:
-        print(f"already finished ({result.iterations} iterations): {result.final}")
-    else:
-        last = result.history[-10:, 1].mean() if len(result.history) else float("nan")
-        print(f"{result.iterations} iterations (from {result.resumed_from}), final loss {last:.4f}: {result.final}")
+    print_training_result(train_usam(settings))
     return 0
 
 
