@@ -22,9 +22,10 @@ from CRCTraining.cli import main as crcseg
 from CRCTraining.engine2d import train
 from CRCTraining.engine2d.engine import CURVE, LOG
 from CRCTraining.hcf_augment import AugmentationSettings, augment_slice
+from CRCTraining.hcf_export import export_hcf_bundle
 from CRCTraining.hcf_train import (
     FINAL_FILES, HCFTrainingSettings, SANetTask, SliceClassifierTask, classification_metrics, engine_settings,
-    export_hcf_bundle, fold_cases, load_slices, split_cases, train_stage,
+    fold_cases, load_slices, split_cases, train_stage,
 )
 from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.validation import InputError
@@ -262,7 +263,7 @@ def _direct_probabilities(classifier_final, ct, config):
 def test_exported_bundle_segments_only_the_slices_the_classifier_passes(phantoms, cli_runs, tmp_path):
     from CRCSegmentationLib.inference import SegmentationParameters
     from CRCSegmentationLib.model_source import open_model
-    from CRCTraining.hcf_train import read_hcf_run
+    from CRCTraining.hcf_export import read_hcf_run
 
     _, test_folder = phantoms
     ct = read_image(test_folder / "imagesTr" / "colon_001.nii.gz")

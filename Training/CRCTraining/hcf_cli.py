@@ -161,7 +161,7 @@ def train_main(args: argparse.Namespace) -> int:
 
 
 def export_main(args: argparse.Namespace) -> int:
-    from .hcf_train import export_hcf_bundle
+    from .hcf_export import export_hcf_bundle
 
     folder = export_hcf_bundle(args.classifier, args.sanet, args.output, args.name, args.description, args.version,
                                args.threshold, args.keep_components)

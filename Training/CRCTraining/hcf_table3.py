@@ -35,10 +35,11 @@ from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.validation import InputError, check_label_map
 
+from .hcf_export import export_hcf_bundle
 from .hcf_slices import Ratio
 from .hcf_train import (
-    CLASSIFIER, SANET, HCFTrainingSettings, classification_metrics, export_hcf_bundle, load_slices,
-    paired_volume_files, parse_ratio, train_stage,
+    CLASSIFIER, SANET, HCFTrainingSettings, classification_metrics, load_slices, paired_volume_files, parse_ratio,
+    train_stage,
 )
 
 CSV_COLUMNS = ("classifier_ratio", "sanet_ratio", "recall", "precision", "specificity", "dsc", "ji", "hd95",

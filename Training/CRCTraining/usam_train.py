@@ -30,7 +30,7 @@ from CRCSegmentationLib.usam.checkpoint import read_usam_checkpoint
 from OrganGuidanceLib.validation import InputError
 
 from .engine2d import EngineSettings, EngineTask, learning_rate_factor, train
-from .engine2d.engine import CURVE, LATEST, LOG
+from .engine2d.engine import CURVE, LATEST, LOG  # noqa: F401 - the run folder's file names, for callers
 from .usam_data import PromptSettings, USAMSliceDataset, collate, to_model_prompts
 
 FINAL = "usam_final.pt"
