@@ -97,13 +97,23 @@ def _stage_networks(model: ModelSource, stage: HCFStage, device: torch.device) -
 
 
 class SliceInputs:
-    """The axial slices of one CT as network inputs, made batch by batch (never all held at full size)."""
+    """The axial slices of one CT as network inputs, made batch by batch (never all held at full size).
+
+    The inputs of the slices the classifier passes are kept (``keep``) so that SANet gets them without
+    cropping and resizing those slices a second time; only those, so memory grows with the tumor slices.
+    """
 
     def __init__(self, ct: Image, config: HCFConfig) -> None:
         self.axis = axial_axis(ct)
         self.volume = np.moveaxis(ct.array, self.axis, 0)  # a view: slices along axis 0
         self.config = config.slice_config
         self.boxes: Dict[int, Box] = {}
+        self._kept: Dict[int, np.ndarray] = {}
+
+    def keep(self, indices: Sequence[int], images: np.ndarray) -> None:
+        """Hold the (B, 1, S, S) inputs ``images`` of ``indices`` for the next ``batch`` asking for them."""
+        for k, image in zip(indices, images):
+            self._kept[int(k)] = image
 
     def __len__(self) -> int:
         return int(self.volume.shape[0])
@@ -115,6 +125,10 @@ class SliceInputs:
     def batch(self, indices: Sequence[int]) -> np.ndarray:
         images = []
         for k in indices:
+            kept = self._kept.pop(int(k), None)
+            if kept is not None:
+                images.append(kept[0])
+                continue
             image, box = slice_to_input(self.volume[int(k)], self.config)
             self.boxes[int(k)] = box
             images.append(image)
@@ -142,8 +156,12 @@ class SliceClassifierEnsemble:
         self.networks = [network.to(device) for network in self.networks]
 
     def classify_inputs(self, inputs: SliceInputs, indices: Optional[Sequence[int]] = None,
-                        cancel: Optional[threading.Event] = None, report: Optional[Report] = None) -> SliceDecisions:
-        """The decisions on ``indices`` (default: every slice); ``report(stage, fraction of this step)``."""
+                        cancel: Optional[threading.Event] = None, report: Optional[Report] = None,
+                        keep_passed: bool = False) -> SliceDecisions:
+        """The decisions on ``indices`` (default: every slice); ``report(stage, fraction of this step)``.
+
+        ``keep_passed``: ``inputs`` keeps the inputs of the slices that pass, for SANet.
+        """
         chosen = np.arange(len(inputs)) if indices is None else np.asarray(sorted(int(k) for k in indices), dtype=int)
         probabilities = np.zeros((len(self.networks), len(chosen)), np.float32)
         batches = _batches(list(chosen), self.batch_size)
@@ -152,10 +170,14 @@ class SliceClassifierEnsemble:
             for number, batch in enumerate(tqdm(batches, desc="slice classifier", unit="batch", leave=False,
                                                 disable=report is not None or len(batches) < 2)):
                 _check_cancel(cancel, "the slice classifier")
-                x = torch.from_numpy(inputs.batch(batch)).to(self.device)
+                images = inputs.batch(batch)
+                x = torch.from_numpy(images).to(self.device)
                 for fold, network in enumerate(self.networks):
                     p = torch.softmax(network(x).float(), dim=1)[:, self.config.abnormal_class]
                     probabilities[fold, done:done + len(batch)] = p.cpu().numpy()
+                if keep_passed:
+                    passed = majority_vote(probabilities[:, done:done + len(batch)], self.config.classifier_threshold)
+                    inputs.keep([k for k, abnormal in zip(batch, passed) if abnormal], images[passed])
                 done += len(batch)
                 if report is not None:
                     report("slice classifier", (number + 1) / len(batches))
@@ -232,7 +254,7 @@ class HCFSegmenter:
 
     def _run(self, inputs: SliceInputs, cancel, step: Callable[[str, float], None]):
         decisions = self.classifier.classify_inputs(inputs, None, cancel,
-                                                    lambda stage, f: step(stage, 0.05 + 0.45 * f))
+                                                    lambda stage, f: step(stage, 0.05 + 0.45 * f), keep_passed=True)
         step("SANet", 0.5)
         probabilities = self._sanet(inputs, decisions.abnormal_slices, cancel, lambda stage, f: step(stage, 0.5 + 0.4 * f))
         return decisions, probabilities

@@ -94,10 +94,7 @@ class SliceFilter:
             rejected = decisions.normal_slices
             probabilities = [float(p) for p in decisions.probabilities.mean(axis=0)]
         removed = int(per_slice[rejected].sum()) if rejected else 0
-        cleaned = np.moveaxis(np.asarray(mask.array), inputs.axis, 0).copy()
-        if rejected:
-            cleaned[rejected] = 0
-        filtered = mask.with_array(np.ascontiguousarray(np.moveaxis(cleaned, 0, inputs.axis)), mask.name)
+        filtered = _cleared(mask, rejected, inputs.axis)
         report = SliceFilterReport(self.model.name, removed, rejected, int(holding.size), len(inputs), inputs.axis,
                                    probabilities)
         return filtered, report
@@ -107,12 +104,18 @@ class SliceFilter:
         slices), the report in ``slice_filter`` and its summary among the warnings."""
         mask, report = self.filter(ct, segmentation.mask, cancel)
         probabilities = segmentation.probabilities
-        if probabilities is not None and report.rejected_slices:
-            array = np.moveaxis(np.asarray(probabilities.array), report.axis, 0).copy()
-            array[report.rejected_slices] = 0
-            probabilities = probabilities.with_array(np.ascontiguousarray(np.moveaxis(array, 0, report.axis)))
+        if probabilities is not None:
+            probabilities = _cleared(probabilities, report.rejected_slices, report.axis)
         return dataclasses.replace(segmentation, mask=mask, probabilities=probabilities, slice_filter=report,
                                    warnings=[*segmentation.warnings, report.summary()])
+
+
+def _cleared(image: Image, slices: List[int], axis: int) -> Image:
+    """A copy of ``image`` with the ``slices`` along array ``axis`` set to zero."""
+    array = np.moveaxis(np.asarray(image.array), axis, 0).copy()
+    if slices:
+        array[slices] = 0
+    return image.with_array(np.ascontiguousarray(np.moveaxis(array, 0, axis)), image.name)
 
 
 def filter_mask(model: ModelSpec, ct: Image, mask: Image, device: str = "auto",

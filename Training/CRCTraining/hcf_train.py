@@ -430,8 +430,6 @@ def _check_settings(settings: HCFTrainingSettings, stage: str, ratio: Ratio) -> 
         raise InputError(f"HCF training: hu_window {settings.hu_window} must be (low, high) with high > low")
     if settings.lr <= 0 or settings.weight_decay < 0:
         raise InputError(f"HCF training: lr {settings.lr} must be > 0 and weight_decay {settings.weight_decay} >= 0")
-    if settings.cycle_epochs < 1:
-        raise InputError(f"HCF training: cycle_epochs must be at least 1, got {settings.cycle_epochs}")
     if settings.validation_batch_size < 1:
         raise InputError(f"HCF training: validation_batch_size must be at least 1, "
                          f"got {settings.validation_batch_size}")

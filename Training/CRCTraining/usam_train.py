@@ -123,13 +123,11 @@ def poly_factor(iteration: int, max_iterations: int) -> float:
 
 
 def _check_settings(settings: USAMTrainingSettings) -> None:
-    for name in ("batch_size", "checkpoint_every"):
-        if getattr(settings, name) < 1:
-            raise InputError(f"U-SAM training: {name} must be at least 1, got {getattr(settings, name)}")
+    engine_settings(settings).check(USAMTask.name)  # batch size, checkpoints, epochs, workers
     if not 0.0 <= settings.dice_weight <= 1.0:
         raise InputError(f"U-SAM training: dice_weight must be in [0, 1], got {settings.dice_weight}")
-    if settings.per_class < 0 or settings.negatives < 0 or settings.workers < 0:
-        raise InputError("U-SAM training: per_class, negatives and workers must be >= 0")
+    if settings.per_class < 0 or settings.negatives < 0:
+        raise InputError("U-SAM training: per_class and negatives must be >= 0")
 
 
 class USAMTask(EngineTask):

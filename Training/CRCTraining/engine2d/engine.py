@@ -160,7 +160,7 @@ class _Run:
         return model, optimizer, base, extra.get("scaler", {}), progress
 
     # --- validation ---------------------------------------------------------------------------
-    def validate(self, model: nn.Module, optimizer, scaler, progress: _Progress) -> bool:
+    def validate(self, model: nn.Module, progress: _Progress) -> bool:
         """Rank 0 validates after an epoch, keeps the best weights and decides on early stopping for all ranks."""
         stop = False
         if self.context.is_main:
@@ -236,7 +236,7 @@ class _Run:
                 bar.set_postfix({name: f"{value:.4f}" for name, value in zip(self.task.loss_columns, row)})
                 early = False
                 if validating and progress.iteration % self.per_epoch == 0:
-                    early = self.validate(model, optimizer, scaler, progress)
+                    early = self.validate(model, progress)
                     if progress.iteration < stop:
                         self.save_latest(model, optimizer, scaler, progress)
                         saved = progress.iteration

@@ -10,17 +10,26 @@ Each factor is a function of the iteration number alone: a resumed run needs no 
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
 SCHEDULES = ("poly", "cosine_restarts", "constant")
 
 
-def _cosine_restarts_factor(epoch: float, cycle_epochs: int, cycle_mult: int, min_factor: float) -> float:
-    """PyTorch's SGDR rate at fractional ``epoch`` for a base rate of 1 (its closed form for ``step(epoch)``)."""
+@lru_cache(maxsize=8)
+def _sgdr(cycle_epochs: int, cycle_mult: int, min_factor: float):
+    """PyTorch's SGDR scheduler on a base rate of 1, built once per schedule (``step(epoch)`` is stateless)."""
     probe = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([probe], lr=1.0)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=int(cycle_epochs),
                                                                      T_mult=int(cycle_mult), eta_min=min_factor)
+    return optimizer, scheduler
+
+
+def _cosine_restarts_factor(epoch: float, cycle_epochs: int, cycle_mult: int, min_factor: float) -> float:
+    """PyTorch's SGDR rate at fractional ``epoch`` for a base rate of 1 (its closed form for ``step(epoch)``)."""
+    optimizer, scheduler = _sgdr(int(cycle_epochs), int(cycle_mult), float(min_factor))
     scheduler.step(epoch)
     return float(optimizer.param_groups[0]["lr"])
 

@@ -36,7 +36,7 @@ class EngineSettings:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
     def check(self, name: str) -> None:
-        for field_name in ("batch_size", "checkpoint_every", "epochs"):
+        for field_name in ("batch_size", "checkpoint_every", "epochs", "cycle_epochs", "cycle_mult"):
             if getattr(self, field_name) < 1:
                 raise InputError(f"{name} training: {field_name} must be at least 1, got {getattr(self, field_name)}")
         if self.iterations is not None and self.iterations < 1:
