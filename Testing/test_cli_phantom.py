@@ -76,9 +76,10 @@ def test_segment_command_with_the_catalogue_demo_model(phantom_files, tmp_path):
     assert float(rows[0]["dice"]) == pytest.approx(dice, abs=1e-4)  # --references reached the metrics
     voxel_ml = np.prod(phantom.ct.spacing_zyx) / 1000.0
     assert float(rows[0]["volume_ml"]) == pytest.approx(mask.sum() * voxel_ml, rel=1e-3)
-    # a second run into the same folder is refused (exit code 2: bad input) unless --overwrite
+    # a second run with other settings into the same folder is refused (exit code 2: bad input) unless --overwrite
+    # (the same command again resumes: Testing/test_resumable_batches.py)
     assert crcseg(["segment", str(root / "images"), "-m", "demo_phantom", "-o", str(out), "--organs",
-                   str(root / "organs"), "--device", "cpu", "--no-mirroring"]) == 2
+                   str(root / "organs"), "--device", "cpu", "--no-mirroring", "--min-component-ml", "1"]) == 2
     assert crcseg(["segment", str(root / "images"), "-m", "demo_phantom", "-o", str(out), "--organs",
                    str(root / "organs"), "--device", "cpu", "--no-mirroring", "--overwrite"]) == 0
     with open(out / "summary.csv") as stream:

@@ -36,7 +36,7 @@ def _write(grid: Image, array: np.ndarray, path):
 
 @pytest.fixture
 def folders(tmp_path, label_maps):
-    """4 references; predictions: dilated colon, eroded colon (as NRRD), identical, one missing, one extra."""
+    """4 references; predictions: dilated colon, eroded colon (as NRRD), identical, one missing."""
     grid, reference = label_maps
     spacing = grid.spacing_zyx
     references, predictions = tmp_path / "labelsTs", tmp_path / "predictions"
@@ -52,7 +52,6 @@ def folders(tmp_path, label_maps):
     _write(grid, dilated, predictions / "crc_001.nii.gz")
     _write(grid, eroded, predictions / "crc_002.nrrd")  # formats may differ: pairing is by case name
     _write(grid, reference, predictions / "crc_003.nii.gz")
-    _write(grid, reference, predictions / "crc_099.nii.gz")  # no reference: skipped
     (predictions / "plans.json").write_text("{}")  # nnU-Net writes these next to its predictions
     (predictions / "crc_001.npz").write_bytes(b"")
     expected = {
@@ -69,11 +68,10 @@ def _read_csv(path):
 def test_outputs_are_written_and_consistent(folders):
     predictions, references, output, expected, grid = folders
     with pytest.warns(UserWarning) as caught:
-        summary = evaluate_folder(predictions, references, output)
+        summary = evaluate_folder(predictions, references, output, missing_predictions="empty")
     messages = [str(w.message) for w in caught]
     assert any("crc_004" in m and "empty prediction" in m for m in messages)
-    assert any("crc_099" in m and "skipped" in m for m in messages)
-    assert summary.missing_predictions == ["crc_004"] and summary.unmatched_predictions == ["crc_099"]
+    assert summary.missing_predictions == ["crc_004"]
 
     rows = _read_csv(output / METRICS_CSV)
     assert [row["case"] for row in rows] == ["crc_001", "crc_002", "crc_003", "crc_004"]
@@ -109,7 +107,8 @@ def test_outputs_are_written_and_consistent(folders):
 def test_several_labels_give_one_row_per_case_and_label(folders):
     predictions, references, output, _, _ = folders
     with pytest.warns(UserWarning):
-        summary = evaluate_folder(predictions, references, output, labels=(1, 2), nsd_tolerance_mm=2.0)
+        summary = evaluate_folder(predictions, references, output, labels=(1, 2), nsd_tolerance_mm=2.0,
+                                  missing_predictions="empty")
     rows = _read_csv(output / METRICS_CSV)
     assert [(row["case"], row["label"]) for row in rows][:2] == [("crc_001", "1"), ("crc_001", "2")]
     assert len(rows) == 8 and summary.n_cases == 4
@@ -125,12 +124,12 @@ def test_geometry_mismatch_names_the_case(folders):
     moved = Image(expected["crc_003"], grid.spacing, tuple(o + 5.0 for o in grid.origin), grid.direction)
     write_image(moved, predictions / "crc_003.nii.gz")
     with pytest.warns(UserWarning), pytest.raises(EvaluationError, match=r"case crc_003: .*not on the reference grid"):
-        evaluate_folder(predictions, references, output)
+        evaluate_folder(predictions, references, output, missing_predictions="empty")
     resampled = Image(expected["crc_003"][:, ::2], (grid.spacing[0], grid.spacing[1] * 2, grid.spacing[2]),
                       grid.origin, grid.direction)
     write_image(resampled, predictions / "crc_003.nii.gz")
     with pytest.warns(UserWarning), pytest.raises(EvaluationError, match="crc_003.*shape"):
-        evaluate_folder(predictions, references, output)
+        evaluate_folder(predictions, references, output, missing_predictions="empty")
     assert not output.exists()  # nothing half-written
 
 
@@ -153,7 +152,8 @@ def test_command_line_wrapper(folders, capsys):
     predictions, references, output, _, _ = folders
     parser = argparse.ArgumentParser()
     add_evaluate_arguments(parser)
-    args = parser.parse_args([str(predictions), str(references), "-o", str(output), "--labels", "1"])
+    args = parser.parse_args([str(predictions), str(references), "-o", str(output), "--labels", "1",
+                              "--missing-predictions", "empty"])
     with pytest.warns(UserWarning):
         assert evaluate_main(args) == 0
     printed = capsys.readouterr().out

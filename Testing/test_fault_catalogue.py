@@ -8,62 +8,35 @@ does). The exit-code rule (``CRCTraining.cli``): 0 done, 1 the run failed, 2 bad
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import resource
 import shutil
-import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Dict, List
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
+import faults_batch
+import faults_inputs
+import faults_model_fit
+import faults_training
 from CRCSegmentationLib.demo import demo_model_path
 from CRCTraining.cli import main, user_error_types
 from crcseg_child import run_crcseg
+from fault_catalogue import (BAD_INPUT, FAILED, OK, Argv, Call, Fault, Workspace, guidance, run_child, segment,
+                             snapshot)
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import write_image
 from OrganGuidanceLib.phantom import make_abdominal_phantom
 
 REPO = Path(__file__).resolve().parents[1]
-OK, FAILED, BAD_INPUT, CANCELLED = 0, 1, 2, 130
-
-
-@dataclass
-class Workspace:
-    """Inputs shared by the rows (made once), and a fresh folder per row for its outputs."""
-
-    inputs: Path
-    row: Path
-
-    def __getitem__(self, name: str) -> str:
-        return str(self.inputs / name)
-
-    def out(self, name: str = "out") -> str:
-        return str(self.row / name)
-
-
-Argv = List[str]
-Call = Callable[[], object]
-
-
-@dataclass
-class Fault:
-    id: str
-    make: Callable[[Workspace], Union[Argv, Call]]  # argv for crcseg, or a call that must raise InputError
-    code: int  # expected exit code (call rows: BAD_INPUT means InputError)
-    words: Tuple[str, ...]  # the message must contain each (case-insensitive)
-    unchanged: Tuple[str, ...] = ()  # files/folders (relative to the row folder) that must not change
-    prepare: Optional[Callable[[Workspace], None]] = None  # puts earlier results into the row folder
-    child: Optional[str] = None  # "fsize": a file-size limit; "readonly": root without its override of file modes
-    hidden: Tuple[str, ...] = ()  # modules made unimportable for the row (a package that is not installed)
+# Topic files: each adds the rows (and writes the inputs) of one class of fault.
+TOPICS = (faults_inputs, faults_batch, faults_training, faults_model_fit)
 
 
 # --- inputs, made once ---------------------------------------------------------------------------
@@ -112,6 +85,8 @@ def inputs(tmp_path_factory) -> Path:
     _write(ct.with_array(np.where(outside[None], np.int16(-3024), ct.array).astype(np.int16)), folder / "ct_padded.nii.gz")
     _bundles(folder)
     _sam_files(folder)
+    for topic in TOPICS:
+        topic.make_inputs(folder)
     return folder
 
 
@@ -164,15 +139,6 @@ def _sam_files(folder: Path) -> None:
 
 
 # --- the rows ------------------------------------------------------------------------------------
-def guidance(w: Workspace, ct: str = "ct.nii.gz", organs: str = "organs.nii.gz", *extra: str) -> Argv:
-    return ["guidance", w[ct], "--organs", w[organs], "-o", w.out(), "--no-png", *extra]
-
-
-def segment(w: Workspace, model: str, *extra: str, ct: str = "ct.nii.gz") -> Argv:
-    return ["segment", w[ct] if not ct.startswith("/") else ct, "-m", model, "-o", w.out(), "--organs",
-            w["organs.nii.gz"], "--no-mirroring", "--device", "cpu", *extra]
-
-
 def earlier_guidance(w: Workspace) -> None:
     assert main(guidance(w)) == OK
 
@@ -245,7 +211,7 @@ def _guidance_mismatched_geometry(w: Workspace) -> Call:
     return lambda: OrganGuidanceLogic(scene).process(ct_node, settings)
 
 
-FAULTS: List[Fault] = [
+BASE_ROWS: List[Fault] = [
     # guidance: the image
     Fault("guidance-2d-image", lambda w: guidance(w, "ct_2d.nii.gz"), BAD_INPUT, ("2d",)),
     Fault("guidance-4d-image", lambda w: guidance(w, "ct_4d.nii.gz"), BAD_INPUT, ("4d",)),
@@ -340,36 +306,7 @@ FAULTS: List[Fault] = [
 ]
 
 
-# --- running a row -------------------------------------------------------------------------------
-def snapshot(root: Path, names: Tuple[str, ...]) -> Dict[str, str]:
-    found: Dict[str, str] = {}
-    for name in names:
-        path = root / name
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
-        for file in files:
-            found[str(file.relative_to(root))] = hashlib.sha256(file.read_bytes()).hexdigest()
-    return found
-
-
-def _drop_file_mode_override() -> None:
-    """Root ignores a read-only folder (CAP_DAC_OVERRIDE): take that capability from the child's bounding set."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
-def run_child(argv: Argv, kind: str, cwd: Path) -> Tuple[int, str]:
-    def limit() -> None:
-        if kind == "fsize":  # a full disk: writes past 256 KiB fail with EFBIG instead of killing the process
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-            resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
-        elif kind == "readonly" and os.geteuid() == 0:
-            _drop_file_mode_override()
-
-    return run_crcseg(argv, cwd, preexec_fn=limit, timeout_s=300)
+FAULTS: List[Fault] = BASE_ROWS + [row for topic in TOPICS for row in topic.ROWS]
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.id for f in FAULTS])
@@ -400,8 +337,8 @@ def test_fault(fault: Fault, inputs: Path, tmp_path: Path, capsys, monkeypatch):
     assert snapshot(tmp_path, fault.unchanged) == before
 
 
-def test_the_catalogue_has_forty_rows_with_unique_names():
-    assert len(FAULTS) >= 40 and len({f.id for f in FAULTS}) == len(FAULTS)
+def test_the_catalogue_has_eighty_rows_with_unique_names():
+    assert len(FAULTS) >= 80 and len({f.id for f in FAULTS}) == len(FAULTS)
 
 
 def test_debug_shows_the_traceback(inputs, tmp_path, capsys):

@@ -1,5 +1,6 @@
-"""FLARE24 organ-interference training (§2.2): class-weighted Dice + CE (Eq. 1-3), class-first patch sampling
-through nnU-Net's real loader, and the trainers as nnU-Net finds and builds them."""
+"""FLARE24 organ-interference training (§2.2): the class-weighted Dice + CE (Eq. 1-3) as the public code trains it
+(weights 1 and 1, per-sample CE, warm-up by loss mixing), class-first patch sampling through nnU-Net's real loader,
+and the trainers as nnU-Net finds and builds them."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from typing import Optional
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import stats
 
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
@@ -22,44 +24,57 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from CRCTraining.class_first_sampling import (
     ClassFirstDataLoader, ClassFirstDatasetBlosc2, class_first, class_presence,
     nnunet_trainer_loader, presence_path, sampling_weights)
-from CRCTraining.flare24_losses import ClassWeightedDCandCELoss, weighted_losses
-from CRCTraining.flare24_weights import class_weights, normalised, ramped_weights, tumor_label
+from CRCTraining.flare24_losses import (
+    ENV_WARMUP_EPOCHS, PAPER_ALPHA, PUBLIC_ALPHA, ClassWeightedDCandCELoss, weighted_losses)
+from CRCTraining.flare24_weights import class_weights, normalised, tumor_label, warmup_share
 from CRCTraining.losses import AnatomyFocalizedLoss
 from nnunet_tiny_plans import tiny_plans as nnunet_tiny_plans  # noqa: E402
 
 NNUNET_SMOOTH = 1e-5
 
 
-# --- (a) Eq. 1-3 ------------------------------------------------------------------------------------------------
-def eq_1_to_3(logits: torch.Tensor, target: torch.Tensor, weights, batch_dice: bool,
-              ignore_label: Optional[int] = None, smooth: float = NNUNET_SMOOTH) -> float:
-    """FLARE24 Eq. 1-3 written out in numpy (float64), α_dc = α_ce = 0.5, w normalised by its sum.
+# --- (a) the loss: Eq. 1-3 as the public code trains it ----------------------------------------------------------
+def public_rule(logits: torch.Tensor, target: torch.Tensor, weights, batch_dice: bool, share: float = 1.0,
+                alpha: float = 1.0, ignore_label: Optional[int] = None, smooth: float = NNUNET_SMOOTH) -> float:
+    """The public FLARE24 code's loss (lay-john/FLARE24-Task1: ``MultipleOutputLoss2`` around its weighted
+    ``DC_and_CE_loss``) written out in numpy float64, sample by sample:
 
-    Eq. 1 over the foreground classes (nnU-Net's do_bg=False, weights renormalised over them), soft Dice with
-    nnU-Net's smooth, per sample (then averaged) or over the batch (batch_dice); Eq. 2 as categorical CE
-    with each voxel weighted by its true class, Σ w_y·(-log p_y) / Σ w_y; ignored voxels count in neither.
+        L = (1 - t) · L(uniform) + t · L(w),   L(w) = α · Dice(w) + α · CE(w),   α = 1 (nnU-Net's default)
+
+    Dice(w) = -Σ_{i>=1} w_i dc_i (nnU-Net's sign), per sample then averaged, or over the batch (batch_dice), with
+    the weights renormalised over the foreground classes (our one documented change: the public code leaves them
+    normalised over all classes). CE(w): for each sample, Σ_j w_{y_j} (-log p_j^{y_j}) / Σ_j w_{y_j} over its
+    non-ignored voxels (``F.cross_entropy(weight=w)`` on that sample alone), then the mean over the samples.
     """
     x = logits.detach().double().numpy()
-    t = target.numpy()[:, 0].astype(np.int64)
-    valid = np.ones_like(t, bool) if ignore_label is None else t != ignore_label
-    t = np.where(valid, t, 0)
-    p = np.exp(x - x.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
+    labels = target.numpy()[:, 0].astype(np.int64)
     classes = x.shape[1]
-    y = np.stack([t == c for c in range(classes)], 1).astype(np.float64)
-    m = valid[:, None].astype(np.float64)
-    w = np.asarray(weights, np.float64)
-    w_fg = w[1:] / w[1:].sum()
-    spatial = tuple(range(2, x.ndim))
-    intersect, denominator = (p * y * m).sum(spatial), ((p + y) * m).sum(spatial)  # (B, C)
-    if batch_dice:
-        intersect, denominator = intersect.sum(0, keepdims=True), denominator.sum(0, keepdims=True)
-    dice = (2 * intersect + smooth) / (denominator + smooth)
-    l_dice = np.mean(np.sum(w_fg * (1.0 - dice[:, 1:]), axis=1))  # Eq. 1
-    picked = np.take_along_axis(p, t[:, None], 1)[:, 0]
-    voxel_weight = w[t] * valid
-    l_ce = np.sum(voxel_weight * -np.log(picked)) / np.sum(voxel_weight)  # Eq. 2
-    return 0.5 * l_dice + 0.5 * l_ce  # Eq. 3
+    uniform = np.full(classes, 1.0 / classes)
+
+    def one_loss(w: np.ndarray) -> float:
+        w_fg = w[1:] / w[1:].sum()
+        dice_rows, ce_samples = [], []
+        intersect_total, denominator_total = np.zeros(classes - 1), np.zeros(classes - 1)
+        for b in range(x.shape[0]):
+            valid = np.ones_like(labels[b], bool) if ignore_label is None else labels[b] != ignore_label
+            t = np.where(valid, labels[b], 0)
+            p = np.exp(x[b] - x[b].max(0, keepdims=True))
+            p /= p.sum(0, keepdims=True)
+            intersect = np.array([np.sum(p[c] * (t == c) * valid) for c in range(1, classes)])
+            denominator = np.array([np.sum((p[c] + (t == c)) * valid) for c in range(1, classes)])
+            intersect_total += intersect
+            denominator_total += denominator
+            dice_rows.append(-np.sum(w_fg * (2 * intersect + smooth) / (denominator + smooth)))
+            picked = np.take_along_axis(p, t[None], 0)[0]
+            voxel_weight = w[t] * valid
+            if voxel_weight.sum() > 0:
+                ce_samples.append(np.sum(voxel_weight * -np.log(picked)) / np.sum(voxel_weight))
+        dice = -np.sum(w_fg * (2 * intersect_total + smooth) / (denominator_total + smooth)) if batch_dice \
+            else np.mean(dice_rows)
+        return alpha * dice + alpha * (np.mean(ce_samples) if ce_samples else 0.0)
+
+    w = np.asarray(weights, np.float64) / np.sum(weights)
+    return (1 - share) * one_loss(uniform) + share * one_loss(w)
 
 
 def random_batch(seed: int, classes: int = 5, shape=(2, 6, 10, 12), ignore: Optional[int] = None):
@@ -71,16 +86,19 @@ def random_batch(seed: int, classes: int = 5, shape=(2, 6, 10, 12), ignore: Opti
     return logits.requires_grad_(True), target
 
 
-def weighted_loss(weights, batch_dice: bool, ignore_label=None) -> ClassWeightedDCandCELoss:
-    return ClassWeightedDCandCELoss({"batch_dice": batch_dice, "smooth": NNUNET_SMOOTH, "do_bg": False, "ddp": False},
-                                    normalised(weights), ignore_label=ignore_label)
+NNUNET_DICE_KWARGS = {"smooth": NNUNET_SMOOTH, "do_bg": False, "ddp": False}  # nnUNetTrainer._build_loss
 
 
-def nnunet_loss(batch_dice: bool, ignore_label=None) -> DC_and_CE_loss:
-    """nnU-Net's own loss exactly as nnUNetTrainer._build_loss builds it (batch_dice from the plans, smooth 1e-5,
-    do_bg False, MemoryEfficientSoftDiceLoss, the ignore label), with weight_ce = weight_dice = 0.5 (Eq. 3)."""
-    return DC_and_CE_loss({"batch_dice": batch_dice, "smooth": NNUNET_SMOOTH, "do_bg": False, "ddp": False}, {},
-                          weight_ce=0.5, weight_dice=0.5, ignore_label=ignore_label,
+def weighted_loss(weights, batch_dice: bool, ignore_label=None, share: float = 1.0,
+                  **alphas) -> ClassWeightedDCandCELoss:
+    return ClassWeightedDCandCELoss({"batch_dice": batch_dice, **NNUNET_DICE_KWARGS}, normalised(weights),
+                                    ignore_label=ignore_label, weighted_share=share, **alphas)
+
+
+def nnunet_default_loss(batch_dice: bool, ignore_label=None) -> DC_and_CE_loss:
+    """nnU-Net's own loss as nnUNetTrainer._build_loss builds it (batch_dice from the plans, smooth 1e-5, do_bg
+    False, MemoryEfficientSoftDiceLoss, the ignore label), with DC_and_CE_loss's default weights (1 and 1)."""
+    return DC_and_CE_loss({"batch_dice": batch_dice, **NNUNET_DICE_KWARGS}, {}, ignore_label=ignore_label,
                           dice_class=MemoryEfficientSoftDiceLoss)
 
 
@@ -89,51 +107,109 @@ TUMOR_1_TO_5 = [1, 1, 1, 1, 5]  # background, three organs, tumor
 
 @pytest.mark.parametrize("batch_dice", [False, True])
 @pytest.mark.parametrize("ignore", [None, 5])
-def test_weighted_loss_is_eq_1_to_3(batch_dice, ignore):
+@pytest.mark.parametrize("share", [0.0, 0.3, 1.0])
+def test_loss_is_the_public_codes_rule(batch_dice, ignore, share):
     logits, target = random_batch(1, ignore=ignore)
-    value = weighted_loss(TUMOR_1_TO_5, batch_dice, ignore)(logits, target)
-    # nnU-Net's sign convention: -Σ w·dice = Eq. 1 - Σ w (= 1), so the loss is Eq. 3 - α_dc
-    assert value.item() + 0.5 == pytest.approx(eq_1_to_3(logits, target, TUMOR_1_TO_5, batch_dice, ignore), abs=2e-6)
-    uniform = weighted_loss([1] * 5, batch_dice, ignore)(logits, target).item()
-    assert abs(value.item() - uniform) > 1e-3  # the tumor weight changes the loss
+    value = weighted_loss(TUMOR_1_TO_5, batch_dice, ignore, share)(logits, target.clone()).item()
+    assert value == pytest.approx(public_rule(logits, target, TUMOR_1_TO_5, batch_dice, share, 1.0, ignore), abs=3e-6)
+    if share > 0:  # the tumor weight changes the loss
+        assert abs(value - weighted_loss([1] * 5, batch_dice, ignore, share)(logits, target.clone()).item()) > 1e-3
+
+
+def tumor_heavy_batch() -> tuple:
+    """Two samples of unequal tumor content: sample 0 is half tumor (class 4), sample 1 holds none; the network
+    favours the background (as early in training), so tumor voxels cost much more CE than the others."""
+    logits, target = random_batch(11)
+    with torch.no_grad():
+        logits[:, 0] += 4
+    target[0, 0, :3] = 4
+    target[1][target[1] == 4] = 1
+    return logits, target
+
+
+def test_ce_is_averaged_per_sample_not_over_the_batch():
+    logits, target = tumor_heavy_batch()
+    ours = weighted_loss(TUMOR_1_TO_5, False, weight_dice=0.0)(logits, target).item()
+    weights = torch.tensor(TUMOR_1_TO_5, dtype=torch.float32)
+    per_sample = np.mean([F.cross_entropy(logits[b:b + 1], target[b:b + 1, 0].long(), weight=weights).item()
+                          for b in range(2)])  # the public code's loop over samples
+    batch_weighted_mean = F.cross_entropy(logits, target[:, 0].long(), weight=weights).item()
+    assert ours == pytest.approx(per_sample, abs=1e-6)
+    assert abs(per_sample - batch_weighted_mean) > 1e-2  # the two rules do differ on this batch
+
+
+def test_warm_up_mixes_two_losses_not_two_weight_vectors():
+    logits, target = tumor_heavy_batch()
+    at = {t: weighted_loss(TUMOR_1_TO_5, False, share=t)(logits, target.clone()).item() for t in (0.0, 0.4, 1.0)}
+    assert at[0.4] == pytest.approx(0.6 * at[0.0] + 0.4 * at[1.0], abs=1e-6)
+    target_weights = normalised(TUMOR_1_TO_5)
+    ramped_vector = 0.6 * np.full(5, 0.2) + 0.4 * target_weights  # ramping the weights instead
+    ramped = weighted_loss(ramped_vector, False)(logits, target.clone()).item()
+    assert abs(ramped - at[0.4]) > 1e-3
 
 
 @pytest.mark.parametrize("batch_dice", [False, True])
-@pytest.mark.parametrize("ignore", [None, 5])
-def test_uniform_weights_are_nnunets_own_loss(batch_dice, ignore):
-    logits, target = random_batch(2, ignore=ignore)
-    ours = weighted_loss([1] * 5, batch_dice, ignore)(logits, target)
-    (gradient_ours,) = torch.autograd.grad(ours, logits)
-    theirs = nnunet_loss(batch_dice, ignore)(logits, target.clone())
+def test_uniform_weights_are_nnunets_default_dc_and_ce_loss(batch_dice):
+    logits, target = random_batch(2)
+    theirs = nnunet_default_loss(batch_dice)(logits, target.clone())
     (gradient_theirs,) = torch.autograd.grad(theirs, logits)
-    assert ours.item() == pytest.approx(theirs.item(), abs=1e-6)
-    torch.testing.assert_close(gradient_ours, gradient_theirs, rtol=1e-5, atol=1e-9)
-    assert theirs.item() + 0.5 == pytest.approx(eq_1_to_3(logits, target, [1] * 5, batch_dice, ignore), abs=2e-6)
+    for loss in (weighted_loss([1] * 5, batch_dice),  # uniform class weights
+                 weighted_loss(TUMOR_1_TO_5, batch_dice, share=0.0)):  # epoch 0 of the warm-up: uniform loss alone
+        ours = loss(logits, target.clone())
+        (gradient_ours,) = torch.autograd.grad(ours, logits)
+        assert ours.item() == pytest.approx(theirs.item(), abs=1e-6)
+        torch.testing.assert_close(gradient_ours, gradient_theirs, rtol=1e-5, atol=1e-9)
 
 
-def test_deep_supervision_applies_eq_1_to_3_at_every_level():
+@pytest.mark.parametrize("ignore", [None, 5])
+def test_paper_alpha_halves_the_loss_and_its_gradient(ignore):
+    logits, target = random_batch(4, ignore=ignore)
+    public = weighted_loss(TUMOR_1_TO_5, True, ignore, 0.5)(logits, target.clone())
+    paper = weighted_loss(TUMOR_1_TO_5, True, ignore, 0.5, weight_dice=PAPER_ALPHA, weight_ce=PAPER_ALPHA)
+    value = paper(logits, target.clone())
+    assert value.item() == pytest.approx(0.5 * public.item(), abs=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(value, logits)[0], 0.5 * torch.autograd.grad(public, logits)[0],
+                               rtol=1e-5, atol=1e-9)
+    assert value.item() == pytest.approx(public_rule(logits, target, TUMOR_1_TO_5, True, 0.5, 0.5, ignore), abs=3e-6)
+
+
+def test_deep_supervision_applies_the_rule_at_every_level():
     levels = [random_batch(3 + k, shape=(2, 8 // 2 ** k, 16 // 2 ** k, 16 // 2 ** k), ignore=5) for k in range(3)]
     factors = np.array([1, 0.5, 0.25]) / 1.75  # nnU-Net's 1/2^k, normalised
-    loss = DeepSupervisionWrapper(weighted_loss(TUMOR_1_TO_5, False, 5), factors)
-    value = loss([lg for lg, _ in levels], [t for _, t in levels])
-    reference = sum(f * (eq_1_to_3(lg, t, TUMOR_1_TO_5, False, 5) - 0.5) for f, (lg, t) in zip(factors, levels))
+    loss = DeepSupervisionWrapper(weighted_loss(TUMOR_1_TO_5, False, 5, 0.3), factors)
+    value = loss([lg for lg, _ in levels], [t.clone() for _, t in levels])
+    reference = sum(f * public_rule(lg, t, TUMOR_1_TO_5, False, 0.3, 1.0, 5) for f, (lg, t) in zip(factors, levels))
     assert value.item() == pytest.approx(reference, abs=5e-6)
 
 
-def test_ramp_and_in_place_weight_update():
+def test_a_batch_of_ignored_voxels_gets_no_ce():
+    logits, target = random_batch(5)
+    target[:] = 5  # every voxel ignored
+    loss = weighted_loss(TUMOR_1_TO_5, False, 5, 0.5)
+    value = loss(logits, target.clone())
+    assert torch.isfinite(value)
+    assert value.item() == pytest.approx(public_rule(logits, target, TUMOR_1_TO_5, False, 0.5, 1.0, 5), abs=1e-6)
+
+
+def test_warmup_share_and_in_place_updates():
+    assert [warmup_share(e, 50) for e in (0, 25, 49, 50, 80)] == [0.0, 0.5, 0.98, 1.0, 1.0]
+    assert warmup_share(0, 0) == 1.0  # no warm-up: the class-weighted loss from the start
+    with pytest.raises(ValueError, match="warm-up epochs"):
+        warmup_share(3, -1)
     target = class_weights({"labels": {"background": 0, "liver": 1, "spleen": 2, "tumor": 3}})
     np.testing.assert_array_equal(target, [1, 1, 1, 5])
-    np.testing.assert_allclose(ramped_weights(target, 0, 50), 0.25)
-    np.testing.assert_allclose(ramped_weights(target, 25, 50), 0.5 * 0.25 + 0.5 * target / 8)
-    np.testing.assert_allclose(ramped_weights(target, 80, 50), target / 8)
-    np.testing.assert_allclose(ramped_weights(target, 0, 0), target / 8)
-    loss = weighted_loss([1, 1, 1, 1], False)
-    buffers = (loss.ce.weight, loss.dice.class_weights)
+    loss = weighted_loss([1, 1, 1, 1], False, share=0.0)
+    buffers = (loss.ce.class_weights, loss.dice.class_weights, loss.ce.weighted_share, loss.dice.weighted_share)
     loss.set_class_weights(target / 8)
-    assert loss.ce.weight is buffers[0] and loss.dice.class_weights is buffers[1]
+    loss.set_weighted_share(0.25)
+    assert all(a is b for a, b in zip(buffers, (loss.ce.class_weights, loss.dice.class_weights,
+                                                 loss.ce.weighted_share, loss.dice.weighted_share)))
     np.testing.assert_allclose(loss.dice.class_weights.numpy(), target / 8)
+    assert loss.weighted_share == loss.dice.weighted_share.item() == 0.25
     with pytest.raises(ValueError, match="5 class weights for a loss of 4"):
         loss.set_class_weights([1, 1, 1, 1, 1])
+    with pytest.raises(ValueError, match=r"share t must be in \[0, 1\]"):
+        loss.set_weighted_share(1.5)
 
 
 def test_tumor_label_from_dataset_json():
@@ -250,8 +326,10 @@ def tiny_plans() -> dict:
                              [[3, 3, 3]] * 3, [[1, 1, 1], [2, 2, 2], [2, 2, 2]], batch_dice=True)
 
 
-@pytest.mark.parametrize("name", ["nnUNetTrainerOrganInterference", "nnUNetTrainerOrganInterferenceAFLoss"])
-def test_trainer_found_by_nnunet_builds_and_trains_a_step(cases, tmp_path, monkeypatch, name):
+@pytest.mark.parametrize("name, alpha", [("nnUNetTrainerOrganInterference", PUBLIC_ALPHA),
+                                         ("nnUNetTrainerOrganInterferencePaperAlpha", PAPER_ALPHA),
+                                         ("nnUNetTrainerOrganInterferenceAFLoss", PUBLIC_ALPHA)])
+def test_trainer_found_by_nnunet_builds_and_trains_a_step(cases, tmp_path, monkeypatch, name, alpha):
     import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as trainer_module
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
@@ -273,11 +351,19 @@ def test_trainer_found_by_nnunet_builds_and_trains_a_step(cases, tmp_path, monke
         assert isinstance(trainer.loss.loss, AnatomyFocalizedLoss) and trainer.loss.loss.base_loss is weighted
     else:
         assert trainer.loss.loss is weighted
-    assert weighted.weight_dice == weighted.weight_ce == 0.5 and weighted.dice.batch_dice and not weighted.dice.do_bg
-    np.testing.assert_allclose(weighted.class_weights.numpy(), 0.2)  # epoch 0 of the 50-epoch ramp: uniform
-    trainer.current_epoch = 50
-    trainer.on_train_epoch_start()
+    assert weighted.weight_dice == weighted.weight_ce == alpha and weighted.dice.batch_dice and not weighted.dice.do_bg
+    assert isinstance(trainer.optimizer, torch.optim.SGD) and trainer.optimizer.param_groups[0]["lr"] == 1e-2
+    np.testing.assert_allclose(weighted.class_weights.numpy(), np.array([1, 1, 1, 1, 5]) / 9)  # fixed
+    assert weighted.weighted_share == 0.0  # epoch 0 of the 50-epoch warm-up: the uniform-weighted loss alone
+    for epoch, share in ((25, 0.5), (50, 1.0)):
+        trainer.current_epoch = epoch
+        trainer.on_train_epoch_start()
+        assert weighted.weighted_share == share and weighted.dice.weighted_share.item() == share
     np.testing.assert_allclose(weighted.class_weights.numpy(), np.array([1, 1, 1, 1, 5]) / 9)
+    monkeypatch.setenv(ENV_WARMUP_EPOCHS, "4")  # what `crcseg flare24-ablation --warmup-epochs 4` sets
+    trainer.current_epoch = 2
+    trainer.on_train_epoch_start()
+    assert weighted.weighted_share == 0.5
 
     original_loader = trainer_module.nnUNetDataLoader
     train, validation = trainer.get_dataloaders()
@@ -297,5 +383,18 @@ def test_every_flare24_trainer_is_in_the_architecture_table():
     from CRCSegmentationLib.networks.nnunet_architectures import NNUNET_DEFAULT, TRAINER_ARCHITECTURES
     import CRCTraining.trainers.flare24_trainers as flare24
 
-    for name in ("nnUNetTrainerOrganInterference", "nnUNetTrainerOrganInterferenceAFLoss"):
+    for name in ("nnUNetTrainerOrganInterference", "nnUNetTrainerOrganInterferencePaperAlpha",
+                 "nnUNetTrainerOrganInterferenceAFLoss"):
         assert hasattr(flare24, name) and TRAINER_ARCHITECTURES[name] == NNUNET_DEFAULT
+
+
+def test_ablation_refuses_a_negative_warmup_before_writing(tmp_path, capsys):
+    from CRCTraining.cli import main
+
+    output = tmp_path / "out"
+    code = main(["flare24-ablation", str(tmp_path / "train"), str(tmp_path / "test"), "-o", str(output), "-d", "790",
+                 "--organs", str(tmp_path / "organs"), "--test-organs", str(tmp_path / "organs"),
+                 "--warmup-epochs", "-1"])
+    message = capsys.readouterr().err
+    assert code == 2 and "--warmup-epochs -1" in message and "Traceback" not in message
+    assert not output.exists()

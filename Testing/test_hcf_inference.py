@@ -309,7 +309,7 @@ def test_a_missing_hcf_json_is_named(copy):
     with pytest.raises(ModelError, match=r"hcf\.json is missing; a model of kind 'hcf' needs it"):
         open_model(copy)
     (copy / HCF_FILE).write_text("{not json")
-    with pytest.raises(ModelError, match=r"hcf\.json: unreadable"):
+    with pytest.raises(ModelError, match=r"hcf\.json: is not valid JSON"):
         open_model(copy)
 
 

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from CRCSegmentationLib.networks.hcf import (
-    PAPER_HCF_PARAMETERS_M, PAPER_SANET_PARAMETERS_M, PUBLIC_CODE_SANET_PARAMETERS_M, SLICE_CLASSIFIER_PARAMETERS_M,
-    SANet, SpatialAlignment, align_upsample, build_hcf, build_sanet, build_slice_classifier, identity_grid,
-    parameter_count)
+    PAPER_HCF_PARAMETERS_M, PAPER_SANET_PARAMETERS_M, PUBLIC_CODE_SANET_PARAMETERS_M, PUBLIC_FINAL_DROPOUT,
+    SLICE_CLASSIFIER_PARAMETERS_M, DropoutLinear, SANet, SpatialAlignment, align_upsample, build_hcf, build_sanet,
+    build_slice_classifier, identity_grid, parameter_count)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,46 @@ def test_the_classifier_is_torchvisions_resnet18_with_one_input_channel():
     assert parameter_count(stage_one) == parameter_count(classifier) and isinstance(stage_two, SANet)
     with pytest.raises(ValueError):
         build_slice_classifier(1, 1)
+
+
+def test_classifier_has_the_public_dropout_in_training_only_with_unchanged_keys():
+    """The public code's Dropout(0.2) before the last layer (cls/config.py drop_rate): active in train mode, the
+    identity in eval mode, and invisible in the state dict (checkpoints with and without it load strictly)."""
+    torch.manual_seed(3)
+    with_dropout = build_slice_classifier(1, 2)
+    torch.manual_seed(3)
+    without = build_slice_classifier(1, 2, dropout=0.0)
+    assert isinstance(with_dropout.fc, DropoutLinear) and with_dropout.fc.dropout.p == PUBLIC_FINAL_DROPOUT == 0.2
+    assert type(without.fc) is nn.Linear
+    assert list(with_dropout.state_dict()) == list(without.state_dict())  # the same keys, in the same order
+    assert all(torch.equal(a, b) for a, b in zip(with_dropout.state_dict().values(), without.state_dict().values()))
+    assert parameter_count(with_dropout) == parameter_count(without) == 11_171_266
+    with_dropout.load_state_dict(without.state_dict(), strict=True)
+    without.load_state_dict(with_dropout.state_dict(), strict=True)
+    x = torch.randn(4, 1, 64, 64)
+    with_dropout.train(), without.train()
+    with torch.no_grad():
+        first, second = with_dropout(x), with_dropout(x)
+        plain_first, plain_second = without(x), without(x)  # batch statistics alone do not change between passes
+    assert (first - second).abs().max() > 1e-3
+    torch.testing.assert_close(plain_first, plain_second)
+    with_dropout.eval(), without.eval()  # both saw the same batches: the same running statistics
+    with torch.no_grad():
+        evaluated = with_dropout(x)
+        torch.testing.assert_close(evaluated, with_dropout(x), rtol=0, atol=0)
+        torch.testing.assert_close(evaluated, without(x))
+    with pytest.raises(ValueError, match="dropout must be in"):
+        build_slice_classifier(1, 2, dropout=1.0)
+
+
+def test_the_bundle_builds_the_classifier_with_dropout_and_loads_a_checkpoint_without_it_strictly():
+    from CRCSegmentationLib.hcf_bundle import BUILDER_ARGS, CLASSIFIER, NETWORKS, HCFStage
+
+    built = HCFStage(CLASSIFIER, NETWORKS[CLASSIFIER], dict(BUILDER_ARGS[CLASSIFIER]), ["0"]).build()
+    assert isinstance(built.fc, DropoutLinear)
+    saved = build_slice_classifier(1, 2, dropout=0.0).state_dict()  # a classifier trained before the dropout
+    built.load_state_dict(saved, strict=True)
+    assert torch.equal(built.fc.weight, saved["fc.weight"])
 
 
 # --- encoder: output stride 16 -----------------------------------------------------------------------------------

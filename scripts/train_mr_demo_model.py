@@ -7,8 +7,9 @@ The RCSegNeXt recipe of the README on a small scale, through ``CRCTraining``: sa
 (``CRCTraining.mr_phantom_dataset``, fixed seed) -> ``prepare_mr_dataset`` (one z-scored channel, labels
 rectum + tumor) -> nnU-Net planning -> the ``3d_fullres_rcsegnext`` configuration (the paper's network at
 width 16 so that the weights stay small; patch fitted to its poolings) -> ``nnUNetTrainerRCSegNeXt`` on fold
-"all" -> bundle (optimizer state stripped, SHA-256 recomputed, catalogue entry updated) -> Dice of rectum and
-tumor on held-out phantoms through the inference engine the module uses.
+"all" -> bundle (optimizer state stripped, SHA-256 recomputed, catalogue entry updated; the training images'
+thick axis, which ``prepare_mr_dataset`` records in dataset.json, goes into the bundle's ``thick_axis``: left-right,
+4 mm) -> Dice of rectum and tumor on held-out phantoms through the inference engine the module uses.
 
 Seeded as ``train_demo_model.py`` (augmentation in the main process). A demonstration model trained on
 synthetic phantoms; it is not for clinical use.
@@ -69,6 +70,18 @@ def train_model(args: argparse.Namespace, paths, timings: Dict[str, float]) -> N
     train(TRAIN_ID, TRAINER, fold="all", configuration="3d_fullres_rcsegnext", device="cpu", epochs=args.epochs,
           iterations=args.iterations, val_iterations=1)
     timings["training"] = time.perf_counter() - start
+
+
+def check_thick_axis(bundle: Path) -> None:
+    """The bundle must record its training images' thick axis (sagittal: left-right), or inputs sliced in
+    another plane get no warning (CRCSegmentationLib.model_fit)."""
+    from CRCSegmentationLib.bundle import read_metadata
+
+    recorded = read_metadata(bundle).thick_axis
+    if recorded.get("runs") != "L-R":
+        raise SystemExit(f"{bundle}: thick_axis {recorded or 'not recorded'}, expected the sagittal phantoms' "
+                         "left-right axis; a work folder prepared by an older version lacks it: rerun without "
+                         "--export-only")
 
 
 def update_catalogue(bundle: Path) -> None:
@@ -133,6 +146,7 @@ def main(argv: List[str] | None = None) -> int:
     model = trained_model_folder(paths.results, dataset_name(TRAIN_ID), TRAINER, "3d_fullres_rcsegnext")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     bundle = write_bundle(model, args.output, NAME, DESCRIPTION, SOURCE_NOTE)
+    check_thick_axis(bundle)
     if args.output == BUNDLE:
         update_catalogue(bundle)
     size_mb = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) / 1e6

@@ -12,30 +12,35 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from tqdm import tqdm
 
-from OrganGuidanceLib.atomic import write_text_atomic
 from OrganGuidanceLib.guidance import GuidanceParameters, GuidanceResult, MOSSource, run_guidance
+from OrganGuidanceLib.cases import find_case_file, find_cases
 from OrganGuidanceLib.image import Image
-from OrganGuidanceLib.io import IMAGE_SUFFIXES, read_image, write_image
+from OrganGuidanceLib.io import read_image, write_image
+from OrganGuidanceLib.json_files import read_json
 from OrganGuidanceLib.labels import ORGAN_SETS, load_convention
+from OrganGuidanceLib.checksum import input_digest
+from OrganGuidanceLib.device import resolve_device
+from OrganGuidanceLib.image_files import printable
+from OrganGuidanceLib.result_folder import RECORDS, ResultFolder, open_result_folder, run_key
 from OrganGuidanceLib.validation import InputError
 
 from .inference import SegmentationParameters
 from .metrics import compute_metrics
-from .model_source import ModelSource, open_model
+from .model_source import ModelError, ModelSource, open_model
 from .statistics import tumor_statistics
 
-NNUNET_CHANNEL_SUFFIX = "_0000"  # nnU-Net's imagesTs naming: the CT channel of case <case>
 SUMMARY_FILE = "summary.csv"
+TUMOR_ENDING, LABELS_ENDING = "_tumor.nii.gz", "_labels.nii.gz"  # <case><ending>: the files of one case
 STATISTICS_COLUMNS = ("volume_ml", "largest_axial_diameter_mm", "craniocaudal_extent_mm", "components")
 # FLARE's efficiency measures (efficiency.py): the model run's wall time, peak resident memory on the CPU,
 # peak GPU memory and the area under the GPU-memory-time curve on CUDA (empty where they do not apply)
@@ -50,7 +55,7 @@ class CaseResult:
     case: str
     image: Path
     status: str  # "ok" | "failed"
-    output: Optional[Path] = None
+    output: str = ""  # the tumor mask's file name in the output folder
     error: str = ""
     statistics: Dict[str, float] = field(default_factory=dict)
     metrics: Dict[str, float] = field(default_factory=dict)
@@ -60,6 +65,16 @@ class CaseResult:
     efficiency: Dict[str, float] = field(default_factory=dict)  # FLARE's measures of the model run
     slices: Dict[str, int] = field(default_factory=dict)  # SLICE_COLUMNS that apply (HCF, slice filter)
     slice_filter: str = ""  # the slice filter's summary line, when one ran
+    reused: bool = False  # finished by an earlier run with the same inputs, model and settings: not redone
+
+    def to_record(self) -> Dict[str, object]:
+        """The case's summary row, kept in its record so that a rerun that skips the case reports it the same."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("image", "reused")}
+
+    @classmethod
+    def from_record(cls, record: Dict[str, object], image: Path) -> "CaseResult":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in known}, image=image, reused=True)
 
 
 @dataclass
@@ -76,52 +91,24 @@ class BatchReport:
     def succeeded(self) -> List[CaseResult]:
         return [c for c in self.cases if c.status == "ok"]
 
+    @property
+    def reused(self) -> List[CaseResult]:
+        return [c for c in self.cases if c.reused]
+
     def summary(self) -> str:
-        text = f"{len(self.succeeded)} of {len(self.cases)} cases segmented; summary in {self.summary_csv}"
-        text += "".join(f"\n  {c.case}: {c.slice_filter}" for c in self.succeeded if c.slice_filter)
-        return text + "".join(f"\n  {c.case}: FAILED: {c.error}" for c in self.failed)
-
-
-def case_name(path: Path) -> str:
-    """File name without its image ending (and without nnU-Net's ``_0000`` channel suffix)."""
-    name = path.name
-    for ending in IMAGE_SUFFIXES:
-        if name.endswith(ending):
-            name = name[: -len(ending)]
-            break
-    return name[: -len(NNUNET_CHANNEL_SUFFIX)] if name.endswith(NNUNET_CHANNEL_SUFFIX) else name
-
-
-def find_inputs(inputs: Union[str, Path, Sequence[Union[str, Path]]]) -> List[Path]:
-    """One file, a folder (its image files, sorted) or a list of files."""
-    if isinstance(inputs, (str, Path)):
-        path = Path(inputs)
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(IMAGE_SUFFIXES)
-                           and not p.name.startswith("."))
-            if not files:
-                raise InputError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-            return files
-        if not path.exists():
-            raise InputError(f"{path}: no such file or folder")
-        return [path]
-    return [Path(p) for p in inputs]
-
-
-def find_case_file(folder: Path, case: str) -> Optional[Path]:
-    for ending in IMAGE_SUFFIXES:
-        for name in (f"{case}{ending}", f"{case}{NNUNET_CHANNEL_SUFFIX}{ending}"):
-            if (folder / name).is_file():
-                return folder / name
-    return None
+        text = f"{len(self.succeeded)} of {len(self.cases)} cases segmented"
+        if self.reused:
+            text += f" ({len(self.reused)} finished by an earlier run, not redone)"
+        text += f"; summary in {self.summary_csv}"
+        text += "".join(f"\n  {printable(c.case)}: {c.slice_filter}" for c in self.succeeded if c.slice_filter)
+        text += "".join(f"\n  {printable(c.case)}: warning: {w}" for c in self.succeeded for w in c.warnings)
+        return text + "".join(f"\n  {printable(c.case)}: FAILED: {c.error}" for c in self.failed)
 
 
 def guidance_parameters_for(model: ModelSource) -> GuidanceParameters:
     """The OOI parameters the model was trained with (``dataset.json["agcrc"]``), else the defaults."""
-    try:
-        dataset = json.loads((model.folder / "dataset.json").read_text())
-    except (OSError, ValueError):
-        dataset = {}
+    path = model.folder / "dataset.json"
+    dataset = read_json(path, error=ModelError) if path.exists() else {}
     recorded = dataset.get("agcrc") or (model.metadata.guidance if model.metadata is not None else {}) or {}
     parameters = GuidanceParameters()
     ooi = recorded.get("ooi", {})
@@ -174,6 +161,44 @@ class _OrganSource:
         return MOSSource(read_image(path, name=f"{case} organ map"), self.convention)
 
 
+def model_fingerprint(model: ModelSource) -> Dict[str, str]:
+    """What identifies a model's predictions: the SHA-256 of every weight file and of its JSON descriptions."""
+    recorded = model.metadata.checkpoint_sha256 if model.metadata is not None else {}
+    files = {str(p.relative_to(model.folder)): recorded.get(str(p.relative_to(model.folder))) or input_digest(p)
+             for p in model.checkpoint_paths()}
+    files.update({p.name: input_digest(p) for p in sorted(model.folder.glob("*.json"))})
+    return files
+
+
+def _owned(name: str) -> bool:
+    """Top-level entries of an output folder that ``crcseg segment`` writes (``--overwrite`` replaces them)."""
+    return name in (SUMMARY_FILE, RECORDS) or name.endswith((TUMOR_ENDING, LABELS_ENDING)) \
+        or name.startswith(".tmp-case-")
+
+
+def _case_files(folder: Path, case: str) -> List[Path]:
+    return [p for p in (folder / f"{case}{TUMOR_ENDING}", folder / f"{case}{LABELS_ENDING}") if p.exists()]
+
+
+def _refuse_earlier_results(results: ResultFolder, cases: Sequence[Tuple[str, Path]], common: Dict[str, object]) -> None:
+    """Earlier results that this run would replace: made by another model or settings, or by no resumable run."""
+    if results.overwrite:
+        return
+    foreign = [p for case, _ in cases if results.record(case, complete_only=False) is None
+               for p in _case_files(results.folder, case)]
+    if not foreign and (results.folder / SUMMARY_FILE).exists() and not (results.folder / RECORDS).is_dir():
+        foreign = [results.folder / SUMMARY_FILE]  # a summary of a run that kept no records
+    if foreign:
+        names = ", ".join(printable(str(p)) for p in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise InputError(f"output: {names} exists already and was not written by a resumable run; pass --overwrite "
+                         "to replace it, or choose another output folder")
+    changed = results.conflicts([case for case, _ in cases], common, ignore=("inputs",))
+    if changed:
+        raise InputError(f"output: {results.folder} holds results of {len(changed)} of these cases made otherwise: "
+                         f"{'; '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}; pass --overwrite to "
+                         "replace them, or choose another output folder")
+
+
 def segment_files(
     inputs: Union[str, Path, Sequence[Union[str, Path]]],
     model: Union[ModelSource, str, Path],
@@ -189,24 +214,24 @@ def segment_files(
 
     ``slice_filter``: an HCF bundle (or classifier-only bundle, folder or catalogue name) whose slice
     classifier then clears the tumor on the slices it calls normal; the summary reports what it removed.
-    Existing results in ``output_dir`` are never replaced unless ``overwrite``: the run is refused first.
+
+    The output folder is a ``ResultFolder``: each case is written whole or not at all, with a record of
+    what made it; the same call again skips the finished cases and does the rest (a killed or cancelled
+    batch resumes). Results made otherwise (another model or settings, or no record) are never replaced
+    unless ``overwrite``, which replaces the earlier result whole once the new one is complete.
     """
-    files = find_inputs(inputs)
-    organ_maps = case_files(organs, files, "organ masks")
-    reference_folder = case_files(references, files, "references")
+    cases = [(found.case, found.path) for found in find_cases(inputs)]
+    files = [path for _, path in cases]
+    organ_maps = case_files(organs, files, "--organs")
+    reference_folder = case_files(references, files, "--references")
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"output: {output_dir} is a file, not a folder")
-    if not overwrite:
-        existing = [p for p in [output_dir / f"{case_name(f)}_tumor.nii.gz" for f in files] + [output_dir / SUMMARY_FILE]
-                    if p.exists()]
-        if existing:
-            raise InputError(f"output: {', '.join(str(p) for p in existing[:3])}{' ...' if len(existing) > 3 else ''} "
-                             "exists already; pass --overwrite to replace it, or choose another output folder")
     source = model if isinstance(model, ModelSource) else open_model(model)
     if source.no_guidance_reason and organs is not None:
         raise InputError(f"--organs: model '{source.name}' {source.no_guidance_reason} and takes no organ guidance")
     parameters = parameters or SegmentationParameters()
+    resolve_device(parameters.device)  # 'cuda' without a GPU is the run's error, before the model loads at a case
     cleaner = None
     if slice_filter is not None:
         from .slice_filter import SliceFilter
@@ -214,57 +239,113 @@ def segment_files(
         if source.modality != "CT":
             raise InputError(f"--slice-filter: an HCF slice classifier reads CT slices; model '{source.name}' "
                              f"segments {source.modality} images")
-        cleaner = SliceFilter(slice_filter, parameters.device)  # before the model: a wrong filter fails fast
-    segmenter = source.segmenter(parameters)  # loads the model once for every case
+        cleaner = SliceFilter(slice_filter, parameters.device, what="--slice-filter")  # fails before the model runs
     # A CT-only model runs TotalSegmentator only when asked to (organ guidance then just narrows the region).
     needs_guidance = source.uses_guidance or organs is not None
     guidance_parameters = guidance_parameters_for(source)
+    common = _common_parts(source, parameters, guidance_parameters if needs_guidance else None,
+                           organ_maps, convention, cleaner)
+    # Before any case: a bad --convention or a missing TotalSegmentator is the run's error, not a case's
     organ_source = _OrganSource(organ_maps, convention, guidance_parameters.organ_set, parameters.device) \
         if needs_guidance else None
-    output_dir.mkdir(parents=True, exist_ok=True)
-    report = BatchReport(output_dir, output_dir / SUMMARY_FILE)
-
-    bar = tqdm(files, desc="segment", unit="case")
-    for path in bar:
-        case = case_name(path)
-        bar.set_postfix_str(case)
-        result = CaseResult(case, path, "failed")
-        start = time.perf_counter()
-        try:
-            ct = read_image(path, name=case)
-            source.check_image(ct)  # before organ masks: TotalSegmentator on a non-CT would waste minutes
-            guidance: Optional[GuidanceResult] = None
-            if organ_source is not None:
-                guidance = run_guidance(ct, [organ_source.segment(case, ct)], guidance_parameters)
-                result.warnings.extend(guidance.warnings)
-            segmentation = segmenter.segment(ct, guidance)
-            if cleaner is not None:
-                segmentation = cleaner.apply(ct, segmentation)
-                filtered = segmentation.slice_filter
-                result.slice_filter = filtered.summary()
-                result.slices.update({"filter_removed_voxels": filtered.removed_voxels,
-                                      "filter_rejected_slices": len(filtered.rejected_slices),
-                                      "filter_tumor_slices": filtered.tumor_slices})
-            if segmentation.slice_counts:
-                result.slices.update({"slices": segmentation.slice_counts["slices"],
-                                      "sanet_slices": segmentation.slice_counts["abnormal"]})
-            result.output = write_image(segmentation.mask, output_dir / f"{case}_tumor.nii.gz")
-            if segmentation.organs is not None:  # e.g. RCSegNeXt's rectum: every label of the model in one map
-                write_image(model_label_map(segmentation, source), output_dir / f"{case}_labels.nii.gz")
-            result.statistics = tumor_statistics(segmentation.mask).to_dict()
-            result.warnings.extend(segmentation.warnings)
-            result.device = segmentation.device
-            result.efficiency = dict(segmentation.efficiency)
-            if reference_folder is not None:
-                result.metrics = _metrics(case, segmentation.mask, reference_folder)
-            result.status = "ok"
-        except Exception as error:  # noqa: BLE001 - one bad case must not stop a batch; Ctrl-C still does
-            result.error = str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
-        result.seconds = round(time.perf_counter() - start, 2)
-        report.cases.append(result)
-        write_summary(report)  # after every case: an interrupted batch keeps what it did
-    bar.close()
+    with open_result_folder(output_dir, overwrite, _owned) as results:
+        _refuse_earlier_results(results, cases, common)
+        batch = _Batch(source, parameters, cleaner, guidance_parameters, reference_folder)
+        report = BatchReport(output_dir, output_dir / SUMMARY_FILE)
+        bar = tqdm(cases, desc="segment", unit="case")
+        for case, path in bar:
+            bar.set_postfix_str(printable(case))
+            result = CaseResult(case, path, "failed")
+            start = time.perf_counter()
+            try:
+                organ_map = _find(organ_maps, case) if organ_maps is not None else None
+                reference = _find(reference_folder, case) if reference_folder is not None else None
+                parts = {**common, "inputs": {role: input_digest(p) for role, p in
+                                              (("image", path), ("organs", organ_map), ("reference", reference))
+                                              if p is not None}}
+                key = run_key(parts)
+                finished = results.finished(case, key)
+                if finished is not None:
+                    result = CaseResult.from_record(finished.result, path)
+                else:
+                    if results.record(case) is not None:  # same model and settings (checked above): new files
+                        result.warnings.append("redone: its image, organ map or reference changed since the earlier run")
+                    with results.case_staging(case, key, parts) as (staging, record):
+                        batch.segment_case(result, organ_source, staging)
+                        result.status = "ok"
+                        result.seconds = round(time.perf_counter() - start, 2)
+                        record.result = result.to_record()
+            except ModelError:  # the model, not the case: loaded at the first case that needs it
+                raise
+            except Exception as error:  # noqa: BLE001 - one bad case must not stop a batch; Ctrl-C still does
+                result.status = "failed"
+                result.error = str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
+                result.seconds = round(time.perf_counter() - start, 2)
+            report.cases.append(result)
+        bar.close()
+        write_summary(report, results)  # last: the mark of a finished run
     return report
+
+
+def _common_parts(source: ModelSource, parameters: SegmentationParameters, guidance: Optional[GuidanceParameters],
+                  organ_maps: Optional[Path], convention: str, cleaner) -> Dict[str, object]:
+    """What every case's result depends on besides its own files (the device is not: a run may move to a GPU)."""
+    settings = {k: v for k, v in dataclasses.asdict(parameters).items() if k != "device"}
+    parts: Dict[str, object] = {"model": model_fingerprint(source), "settings": settings}
+    if guidance is not None:
+        parts["guidance"] = vars(guidance).copy()
+        parts["organs"] = f"label maps ({convention})" if organ_maps is not None else "TotalSegmentator"
+    if cleaner is not None:
+        parts["slice_filter"] = model_fingerprint(cleaner.model)
+    return parts
+
+
+class _Batch:
+    """What one case of a batch runs: guidance, the model, the slice filter, statistics and metrics."""
+
+    def __init__(self, source: ModelSource, parameters: SegmentationParameters, cleaner, guidance_parameters,
+                 reference_folder: Optional[Path]) -> None:
+        self.source, self.cleaner, self.guidance_parameters = source, cleaner, guidance_parameters
+        self.reference_folder = reference_folder
+        self.parameters = parameters
+        self._segmenter = None
+
+    @property
+    def segmenter(self):
+        """Loaded once, for the first case that is not finished already (a resumed batch may need none)."""
+        if self._segmenter is None:
+            self._segmenter = self.source.segmenter(self.parameters)
+        return self._segmenter
+
+    def segment_case(self, result: CaseResult, organ_source: Optional["_OrganSource"], staging: Path) -> None:
+        case, source = result.case, self.source
+        ct = read_image(result.image, name=case)
+        source.check_image(ct)  # before organ masks: TotalSegmentator on a non-CT would waste minutes
+        guidance: Optional[GuidanceResult] = None
+        if organ_source is not None:
+            guidance = run_guidance(ct, [organ_source.segment(case, ct)], self.guidance_parameters)
+            result.warnings.extend(guidance.warnings)
+        segmentation = self.segmenter.segment(ct, guidance)
+        if self.cleaner is not None:
+            segmentation = self.cleaner.apply(ct, segmentation)
+            filtered = segmentation.slice_filter
+            result.slice_filter = filtered.summary()
+            result.slices.update({"filter_removed_voxels": filtered.removed_voxels,
+                                  "filter_rejected_slices": len(filtered.rejected_slices),
+                                  "filter_tumor_slices": filtered.tumor_slices})
+        if segmentation.slice_counts:
+            result.slices.update({"slices": segmentation.slice_counts["slices"],
+                                  "sanet_slices": segmentation.slice_counts["abnormal"]})
+        written = write_image(segmentation.mask, staging / f"{case}{TUMOR_ENDING}")
+        result.output = written.name
+        if segmentation.organs is not None:  # e.g. RCSegNeXt's rectum: every label of the model in one map
+            write_image(model_label_map(segmentation, source), staging / f"{case}{LABELS_ENDING}")
+        result.statistics = tumor_statistics(segmentation.mask).to_dict()
+        result.warnings.extend(segmentation.warnings)
+        result.device = segmentation.device
+        result.efficiency = dict(segmentation.efficiency)
+        if self.reference_folder is not None:
+            result.metrics = _metrics(case, segmentation.mask, self.reference_folder)
 
 
 def model_label_map(segmentation, model: ModelSource) -> Image:
@@ -285,22 +366,22 @@ def _metrics(case: str, mask: Image, folder: Path) -> Dict[str, float]:
     return {name: float(getattr(metrics, name)) for name in METRIC_COLUMNS}
 
 
-def write_summary(report: BatchReport) -> Path:
+def write_summary(report: BatchReport, results: ResultFolder) -> Path:
     columns = ["case", "status", *STATISTICS_COLUMNS, *METRIC_COLUMNS, "seconds", "device", *EFFICIENCY_COLUMNS,
                *SLICE_COLUMNS, "output", "error", "warnings"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for case in report.cases:
-        row = {"case": case.case, "status": case.status, "seconds": case.seconds, "device": case.device,
-               "output": case.output.name if case.output else "", "error": case.error,
+        row = {"case": printable(case.case), "status": case.status, "seconds": case.seconds, "device": case.device,
+               "output": printable(case.output), "error": printable(case.error),
                "warnings": " | ".join(case.warnings)}
         row.update({k: _format(v) for k, v in case.statistics.items()})
         row.update({k: _format(v) for k, v in case.metrics.items()})
         row.update({k: _format(v) for k, v in case.efficiency.items()})
         row.update({k: _format(v) for k, v in case.slices.items()})
         writer.writerow(row)
-    return write_text_atomic(report.summary_csv, buffer.getvalue())
+    return results.write_last(SUMMARY_FILE, buffer.getvalue())
 
 
 def _format(value) -> str:
@@ -326,7 +407,9 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of tumor references <case>.nii.gz (or one file for one CT): adds Dice, NSD, "
                              "precision, recall, HD95")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace the <case>_tumor.nii.gz and summary.csv of an earlier run in the output folder")
+                        help="replace the earlier result in the output folder whole, once this run is complete "
+                             "(default: a rerun skips the cases an earlier run finished with the same inputs, model "
+                             "and settings, and refuses results made otherwise)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--no-mirroring", action="store_true", help="no test-time mirroring (about 8x faster)")
     parser.add_argument("--preset", choices=("default", "fast"), default="default",

@@ -15,6 +15,15 @@ reported as tumor) and, for ``nnunet``, the ``network`` it builds (``networks.nn
 so a renamed trainer still predicts. An ``hcf`` bundle holds no nnU-Net files: its layout (``hcf.json``,
 ``classifier/fold_K.pt``, ``sanet/fold_K.pt``) is described and checked in ``hcf_bundle``. A format-1 bundle (the shipped demonstration model) reads as
 kind ``nnunet``, modality ``CT``, tumor = the ``tumor`` label or the only foreground label.
+
+Format 3 adds, for MR models, ``thick_axis``: the patient axis along which the training images had
+their thick axis (``mr_checks.TrainingThickAxis``: ``{"runs": "L-R", "spacing_mm": 4.0, "anisotropy":
+4.57, "cases": {"L-R": 12}}``), so that a volume sliced in another plane gets a warning (``model_fit``).
+A bundle is written in the oldest format that holds what it records: format 2 without ``thick_axis``
+(CT and HCF bundles stay readable by SlicerCRC versions that read format 2), format 3 with it. A bundle
+without it (format 1 or 2, or an nnU-Net results folder) falls back to what its ``dataset.json`` records
+(``crcseg.thick_axis``, from ``prepare_mr``), else to its ``plans.json``: the thick axis's array axis and
+spacing, its patient axis unknown (``model_fit.model_expectation``).
 """
 from __future__ import annotations
 
@@ -24,9 +33,14 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from OrganGuidanceLib.checksum import sha256_of
+from OrganGuidanceLib.json_files import read_json
+
+from .mr_checks import TrainingThickAxis
 
 METADATA_FILE = "crcseg_model.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 2  # what a bundle without format-3 records is written as
+THICK_AXIS_FORMAT = 3  # the format that added ``thick_axis``
+NEWEST_FORMAT = THICK_AXIS_FORMAT  # the newest format this version reads
 KINDS = ("nnunet", "hcf", "usam")
 MODALITIES = ("CT", "MR")
 NNUNET_REQUIRED_FILES = ("plans.json", "dataset.json")
@@ -58,10 +72,17 @@ class BundleMetadata:
     guidance: Dict = field(default_factory=dict)  # MOS coding, OOI parameters, organ set (from prepare)
     description: str = ""
     software: Dict[str, str] = field(default_factory=dict)
+    # MR: the training images' thick axis (mr_checks.TrainingThickAxis.to_dict); {} = not recorded
+    thick_axis: Dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        data = asdict(self)
+        if self.thick_axis:  # older readers refuse a field they do not know: they must say "update" instead
+            data["format_version"] = max(self.format_version, THICK_AXIS_FORMAT)
+        else:
+            del data["thick_axis"]
+        return json.dumps(data, indent=2)
 
     def tumor_label_names(self) -> List[str]:
         """The labels reported as tumor; format 1 had none listed: ``tumor``, else the only foreground label."""
@@ -91,16 +112,13 @@ def read_metadata(folder: Path) -> BundleMetadata:
     path = Path(folder) / METADATA_FILE
     if not path.is_file():
         raise BundleError(f"{folder}: not a model bundle ({METADATA_FILE} is missing)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise BundleError(f"{path}: unreadable bundle metadata ({error})") from error
+    data = read_json(path, expect=None, error=BundleError)
     if not isinstance(data, dict):
         raise BundleError(f"{path}: bundle metadata must be a JSON object, not {type(data).__name__}")
     version = data.get("format_version", 1)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or version > NEWEST_FORMAT:
         raise BundleError(
-            f"{path}: bundle format {version!r} is newer than this software reads (up to {FORMAT_VERSION}); "
+            f"{path}: bundle format {version!r} is newer than this software reads (up to {NEWEST_FORMAT}); "
             "update SlicerCRC"
         )
     try:
@@ -130,6 +148,13 @@ def _check_metadata(metadata: BundleMetadata, path: Path) -> None:
         missing = [k for k in ("trainer", "configuration", "plans", "folds", "checkpoint") if not getattr(metadata, k)]
         if missing:
             raise BundleError(f"{path}: an nnunet bundle needs {missing}")
+    if metadata.thick_axis:
+        if metadata.modality != "MR":
+            raise BundleError(f"{path}: thick_axis is recorded for MR models only; this one is {metadata.modality}")
+        try:
+            TrainingThickAxis.from_dict(metadata.thick_axis)
+        except ValueError as error:
+            raise BundleError(f"{path}: {error}") from error
 
 
 def verify_bundle(folder: Path) -> BundleMetadata:

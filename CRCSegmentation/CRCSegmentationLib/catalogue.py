@@ -9,7 +9,6 @@ fetch, before anything is unpacked, and the unpacked bundle is checked again by
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import List, Optional, Union
 
 from OrganGuidanceLib.download import ChecksumMismatch, DownloadUnavailable, download_verified
+from OrganGuidanceLib.json_files import read_json
 
 from .model_source import ModelError
 from .resources import catalogue_file
@@ -66,10 +66,7 @@ def list_models(path: Optional[Path] = None) -> List[CatalogueEntry]:
     path = Path(path) if path is not None else catalogue_path()
     if not path.is_file():
         raise ModelError(f"{path}: the model catalogue is missing")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as error:
-        raise ModelError(f"{path}: the model catalogue is not valid JSON ({error})") from error
+    data = read_json(path, expect=(dict, list), error=ModelError)
     entries = data.get("models", []) if isinstance(data, dict) else data
     return [CatalogueEntry.from_dict(entry) for entry in entries]
 

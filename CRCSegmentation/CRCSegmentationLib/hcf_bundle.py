@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from OrganGuidanceLib.checksum import sha256_of
+from OrganGuidanceLib.json_files import read_json
 
 from .bundle import METADATA_FILE, BundleMetadata, software_versions
 from .hcf_preprocessing import SliceDatasetConfig
@@ -260,12 +261,7 @@ def read_hcf_config(folder: Path, metadata: BundleMetadata) -> HCFConfig:
     if not path.is_file():
         raise ModelError(f"{folder}: {HCF_FILE} is missing; a model of kind 'hcf' needs it (slice preprocessing, "
                          "folds, classifier threshold)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ModelError(f"{path}: unreadable ({error})") from error
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: must be a JSON object, not {type(data).__name__}")
+    data = read_json(path, error=ModelError)
     if data.get("hcf_format") != HCF_FORMAT:
         raise ModelError(f"{path}: hcf_format {data.get('hcf_format')!r} is not {HCF_FORMAT}; update SlicerCRC")
     raw = data.get("slice_config")

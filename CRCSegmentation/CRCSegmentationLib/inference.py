@@ -20,6 +20,10 @@ MR models (RCSegNeXt, modality ``MR``) take the MR volume alone: it is checked a
 whole grid is predicted (the body crop thresholds Hounsfield units; there is no OOI), and the organs the
 model segments (the rectum) always come with the tumor.
 
+An input the model was not trained for, but that is still a CT / an MR volume, is segmented with a
+warning saying what the model expected (``model_fit``): an MR volume sliced in another plane than the
+training images, a CT whose values lie outside the training intensity range.
+
 The predictor is built once per ``TumorSegmenter``; a batch reuses it. CUDA that fails or runs
 out of memory during a case is retried on the CPU, and the result says so.
 """
@@ -43,6 +47,7 @@ from OrganGuidanceLib.mos_codes import compact_mos
 from OrganGuidanceLib.providers import RunCancelled
 from OrganGuidanceLib.validation import InputError
 
+from .model_fit import fit_warnings, model_expectation
 from .model_source import ModelSource
 
 ProgressCallback = Callable[[str, float], None]  # (stage, fraction 0..1), as OrganGuidanceLib.guidance
@@ -195,6 +200,8 @@ class TumorSegmenter:
         if not valid:
             raise InputError(f"segmentation parameters: {reason}")
         self.device = resolve_device(self.parameters.device)  # before any loading: a bad choice fails fast
+        # What the model was trained on (its plans, its recorded thick axis): read once per segmenter.
+        self.expectation = model_expectation(model)
         self._predictors: Dict[str, object] = {}
         self._predictor(self.device)
 
@@ -225,6 +232,7 @@ class TumorSegmenter:
 
         step("checking inputs", 0.0)
         self.model.check_image(ct)
+        warnings.extend(fit_warnings(self.expectation, ct))  # segmented all the same, with what the model expected
         if self.model.modality == "MR" and guidance is not None:
             warnings.append("organ guidance was given to an MR model, which takes none: it was not used")
             guidance = None

@@ -19,6 +19,7 @@ and nnU-Net, which may be installed only after the module has loaded.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from .mrml import (
     tumor_to_segmentation_node,
 )
 
+logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[str, Optional[float]], None]  # (stage, fraction 0..1, None while unknown)
 
 GUIDANCE_SOURCES = ("scene", "compute", "none")  # "none" only for CT-only models
@@ -126,6 +128,7 @@ class CRCSegmentationLogic:
         self.models = ModelCache()  # verified and loaded once per model choice, not on every click
         self.filter_models = ModelCache()  # the slice filter's bundle, kept apart from the model's entry
         self._slice_filter: Optional[Tuple[tuple, Any]] = None  # (key, slice_filter.SliceFilter) built last
+        self.messages: List[str] = []  # the warnings of the last ``process`` run
         register_segmentation_converter_rules()  # no-op inside Slicer; needed under slicer-core
 
     # --- main thread ------------------------------------------------------------
@@ -244,7 +247,9 @@ class CRCSegmentationLogic:
         """Tumor segmentation of one CT node, blocking: ``prepare`` + ``compute`` + ``apply``.
 
         Returns the segmentation node with a "Tumor" segment; its statistics table is its
-        ``STATISTICS_REFERENCE_ROLE`` reference. A failure leaves the scene as it was.
+        ``STATISTICS_REFERENCE_ROLE`` reference. A failure leaves the scene as it was. Warnings (e.g. an
+        MR volume sliced in another plane than the model's training images, a CT outside its training
+        intensity range: ``model_fit``) are logged as warnings and kept in ``logic.messages``.
         Batch example from the Slicer Python console, with organ masks next to each CT::
 
             from pathlib import Path
@@ -267,9 +272,14 @@ class CRCSegmentationLogic:
                 slicer.mrmlScene.Clear()
         """
         settings = settings or CRCSegmentationSettings()
+        self.messages = []
         job = self.prepare(ct_node, settings)
         result = self.compute(job, progress=progress)
-        return self.apply(job, result, output_node)
+        segmentation = self.apply(job, result, output_node)
+        self.messages = list(job.messages)
+        for message in job.messages:  # the console shows logged warnings; the panel shows them in its done text
+            logger.warning("%s: %s", node_name(ct_node), message)
+        return segmentation
 
     def export(self, segmentation_node, folder, base_name: Optional[str] = None) -> ExportedFiles:
         """``.seg.nrrd`` (all segments), NIfTI tumor label map on the CT grid, statistics CSV."""

@@ -21,11 +21,11 @@ scalar", then "numpy.dtypes.Float32DType"). Exactly those are allow-listed
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 
+from OrganGuidanceLib.json_files import read_json
 from OrganGuidanceLib.validation import InputError
 
 from .bundle import METADATA_FILE, BundleError, BundleMetadata, verify_bundle
@@ -161,10 +161,7 @@ def open_model(path: Union[str, Path], folds: Optional[Sequence[Union[str, int]]
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise ModelError(f"{path.parent}: {path.name} is missing; not an nnU-Net trained-model folder")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ModelError(f"{path}: unreadable ({error})") from error
+    return read_json(path, error=ModelError)
 
 
 def _open_bundle(folder: Path, folds, checkpoint) -> ModelSource:
@@ -200,6 +197,7 @@ def _open_bundle(folder: Path, folds, checkpoint) -> ModelSource:
                 f"{folder}: fold {fold} / {checkpoint} is not part of this bundle (it has "
                 f"{sorted(metadata.checkpoint_sha256)}); unrecorded weights are not used"
             )
+    _read_json(folder / "plans.json")  # read when the segmenter is built: a cut-short file is refused here, at once
     dataset = _read_json(folder / "dataset.json")
     channels = _channels_from_names(folder, metadata.input_channels, metadata.modality)
     if len(channels) != _dataset_channel_count(folder, dataset):

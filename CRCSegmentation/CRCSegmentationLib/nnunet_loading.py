@@ -8,7 +8,7 @@ everything to nnU-Net's own ``manual_initialization``.
 """
 from __future__ import annotations
 
-import json
+from OrganGuidanceLib.json_files import read_json
 
 from .model_source import ModelError, ModelSource, load_checkpoint
 from .networks.nnunet_architectures import UnknownArchitecture, network_builder
@@ -19,8 +19,8 @@ def initialize_predictor(predictor, model: ModelSource) -> None:
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    dataset_json = json.loads((model.folder / "dataset.json").read_text())
-    plans_manager = PlansManager(json.loads((model.folder / "plans.json").read_text()))
+    dataset_json = read_json(model.folder / "dataset.json", error=ModelError)
+    plans_manager = PlansManager(read_json(model.folder / "plans.json", error=ModelError))
     checkpoints = [model.loaded_checkpoints.get(path) or load_checkpoint(path) for path in model.checkpoint_paths()]
     first = checkpoints[0]
     trainer = first["trainer_name"]

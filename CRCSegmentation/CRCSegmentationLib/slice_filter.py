@@ -10,7 +10,8 @@ normal. Slices without tumor cannot change and are not classified.
 The classifier comes from an HCF bundle (its classifier folds) or a classifier-only HCF bundle
 (``hcf_bundle.write_hcf_bundle`` with no SANet folds). ``SliceFilter`` loads it once; ``filter`` cleans a
 mask, ``apply`` a ``TumorSegmentation`` (its probabilities are zeroed on the rejected slices too, and
-``slice_filter`` holds the report).
+``slice_filter`` holds the report). Errors about the filter's model start with ``what``, the name the caller
+gave it (``--slice-filter`` on the command line), never with another option's name.
 """
 from __future__ import annotations
 
@@ -25,9 +26,12 @@ import numpy as np
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.validation import InputError
 
+from .bundle import METADATA_FILE
 from .model_source import ModelError, ModelSource, open_model
 
 ModelSpec = Union[ModelSource, str, Path]
+FILTER_MODELS = ("an HCF bundle (slice classifier + SANet, or classifier-only, written by `crcseg hcf-export`) or "
+                 "the catalogue name of one")
 
 
 @dataclass
@@ -51,24 +55,47 @@ class SliceFilterReport:
         return dataclasses.asdict(self)
 
 
-def check_filter_model(model: ModelSource) -> ModelSource:
+def check_filter_model(model: ModelSource, what: str = "slice filter") -> ModelSource:
     """``ModelError`` unless ``model`` has a slice classifier (an HCF bundle, with or without SANet)."""
     if model.kind != "hcf" or model.hcf is None:
-        raise ModelError(f"slice filter: {model.folder} is a model of kind '{model.kind}'; the slice filter needs "
+        raise ModelError(f"{what}: {model.folder} is a model of kind '{model.kind}'; the slice filter needs "
                          "an HCF bundle (its slice classifier) or a classifier-only HCF bundle")
     return model
 
 
-class SliceFilter:
-    """A slice classifier loaded once (``device``: auto | cuda | cpu), to clean any number of masks."""
+def open_filter_model(model: ModelSpec, what: str = "slice filter") -> ModelSource:
+    """The checked model of a slice filter (``check_filter_model``); ``ModelError`` messages start with ``what``.
 
-    def __init__(self, model: ModelSpec, device: str = "auto", batch_size: Optional[int] = None) -> None:
+    A file, or a folder that is no model bundle, is refused as not an HCF bundle (not with the wording of
+    ``open_model``, which would ask for an nnU-Net results folder, a model the filter cannot use).
+    """
+    if isinstance(model, ModelSource):
+        return check_filter_model(model, what)
+    path = Path(str(model)).expanduser()
+    if path.is_file():
+        raise ModelError(f"{what}: {path} is a file; give {FILTER_MODELS}")
+    if path.is_dir() and not (path / METADATA_FILE).is_file():
+        raise ModelError(f"{what}: {path} is not a model bundle ({METADATA_FILE} is missing); give {FILTER_MODELS}")
+    try:
+        source = open_model(model)
+    except ModelError as error:
+        text = str(error)
+        raise ModelError(f"{what}: {text[len('model: '):] if text.startswith('model: ') else text}") from error
+    return check_filter_model(source, what)
+
+
+class SliceFilter:
+    """A slice classifier loaded once (``device``: auto | cuda | cpu), to clean any number of masks.
+
+    ``what``: the filter's name in error messages (``--slice-filter`` for ``crcseg segment``)."""
+
+    def __init__(self, model: ModelSpec, device: str = "auto", batch_size: Optional[int] = None,
+                 what: str = "slice filter") -> None:
         from OrganGuidanceLib.device import resolve_device
 
         from .hcf_segmenter import DEFAULT_BATCH_SIZE, SliceClassifierEnsemble
 
-        source = model if isinstance(model, ModelSource) else open_model(model)
-        self.model = check_filter_model(source)
+        self.model = open_filter_model(model, what)
         self.classifier = SliceClassifierEnsemble(self.model, resolve_device(device), batch_size or DEFAULT_BATCH_SIZE)
 
     @property

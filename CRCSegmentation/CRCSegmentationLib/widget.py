@@ -294,9 +294,8 @@ class CRCSegmentationPanel(RunPanelBase):
     def _doneText(self, seconds: float, job: Any, result: Any, segmentation: Any) -> str:
         text = _("Done in {seconds:.1f} s on {device}: 'Tumor' in '{name}'.").format(
             seconds=seconds, device=result.device, name=segmentation.GetName())
-        if job.messages:
-            text += " " + " ".join(job.messages)  # e.g. fallback to the CPU, empty OOI
-        return text
+        # e.g. fallback to the CPU, empty OOI, an input the model was not trained for (model_fit): one line each
+        return text + "".join("\n" + _("Warning: {message}").format(message=message) for message in job.messages)
 
     def onExport(self) -> None:
         p = self._parameterNode

@@ -38,28 +38,29 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
 
 def write_text_atomic(path: Path, text: str) -> Path:
     with atomic_path(path) as temporary:
-        temporary.write_text(text)
+        temporary.write_text(text, encoding="utf-8")
     return Path(path)
 
 
 @contextmanager
-def staged_folder(target: Path) -> Iterator[Path]:
+def staged_folder(target: Path, last: str = "") -> Iterator[Path]:
     """Yield an empty staging folder beside ``target``; on success its files move into ``target``.
 
     Files of the same names in ``target`` are replaced, others are kept; after a failure ``target``
     is as it was and the hidden staging folder is removed. A killed run's staging folder is never
     read, and the next run into ``target`` removes it (its name holds the dead process's id).
+    ``last``: the file that moves in last (a run's summary, the mark that the others are in place).
     """
     target = Path(target)
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"output {target}: is a file, not a folder")
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_dead_stagings(target)
+    remove_dead_stagings(target)
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-{os.getpid()}-", dir=target.parent))
     try:
         yield staging
         target.mkdir(parents=True, exist_ok=True)
-        for path in sorted(staging.rglob("*")):
+        for path in sorted(staging.rglob("*"), key=lambda p: (p.name == last, str(p))):
             if path.is_file():
                 destination = target / path.relative_to(staging)
                 destination.parent.mkdir(parents=True, exist_ok=True)
@@ -68,16 +69,26 @@ def staged_folder(target: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _remove_dead_stagings(target: Path) -> None:
-    """Staging folders beside ``target`` left by processes that no longer run (killed mid-run)."""
+def remove_dead_stagings(target: Path) -> None:
+    """Staging folders beside ``target`` left by processes that no longer run (killed mid-run).
+
+    An earlier result set aside during a swap (``-old-``) is not a staging folder: ``result_folder`` restores it.
+    """
     prefix = f".tmp-{target.name}-"
     for leftover in target.parent.glob(f"{prefix}*"):
-        pid = leftover.name[len(prefix):].split("-", 1)[0]
-        if not (leftover.is_dir() and pid.isdigit()):
+        pid, _, rest = leftover.name[len(prefix):].partition("-")
+        if not (leftover.is_dir() and pid.isdigit()) or rest.startswith("old-"):
             continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if not process_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
-        except PermissionError:  # alive, another user's
-            pass
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (another user's process counts: it cannot be signalled, but it runs)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -39,7 +39,9 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full", action="store_true", help="TotalSegmentator full-resolution model instead of --fast")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     parser.add_argument("--no-png", action="store_true", help="skip the QA overlay picture")
-    parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in the output folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of an earlier run in the output folder whole (its stale files "
+                             "too), once this run is complete")
 
 
 def _sources(args: argparse.Namespace, ct) -> List[MOSSource]:
@@ -63,15 +65,9 @@ def guidance_main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .io import read_image
-    from .outputs import OUTPUT_FILES, write_guidance_outputs
+    from .outputs import OUTPUT_FILES, guidance_owned, write_guidance_outputs
+    from .result_folder import open_result_folder
     from .validation import InputError
-
-    if args.output.exists() and not args.output.is_dir():
-        raise InputError(f"output: {args.output} is a file, not a folder")
-    earlier = args.output / OUTPUT_FILES["summary"]
-    if earlier.exists() and not args.overwrite:
-        raise InputError(f"output: {args.output} holds the results of an earlier run ({earlier.name}); "
-                         "pass --overwrite to replace them, or choose another output folder")
 
     parameters = GuidanceParameters(
         organ_set=args.organ_set, dilation_mm=args.dilation_mm, wall_width_mm=args.wall_mm,
@@ -79,23 +75,30 @@ def guidance_main(args: argparse.Namespace) -> int:
         body_connectivity=args.body_connectivity,
     )
     started = time.perf_counter()
-    with tqdm(total=100, desc="organ guidance", unit="%", file=sys.stderr, disable=None) as bar:
-        bar.set_postfix_str("reading")
-        ct = read_image(args.ct, name=f"CT {args.ct.name}")
-        bar.set_postfix_str("organ masks")
-        sources = _sources(args, ct)
+    # Locked while it runs; with --overwrite the new result replaces the earlier one whole, at the end.
+    with open_result_folder(args.output, args.overwrite, guidance_owned) as results:
+        earlier = args.output / OUTPUT_FILES["summary"]
+        if earlier.exists() and not args.overwrite:
+            raise InputError(f"output: {args.output} holds the results of an earlier run ({earlier.name}); "
+                             "pass --overwrite to replace them, or choose another output folder")
+        with tqdm(total=100, desc="organ guidance", unit="%", file=sys.stderr, disable=None) as bar:
+            bar.set_postfix_str("reading")
+            ct = read_image(args.ct, name=f"CT {args.ct.name}")
+            bar.set_postfix_str("organ masks")
+            sources = _sources(args, ct)
 
-        def progress(stage: str, fraction: float) -> None:
-            bar.set_postfix_str(stage)
-            bar.n = int(10 + 80 * fraction)
+            def progress(stage: str, fraction: float) -> None:
+                bar.set_postfix_str(stage)
+                bar.n = int(10 + 80 * fraction)
+                bar.refresh()
+
+            result = run_guidance(ct, sources, parameters, progress)
+            bar.set_postfix_str("writing")
+            written = write_guidance_outputs(ct, result, results.work, parameters, overlay=not args.no_png,
+                                             cropped=args.write_cropped)
+            paths = {key: args.output / path.relative_to(results.work) for key, path in written.items()}
+            bar.n = 100
             bar.refresh()
-
-        result = run_guidance(ct, sources, parameters, progress)
-        bar.set_postfix_str("writing")
-        paths = write_guidance_outputs(ct, result, args.output, parameters, overlay=not args.no_png,
-                                       cropped=args.write_cropped)
-        bar.n = 100
-        bar.refresh()
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(json.dumps({key: str(value) for key, value in paths.items()}, indent=2))

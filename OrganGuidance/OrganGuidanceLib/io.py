@@ -1,6 +1,9 @@
 """Image input/output through SimpleITK (NIfTI, NRRD, MHA, a DICOM series folder).
 
-File IO lives only here and at the CLI edge; every algorithm takes ``Image``.
+File IO lives only here and at the CLI edge; every algorithm takes ``Image``. Before SimpleITK reads a file,
+``image_integrity.check_complete`` makes sure its data is all there; a DICOM series folder is checked slice by
+slice (``dicom_series``); every name reaches SimpleITK through ``image_files`` (a name that is not UTF-8
+would abort the process).
 """
 from __future__ import annotations
 
@@ -8,31 +11,19 @@ import errno
 import gzip
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path
+from .dicom_series import read_dicom_series
 from .image import Image
-from .validation import InputError
+from .image_files import (IMAGE_SUFFIXES, WRITABLE_SUFFIXES, ImageReadError, image_suffix, itk_read_name,  # noqa: F401
+                          itk_write_name, printable)
+from .image_integrity import check_complete, nrrd_message
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-# The project's one list of image file endings (inputs of every command); a DICOM series is a folder.
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-# What we write: the same, plus Slicer's segmentation file.
-WRITABLE_SUFFIXES = IMAGE_SUFFIXES + (".seg.nrrd",)
-
-
-def image_suffix(path: PathLike) -> Optional[str]:
-    """The image ending of ``path`` (``.nii.gz`` counts as one), or None for other files."""
-    name = Path(path).name.lower()
-    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), None)
-
-
-class ImageReadError(InputError):
-    """An input file or folder could not be read as a 3D image."""
 
 
 def image_from_sitk(sitk_image: sitk.Image, name: str = "image") -> Image:
@@ -67,30 +58,35 @@ def image_to_sitk(image: Image) -> sitk.Image:
     return sitk_image
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    series_ids = reader.GetGDCMSeriesIDs(str(folder))
-    if not series_ids:
-        raise ImageReadError(f"{folder}: folder holds no DICOM series")
-    # The series with the most slices is the volume a user means by "this folder".
-    files = max((reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len)
-    if len(files) < 2:
-        raise ImageReadError(f"{folder}: DICOM series has {len(files)} slice; a 3D volume needs several")
-    reader.SetFileNames(files)
-    return reader.Execute()
+def _error_text(error: RuntimeError) -> str:
+    """The informative line of a SimpleITK error (ITK's last line is sometimes a stale errno text)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Reason:", "Exception thrown in SimpleITK"))]
+    return (useful or lines or ["unknown error"])[-1]
 
 
 def read_image(path: PathLike, name: str | None = None) -> Image:
-    """Read a NIfTI/NRRD/MHA file or a DICOM series folder as an ``Image``."""
+    """Read a NIfTI/NRRD/MHA file or a DICOM series folder as an ``Image``.
+
+    Refused with ``ImageReadError`` (its message names the file and the problem): a file whose data ends
+    early, a folder that is not one regular DICOM series (a gap, a duplicate, several series, ...), a file
+    ITK cannot read. The name is taken as the operating system gives it (bytes that are not UTF-8 too).
+    """
     path = Path(path)
-    name = name or path.name
+    name = printable(name or path.name or path)
+    shown = name if printable(path.name) in name else f"{name} ({printable(path.name)})"
     if not path.exists():
-        raise ImageReadError(f"{name}: no such file or folder: {path}")
+        raise ImageReadError(f"{name}: no such file or folder: {printable(path)}")
     try:
-        sitk_image = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
+        if path.is_dir():
+            sitk_image = read_dicom_series(path)
+        else:
+            check_complete(path, shown)
+            with itk_read_name(path) as readable:
+                sitk_image = sitk.ReadImage(readable)
     except RuntimeError as error:  # SimpleITK reports unreadable files as RuntimeError
-        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
-        raise ImageReadError(f"{name}: cannot be read as an image ({first_line})") from error
+        message = nrrd_message(str(error), shown) if image_suffix(path) == ".nrrd" else None
+        raise ImageReadError(message or f"{name}: cannot be read as an image ({_error_text(error)})") from error
     return image_from_sitk(sitk_image, name)
 
 
@@ -99,10 +95,11 @@ def write_image(image: Image, path: PathLike, compress: bool = True) -> Path:
     path = Path(path)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     if suffix not in WRITABLE_SUFFIXES:
-        raise ValueError(f"{path}: unsupported output format {suffix!r}; use one of {WRITABLE_SUFFIXES}")
+        raise ValueError(f"{printable(path)}: unsupported output format {suffix!r}; use one of {WRITABLE_SUFFIXES}")
     with atomic_path(path, suffix) as temporary:
         written = image_to_sitk(image)
-        sitk.WriteImage(written, str(temporary), compress)
+        with itk_write_name(temporary) as writable:
+            sitk.WriteImage(written, writable, compress)
         _check_written(temporary, written, path)
     return path
 
@@ -127,5 +124,5 @@ def _check_written(temporary: Path, image: "sitk.Image", path: Path) -> None:
     except (OSError, EOFError):
         complete = False
     if not complete:
-        raise OSError(errno.EIO, f"writing {path} failed: the file written is incomplete (is the disk full?); "
+        raise OSError(errno.EIO, f"writing {printable(path)} failed: the file written is incomplete (is the disk full?); "
                                  "the previous file, if any, is unchanged")

@@ -13,11 +13,11 @@ Sources:
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Tuple
 
+from .json_files import read_json
 from .validation import InputError
 
 # AG-CRC §III-B: "the organs in the gastrointestinal tract, including the
@@ -142,10 +142,7 @@ def load_convention(spec: str) -> LabelConvention:
         raise InputError(
             f"label convention '{spec}': not 'totalsegmentator', 'word' or an existing JSON file"
         )
-    try:
-        mapping = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise InputError(f"label convention file {path}: not valid JSON ({error})") from error
+    mapping = read_json(path, expect=None)  # its shape is checked by convention_from_mapping
     if isinstance(mapping, dict) and "labels" in mapping:
         mapping = mapping["labels"]
     return convention_from_mapping(mapping, name=path.stem)

@@ -21,6 +21,12 @@ OUTPUT_FILES = {
     "overlay": "guidance_overlay.png",
     "summary": "guidance.json",
 }
+CROPPED_FOLDER = "cropped"
+
+
+def guidance_owned(name: str) -> bool:
+    """Top-level entries of an output folder that ``crcseg guidance`` writes (``--overwrite`` replaces them)."""
+    return name in OUTPUT_FILES.values() or name == CROPPED_FOLDER
 
 
 def guidance_summary(ct: Image, result: GuidanceResult, parameters: GuidanceParameters) -> Dict:
@@ -55,7 +61,7 @@ def write_guidance_outputs(
     """
     output_dir = Path(output_dir)
     written: Dict[str, Path] = {}
-    with staged_folder(output_dir) as staging:
+    with staged_folder(output_dir, last=OUTPUT_FILES["summary"]) as staging:
         for key, image in (("mos", result.mos), ("ooi", result.ooi), ("ooi0", result.ooi0),
                            ("bowel_wall", result.bowel_wall)):
             array = image.array.astype(np.uint8 if image.array.max() < 256 else np.uint16)
@@ -65,7 +71,7 @@ def write_guidance_outputs(
             if cropped:
                 for name, image in (("ct", ct), ("mos", result.mos), ("ooi", result.ooi)):
                     written[f"cropped_{name}"] = write_image(result.crop_box.apply(image),
-                                                             staging / "cropped" / f"{name}.nii.gz")
+                                                             staging / CROPPED_FOLDER / f"{name}.nii.gz")
         summary = guidance_summary(ct, result, parameters)
         written["summary"] = write_text_atomic(staging / OUTPUT_FILES["summary"], json.dumps(summary, indent=2))
         if overlay:

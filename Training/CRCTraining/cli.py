@@ -16,9 +16,11 @@ A user error prints one line, never a traceback; ``--debug`` shows the traceback
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import sys
 import traceback
+from pathlib import Path
 from typing import List, Optional
 
 from CRCSegmentationLib.demo import add_tumor_demo_arguments, tumor_demo_main
@@ -75,13 +77,30 @@ def user_error_types() -> tuple:
             IsADirectoryError, PermissionError)
 
 
+# Commands that write a folder of results and hold its lock while they run (OrganGuidanceLib/run_lock.py), so a
+# second run into the same folder is refused. `segment` and `guidance` lock inside their engine (their folders are
+# ResultFolders); the trainers (`train`, `usam-train`, `hcf-train`) run under torchrun and resume from checkpoints.
+LOCKED_OUTPUT_COMMANDS = frozenset({"evaluate", "flare24-ablation", "hcf-phantoms", "hcf-export", "hcf-table3",
+                                    "predict", "export", "usam-slices", "usam-evaluate", "usam-ablation"})
+
+
+def _output_lock(args: argparse.Namespace):
+    output = getattr(args, "output", None)
+    if args.command not in LOCKED_OUTPUT_COMMANDS or output is None:
+        return contextlib.nullcontext()
+    from OrganGuidanceLib.run_lock import output_lock
+
+    return output_lock(Path(output), f"crcseg {args.command}")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from OrganGuidanceLib.providers import RunCancelled
 
     name = f"crcseg {args.command}"
     try:
-        return int(args.run(args) or EXIT_OK)
+        with _output_lock(args):
+            return int(args.run(args) or EXIT_OK)
     except (RunCancelled, KeyboardInterrupt) as error:
         _report(args, f"{name}: cancelled{': ' + str(error) if str(error) else ''}")
         return EXIT_CANCELLED

@@ -3,7 +3,8 @@
 Three layouts are read:
 
 - **MSD** (Medical Segmentation Decathlon, e.g. ``Task10_Colon``): ``imagesTr/colon_001.nii.gz``
-  (one channel per file), ``labelsTr/colon_001.nii.gz``, ``dataset.json`` with ``modality``;
+  (one channel per file, or a DICOM series folder ``imagesTr/colon_001/``), ``labelsTr/colon_001.nii.gz``,
+  ``dataset.json`` with ``modality``;
 - **nnU-Net v2 raw**: ``imagesTr/<case>_0000.nii.gz`` (one file per channel),
   ``labelsTr/<case>.nii.gz``, ``dataset.json`` with ``channel_names``, ``labels``, ``file_ending``;
 - **an image folder** (AG-SSL pretraining data, AG-CRC §III-D): a folder of CT files (or of
@@ -15,12 +16,13 @@ AppleDouble files in the MSD tarballs) are ignored.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from OrganGuidanceLib.io import IMAGE_SUFFIXES, image_suffix
+from OrganGuidanceLib.case_folders import image_files, image_stem
+from OrganGuidanceLib.io import IMAGE_SUFFIXES
+from OrganGuidanceLib.json_files import read_json
 from OrganGuidanceLib.validation import InputError
 
 ORGANS_FOLDER = "organsTr"
@@ -47,38 +49,14 @@ class SourceDataset:
     label_names: Dict[int, str] = field(default_factory=dict)  # label value -> name, from dataset.json
 
 
-def _is_hidden(path: Path) -> bool:
-    return path.name.startswith(".")  # also the "._colon_001.nii.gz" macOS junk of the MSD tarballs
-
-
-def _stem(path: Path) -> str:
-    suffix = image_suffix(path)
-    return path.name[: -len(suffix)] if suffix else path.name
-
-
-def _image_files(folder: Path, file_ending: Optional[str] = None) -> List[Path]:
-    if not folder.is_dir():
-        return []
-    files = []
-    for path in sorted(folder.iterdir()):
-        if _is_hidden(path) or not path.is_file():
-            continue
-        if (file_ending and path.name.endswith(file_ending)) or (not file_ending and image_suffix(path)):
-            files.append(path)
-    return files
+def _image_files(folder: Path, file_ending: Optional[str] = None, series_folders: bool = False) -> List[Path]:
+    """``case_folders.image_files`` without the organ-map folder (``organsTr`` is no series of the dataset)."""
+    return [p for p in image_files(folder, file_ending, series_folders) if p.name != ORGANS_FOLDER]
 
 
 def _read_dataset_json(folder: Path) -> dict:
     path = folder / "dataset.json"
-    if not path.is_file():
-        return {}
-    try:
-        description = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise DatasetError(f"{path}: cannot be read as JSON ({error})") from error
-    if not isinstance(description, dict):
-        raise DatasetError(f"{path}: expected a JSON object, found {type(description).__name__}")
-    return description
+    return read_json(path, error=DatasetError) if path.is_file() else {}
 
 
 def _label_names(description: dict) -> Dict[int, str]:
@@ -131,8 +109,8 @@ def _looks_like_nnunet(images: Path, labels: Path, description: dict) -> bool:
     """nnU-Net v2 names its channels in dataset.json; v1 (``modality``) is told apart by file names."""
     if "channel_names" in description or "file_ending" in description:
         return True
-    stems = [_stem(p) for p in _image_files(images)]
-    label_stems = {_stem(p) for p in _image_files(labels)}
+    stems = [image_stem(p) for p in _image_files(images)]
+    label_stems = {image_stem(p) for p in _image_files(labels)}
     # MSD: colon_001.nii.gz + labelsTr/colon_001.nii.gz; nnU-Net: case_0000.nii.gz + labelsTr/case.nii.gz
     return bool(stems) and all(_has_channel_suffix(s) and s not in label_stems for s in stems)
 
@@ -167,15 +145,13 @@ def read_source_dataset(
         if _looks_like_nnunet(images, labels, description):
             layout, pairs = "nnunet", _nnunet_images(images, description)
         else:
-            layout, pairs = "msd", [(_stem(p), p) for p in _image_files(images)]
+            layout, pairs = "msd", [(image_stem(p), p) for p in _image_files(images, series_folders=True)]
         label_ending = description.get("file_ending") if layout == "nnunet" else None
-        label_files = {_stem(p) if not label_ending else p.name[: -len(label_ending)]: p
+        label_files = {image_stem(p) if not label_ending else p.name[: -len(label_ending)]: p
                        for p in _image_files(labels, label_ending)}
     else:
         layout, label_files = "images", {}
-        entries = [p for p in sorted(folder.iterdir()) if not _is_hidden(p)]
-        pairs = [(_stem(p), p) for p in entries if p.is_file() and image_suffix(p)]
-        pairs += [(p.name, p) for p in entries if p.is_dir() and p.name != ORGANS_FOLDER]
+        pairs = [(p.name if p.is_dir() else image_stem(p), p) for p in _image_files(folder, series_folders=True)]
         if pairs and all(_has_channel_suffix(i) for i, _ in pairs):
             pairs = [(i[:-CHANNEL_SUFFIX_LENGTH], p) for i, p in pairs]  # nnU-Net-style names, one channel
     if not pairs:

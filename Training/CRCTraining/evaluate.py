@@ -10,9 +10,17 @@ written atomically into ``output``:
   counts, missing predictions and the conventions used;
 - ``metrics_boxplot.png``: one box per metric, cases as dots, HD95 on its own axis.
 
-A reference without a prediction is evaluated as an empty prediction (with a
-warning: a crashed inference must still count as a failure); a prediction without
-a reference is skipped with a warning.
+Pairing follows the rule of every training input (``OrganGuidanceLib.case_folders``): hidden files
+(macOS ``._*``) are ignored, and unpaired files are refused with their names. A prediction without a
+reference is always refused (a wrong folder, or cases named differently). A reference without a
+prediction follows ``missing_predictions`` (``--missing-predictions``), chosen by the user because no rule
+fits every case:
+
+- ``refuse`` (default): an inference crashed or was not run; say which cases;
+- ``empty``: score it as an empty prediction, so a failed inference counts as a miss (Dice 0, HD95
+  1000 mm); flagged in ``metrics.csv``, listed in ``summary.json``;
+- ``skip``: evaluate only the predicted cases (one fold's validation predictions against a folder of every
+  case's reference, as nnU-Net's ``gt_segmentations``); the skipped cases are listed in ``summary.json``.
 """
 from __future__ import annotations
 
@@ -31,12 +39,14 @@ from tqdm import tqdm
 from CRCSegmentationLib.metrics import CONVENTIONS, HD95_EMPTY_MM, NSD_TOLERANCE_MM, SegmentationMetrics, compute_metrics
 from OrganGuidanceLib.atomic import atomic_path, write_text_atomic
 from OrganGuidanceLib.image import Image
-from OrganGuidanceLib.io import image_suffix, read_image
+from OrganGuidanceLib.case_folders import files_by_case, name_list
+from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.validation import InputError
 
 
 METRIC_NAMES = ("dice", "nsd", "precision", "recall", "hd95")
 METRICS_CSV, SUMMARY_JSON, BOXPLOT_PNG = "metrics.csv", "summary.json", "metrics_boxplot.png"
+MISSING_PREDICTIONS = ("refuse", "empty", "skip")  # what a reference without a prediction means (module docstring)
 
 
 class EvaluationError(InputError):
@@ -63,8 +73,8 @@ class MetricStatistics:
 class EvaluationSummary:
     results: List[CaseResult]
     statistics: Dict[int, Dict[str, MetricStatistics]]  # label -> metric -> statistics
-    missing_predictions: List[str] = field(default_factory=list)
-    unmatched_predictions: List[str] = field(default_factory=list)
+    missing_predictions: List[str] = field(default_factory=list)  # references without a prediction
+    missing_policy: str = "refuse"  # how they were evaluated: MISSING_PREDICTIONS
     metrics_csv: Optional[Path] = None
     summary_json: Optional[Path] = None
     boxplot_png: Optional[Path] = None
@@ -76,19 +86,34 @@ class EvaluationSummary:
 
 # --- pairing and reading --------------------------------------------------
 def case_files(folder: Path, role: str) -> Dict[str, Path]:
-    """Image files of ``folder`` by case name; other files (nnU-Net's JSON, .npz) are ignored."""
-    if not folder.is_dir():
-        raise EvaluationError(f"{role} folder {folder} does not exist or is not a folder")
-    cases: Dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        suffix = image_suffix(path)
-        if path.name.startswith(".") or suffix is None or not path.is_file():
-            continue
-        case = path.name[: -len(suffix)]
-        if case in cases:
-            raise EvaluationError(f"{role} folder {folder}: case {case!r} has two files, {cases[case].name} and {path.name}")
-        cases[case] = path
-    return cases
+    """Image files of ``folder`` by case name; hidden and other files (nnU-Net's JSON, .npz) are ignored."""
+    return files_by_case(folder, role, error=EvaluationError)
+
+
+def check_pairs(prediction_files: Dict[str, Path], reference_files: Dict[str, Path], predictions: Path,
+                references: Path, missing_predictions: str = "refuse") -> List[str]:
+    """The cases without a prediction (allowed by ``missing_predictions`` "empty" or "skip"); a prediction without
+    a reference, and with "refuse" a reference without a prediction, refused with the names."""
+    if missing_predictions not in MISSING_PREDICTIONS:
+        raise EvaluationError(f"--missing-predictions {missing_predictions!r}: choose one of "
+                              f"{list(MISSING_PREDICTIONS)}")
+    unmatched = [path.name for case, path in prediction_files.items() if case not in reference_files]
+    missing = [case for case in reference_files if case not in prediction_files]
+    problems = []
+    if unmatched:
+        problems.append(f"{len(unmatched)} prediction(s) in {predictions} without a reference in {references}: "
+                        f"{name_list(unmatched)} (a wrong folder, or cases named differently?)")
+    if missing and missing_predictions == "refuse":
+        problems.append(f"{len(missing)} reference(s) in {references} without a prediction in {predictions}: "
+                        f"{name_list([reference_files[case].name for case in missing])}; pass --missing-predictions "
+                        "empty to score them as empty predictions (a failed inference counts as a miss), or skip "
+                        "to evaluate only the predicted cases (e.g. one fold's validation cases)")
+    if problems:
+        raise EvaluationError("; ".join(problems))
+    if missing and len(missing) == len(reference_files) and missing_predictions == "skip":
+        raise EvaluationError(f"predictions {predictions}: no prediction has a reference in {references}; nothing "
+                              "to evaluate")
+    return missing
 
 
 def _grid_text(image: Image) -> str:
@@ -136,7 +161,9 @@ def _csv_text(results: Sequence[CaseResult]) -> str:
 def _summary_json(summary: EvaluationSummary, predictions: Path, references: Path, nsd_tolerance_mm: float) -> str:
     conventions = dict(CONVENTIONS)
     conventions["std"] = "sample standard deviation (ddof=1); 0 for a single case"
-    conventions["missing_prediction"] = "evaluated as an empty prediction"
+    conventions["missing_prediction"] = {"refuse": "none: every reference has a prediction",
+                                         "empty": "evaluated as an empty prediction",
+                                         "skip": "not evaluated (listed in missing_predictions)"}[summary.missing_policy]
     document = {
         "predictions": str(predictions),
         "references": str(references),
@@ -147,7 +174,6 @@ def _summary_json(summary: EvaluationSummary, predictions: Path, references: Pat
         "metrics": {str(label): {name: vars(stats) for name, stats in per_metric.items()}
                     for label, per_metric in summary.statistics.items()},
         "missing_predictions": summary.missing_predictions,
-        "unmatched_predictions": summary.unmatched_predictions,
         "conventions": conventions,
     }
     return json.dumps(document, indent=2) + "\n"
@@ -232,8 +258,13 @@ def evaluate_folder(
     output: Path,
     labels: Sequence[int] = (1,),
     nsd_tolerance_mm: float = NSD_TOLERANCE_MM,  # AG-CRC §IV-D
+    missing_predictions: str = "refuse",
 ) -> EvaluationSummary:
-    """Compare every reference case with its prediction; write CSV, JSON and PNG into ``output``."""
+    """Compare every reference case with its prediction; write CSV, JSON and PNG into ``output``.
+
+    Unpaired files are refused (``EvaluationError`` naming them); ``missing_predictions`` "empty": a reference
+    without a prediction is evaluated as an empty prediction, "skip": it is not evaluated (module docstring).
+    """
     predictions, references, output = Path(predictions), Path(references), Path(output)
     labels = tuple(int(label) for label in labels)
     if not labels:
@@ -242,17 +273,15 @@ def evaluate_folder(
     prediction_files = case_files(predictions, "predictions")
     if not reference_files:
         raise EvaluationError(f"references folder {references} holds no image files (.nii.gz, .nrrd, .mha, ...)")
-    missing = [case for case in reference_files if case not in prediction_files]
-    unmatched = [case for case in prediction_files if case not in reference_files]
+    missing = check_pairs(prediction_files, reference_files, predictions, references, missing_predictions)
     if missing:
-        warnings.warn(f"{len(missing)} case(s) have no prediction in {predictions} and count as empty predictions: "
-                      + ", ".join(missing), stacklevel=2)
-    if unmatched:
-        warnings.warn(f"{len(unmatched)} prediction(s) have no reference in {references} and are skipped: "
-                      + ", ".join(unmatched), stacklevel=2)
+        meaning = "count as empty predictions" if missing_predictions == "empty" else "are not evaluated"
+        warnings.warn(f"{len(missing)} case(s) have no prediction in {predictions} and {meaning}: "
+                      + name_list(missing), stacklevel=2)
+    evaluated = [case for case in sorted(reference_files) if missing_predictions != "skip" or case not in missing]
 
     results: List[CaseResult] = []
-    for case in tqdm(sorted(reference_files), desc="evaluate", unit="case", disable=None):
+    for case in tqdm(evaluated, desc="evaluate", unit="case", disable=None):
         reference, prediction = _read_pair(case, reference_files[case], prediction_files.get(case))
         # A missing prediction is an all-background label map (empty for every label but 0).
         predicted_labels = np.zeros(reference.shape, np.uint8) if prediction is None else prediction.array
@@ -266,7 +295,7 @@ def evaluate_folder(
                 for name in METRIC_NAMES}
         for label in labels
     }
-    summary = EvaluationSummary(results, statistics, missing, unmatched)
+    summary = EvaluationSummary(results, statistics, missing, missing_predictions)
     output.mkdir(parents=True, exist_ok=True)
     summary.metrics_csv = write_text_atomic(output / METRICS_CSV, _csv_text(results))
     summary.summary_json = write_text_atomic(
@@ -283,10 +312,15 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", type=int, nargs="+", default=[1], help="label values to evaluate (default: 1)")
     parser.add_argument("--nsd-tolerance-mm", type=float, default=NSD_TOLERANCE_MM,
                         help=f"NSD tolerance in mm (default {NSD_TOLERANCE_MM:g}, AG-CRC / MSD)")
+    parser.add_argument("--missing-predictions", choices=MISSING_PREDICTIONS, default="refuse",
+                        help="a reference without a prediction: refuse (default), empty (score it as an empty "
+                        "prediction), skip (evaluate only the predicted cases, e.g. one fold's validation set); a "
+                        "prediction without a reference is always refused")
 
 
 def evaluate_main(args: argparse.Namespace) -> int:
-    summary = evaluate_folder(args.predictions, args.references, args.output, args.labels, args.nsd_tolerance_mm)
+    summary = evaluate_folder(args.predictions, args.references, args.output, args.labels, args.nsd_tolerance_mm,
+                              args.missing_predictions)
     for label, per_metric in summary.statistics.items():
         text = ", ".join(f"{name} {stats.mean:.4f}" for name, stats in per_metric.items())
         print(f"label {label}, {summary.n_cases} cases, mean: {text}")

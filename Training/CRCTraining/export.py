@@ -1,7 +1,6 @@
 """``crcseg export``: a trained nnU-Net model -> a model bundle for the CRCSegmentation module."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -10,8 +9,10 @@ from typing import List, Optional, Sequence, Tuple
 
 from CRCSegmentationLib.bundle import METADATA_FILE, BundleMetadata, software_versions
 from CRCSegmentationLib.model_source import dataset_channel_names, dataset_modality
+from CRCSegmentationLib.mr_checks import TrainingThickAxis
 from CRCSegmentationLib.networks.nnunet_architectures import TRAINER_ARCHITECTURES
 from OrganGuidanceLib.checksum import sha256_of
+from OrganGuidanceLib.json_files import read_json
 from OrganGuidanceLib.validation import InputError
 
 from . import __version__
@@ -45,11 +46,13 @@ def export_bundle(
     missing += [str(p.relative_to(model_folder)) for p in checkpoints.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{model_folder}: cannot export, missing {', '.join(missing)}")
+    read_json(model_folder / "plans.json")  # a cut-short plans file is refused here, not in every user's Slicer
     if output.exists():
         raise FileExistsError(f"{output}: exists already; choose another folder or remove it first")
-    dataset_json = json.loads((model_folder / "dataset.json").read_text())
+    dataset_json = read_json(model_folder / "dataset.json")
     labels = {str(k): int(v) for k, v in dataset_json["labels"].items()}
     tumor_labels, organ_labels = label_roles(model_folder, dataset_json)
+    thick_axis = training_thick_axis_record(model_folder, dataset_json)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-bundle-", dir=output.parent))
     umask = os.umask(0)
@@ -82,6 +85,7 @@ def export_bundle(
             organ_labels=organ_labels,  # FLARE24 organ interference: segmented, never reported as tumor
             # our trainers' network, so the bundle predicts without CRCTraining; nnU-Net's own trainers: ""
             network=TRAINER_ARCHITECTURES.get(trainer, ""),
+            thick_axis=thick_axis,  # MR: the training images' thick axis (prepare_mr), so a wrong plane is flagged
         )
         (staging / METADATA_FILE).write_text(metadata.to_json())
         os.replace(staging, output)
@@ -89,6 +93,17 @@ def export_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output
+
+
+def training_thick_axis_record(model_folder: Path, dataset_json: dict) -> dict:
+    """An MR model's training thick axis as ``prepare_mr`` recorded it in ``dataset.json`` ({} if not recorded)."""
+    record = (dataset_json.get("crcseg") or {}).get("thick_axis")
+    if dataset_modality(dataset_json) != "MR" or record is None:
+        return {}
+    try:
+        return TrainingThickAxis.from_dict(record).to_dict()
+    except ValueError as error:
+        raise InputError(f"{model_folder / 'dataset.json'}: crcseg.{error}") from error
 
 
 def label_roles(model_folder: Path, dataset_json: dict) -> Tuple[List[str], List[str]]:

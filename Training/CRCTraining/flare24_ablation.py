@@ -4,7 +4,9 @@ Both arms get the same training cases, organ maps, plans, trainer schedule and t
 
 - base: ``prepare`` with tumor labels, ``nnUNetTrainerBaseline`` (nnU-Net's default);
 - organ interference: ``prepare --labels organ-interference``, ``nnUNetTrainerOrganInterference``
-  (class-first sampling 5:1 and the class-weighted Dice + CE, FLARE24 §2.2 Eq. 1-3).
+  (class-first sampling 5:1 and the class-weighted Dice + CE, FLARE24 §2.2 Eq. 1-3, as the public code trains
+  it: Dice + CE weights 1 and 1 under nnU-Net's SGD, the weighted CE averaged per sample, and a warm-up that
+  mixes the uniform- and class-weighted losses over ``--warmup-epochs`` (default the public code's 50)).
 
 Each arm is exported as a bundle and run by ``crcseg segment`` on the test cases with their organ
 maps and references. Reported: Dice and NSD@4 mm on the cases with a tumor, and the paper's
@@ -33,6 +35,7 @@ class ArmResult:
     arm: str
     trainer: str
     bundle: str
+    loss: str = ""  # the training loss, as the trainer builds it
     dice: List[float] = field(default_factory=list)  # per tumor case
     nsd: List[float] = field(default_factory=list)
     false_positive_ml: List[float] = field(default_factory=list)  # per tumor-free case
@@ -47,22 +50,32 @@ class ArmResult:
 def run_ablation(train_source: Path, test_source: Path, output: Path, dataset_id: int, organs: Path,
                  test_organs: Path, convention: str = "totalsegmentator", epochs: int = 100,
                  iterations: Optional[int] = None, val_iterations: Optional[int] = None, device: str = "auto",
-                 gpu_memory_gb: Optional[float] = None, processes: int = 2, preset: str = "default") -> List[ArmResult]:
-    """Prepare, plan, train, export and test both arms (dataset ids ``dataset_id`` and ``dataset_id + 1``)."""
+                 gpu_memory_gb: Optional[float] = None, processes: int = 2, preset: str = "default",
+                 warmup_epochs: Optional[int] = None) -> List[ArmResult]:
+    """Prepare, plan, train, export and test both arms (dataset ids ``dataset_id`` and ``dataset_id + 1``).
+
+    ``warmup_epochs``: the organ-interference loss's warm-up (None: the trainer's, the public code's 50)."""
     from CRCSegmentationLib.batch import segment_files
     from CRCSegmentationLib.inference import SegmentationParameters
     from OrganGuidanceLib.guidance import GuidanceParameters
+    from OrganGuidanceLib.validation import InputError
 
     from .export import export_bundle, trained_model_folder
+    from .flare24_losses import ENV_WARMUP_EPOCHS
     from .nnunet_env import configure, dataset_name
     from .planning import plan_and_preprocess
     from .prepare import prepare_dataset
     from .train import train
     from .trainer_mixins import ENV_FINAL_VALIDATION
 
+    if warmup_epochs is not None and warmup_epochs < 0:
+        raise InputError(f"--warmup-epochs {warmup_epochs}: must be a whole number of epochs >= 0")
+    check_inputs(Path(train_source), Path(test_source), Path(organs), Path(test_organs))  # before hours of training
     output = Path(output)
     paths = configure(output / "work")
     os.environ[ENV_FINAL_VALIDATION] = "0"  # the test cases below are the evaluation
+    if warmup_epochs is not None:
+        os.environ[ENV_WARMUP_EPOCHS] = str(int(warmup_epochs))
     results = []
     for offset, (arm, (labels, trainer)) in enumerate(ARMS.items()):
         identifier = int(dataset_id) + offset
@@ -80,7 +93,7 @@ def run_ablation(train_source: Path, test_source: Path, output: Path, dataset_id
                                organs=Path(test_organs), references=Path(test_source) / "labelsTr",
                                parameters=SegmentationParameters.for_preset(preset, device=device), convention=convention,
                                overwrite=True)
-        result = ArmResult(arm, trainer, str(bundle))
+        result = ArmResult(arm, trainer, str(bundle), _loss_description(trainer))
         for case in report.cases:
             if case.status != "ok":
                 raise RuntimeError(f"{arm}: test case {case.case} failed: {case.error}")
@@ -94,8 +107,41 @@ def run_ablation(train_source: Path, test_source: Path, output: Path, dataset_id
     return results
 
 
+def _loss_description(trainer: str) -> str:
+    """The loss ``trainer`` trains with: nnU-Net's Dice + CE, or the FLARE24 loss with its weights and warm-up."""
+    from .flare24_losses import ClassWeightedLossTrainerMixin, warmup_epochs_from_environment
+    from .train import trainer_class
+
+    cls = trainer_class(trainer)
+    if not issubclass(cls, ClassWeightedLossTrainerMixin):
+        return "nnU-Net Dice + CE (weights 1 and 1)"
+    return (f"FLARE24 class-weighted Dice + CE (weights {cls.loss_alpha_dice:g} and {cls.loss_alpha_ce:g}; tumor "
+            f"{cls.loss_tumor_weight:g}, others {cls.loss_other_weight:g}; per-sample CE; warm-up "
+            f"{warmup_epochs_from_environment(cls.loss_warmup_epochs)} epochs mixing uniform and weighted losses)")
+
+
+def check_inputs(train_source: Path, test_source: Path, organs: Path, test_organs: Path) -> None:
+    """Every case of both sources paired (``prepare``'s rules: hidden files ignored, unpaired files refused with
+    their names) and with its organ map; a test case without a reference would otherwise fail after training."""
+    from OrganGuidanceLib.case_folders import files_by_case, name_list, pair_images_and_labels
+    from OrganGuidanceLib.validation import InputError
+
+    from .datasets import read_source_dataset
+
+    training = read_source_dataset(train_source, organs)
+    without = [case.case_id for case in training.cases if case.organs is None]
+    if without:
+        raise InputError(f"--organs {organs}: no organ map for training case(s) {name_list(without)}")
+    pairs = pair_images_and_labels(test_source / "imagesTr", test_source / "labelsTr", "test_source imagesTr",
+                                   "test_source labelsTr")
+    test_maps = files_by_case(test_organs, "--test-organs")
+    without = [pair.case for pair in pairs if pair.case not in test_maps]
+    if without:
+        raise InputError(f"--test-organs {test_organs}: no organ map for test case(s) {name_list(without)}")
+
+
 def _reference_is_empty(test_source: Path, case: str) -> bool:
-    from CRCSegmentationLib.batch import find_case_file
+    from OrganGuidanceLib.cases import find_case_file
     from OrganGuidanceLib.io import read_image
 
     path = find_case_file(Path(test_source) / "labelsTr", case)
@@ -133,6 +179,8 @@ def add_ablation_command(commands) -> None:
     ablation.add_argument("--epochs", type=int, default=100)
     ablation.add_argument("--iterations", type=int, help="iterations per epoch (default: nnU-Net's 250)")
     ablation.add_argument("--val-iterations", type=int)
+    ablation.add_argument("--warmup-epochs", type=int, help="organ-interference loss warm-up: epochs over which "
+                          "the class-weighted loss's share rises from 0 to 1 (default: the public code's 50)")
     ablation.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     ablation.add_argument("--gpu-memory-gb", type=float, help="nnU-Net's VRAM target (smaller: smaller patches)")
     ablation.add_argument("--processes", type=int, default=2)
@@ -144,7 +192,9 @@ def add_ablation_command(commands) -> None:
 def ablation_main(args) -> int:
     results = run_ablation(args.train_source, args.test_source, args.output, args.dataset_id, args.organs,
                            args.test_organs, args.convention, args.epochs, args.iterations, args.val_iterations,
-                           args.device, args.gpu_memory_gb, args.processes, args.preset)
+                           args.device, args.gpu_memory_gb, args.processes, args.preset, args.warmup_epochs)
     print(format_table(results))
+    for result in results:
+        print(f"{result.arm}: {result.trainer}, {result.loss}")
     print(f"written: {args.output / 'ablation.csv'}, {args.output / 'ablation.json'}")
     return 0

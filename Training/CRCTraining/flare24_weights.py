@@ -1,8 +1,9 @@
 """FLARE24 organ-interference class weights (FLARE24 §2.2; DESIGN.md "Facts for the three remaining methods").
 
 One weight per output class, used twice: in the class-weighted Dice + CE (Eq. 1-2) and in the class-first patch
-sampling. The public code gives the tumour 5 and background and every organ 1; the loss normalises them by their
-sum, and ramps linearly from uniform weights to these over its first 50 epochs.
+sampling. The public code gives the tumour 5 and background and every organ 1 and normalises them by their sum.
+Its warm-up (first 50 epochs) mixes two losses, ``(1 - t) · L(uniform) + t · L(these weights)`` with t rising
+linearly from 0 to 1 (``warmup_share``); it does not ramp the weight vector itself.
 
 Labels follow nnU-Net's ``dataset.json["labels"]``: consecutive integers from background 0, an optional
 ``"ignore"`` label on top (no class of its own). The tumour is the label named "tumor" (or "tumour"); without
@@ -18,7 +19,7 @@ TUMOR_WEIGHT = 5.0  # FLARE24 §2.2: "five times higher than the organ regions"
 OTHER_WEIGHT = 1.0  # background and every organ
 TUMOR_NAMES = ("tumor", "tumour")
 IGNORE_NAME = "ignore"  # nnU-Net's name of the ignore label
-RAMP_EPOCHS = 50  # DESIGN: the public code ramps from uniform to the class weights over the first 50 epochs
+WARMUP_EPOCHS = 50  # DESIGN: the public code's loss mixing reaches the class-weighted loss alone at epoch 50
 
 
 def segmentation_labels(dataset_json: Mapping) -> Tuple[dict, Optional[int]]:
@@ -76,12 +77,14 @@ def normalised(weights: np.ndarray) -> np.ndarray:
     return weights / total
 
 
-def ramped_weights(weights: np.ndarray, epoch: int, ramp_epochs: int = RAMP_EPOCHS) -> np.ndarray:
-    """Normalised weights at ``epoch`` (0-based): linear from uniform (epoch 0) to ``normalised(weights)``
-    (epoch >= ramp_epochs), the public code's warm-up; ``ramp_epochs = 0``: the target weights from the start."""
-    target = normalised(weights)
-    if ramp_epochs <= 0:
-        return target
-    share = min(1.0, max(0, int(epoch)) / float(ramp_epochs))
-    uniform = np.full_like(target, 1.0 / target.size)
-    return (1.0 - share) * uniform + share * target
+def warmup_share(epoch: int, warmup_epochs: int = WARMUP_EPOCHS) -> float:
+    """The class-weighted loss's share t at ``epoch`` (0-based) in ``(1 - t) · L_uniform + t · L_weighted``.
+
+    The public code (``MultipleOutputLoss2``): t = epoch / 50 while epoch < 50, then 1. ``warmup_epochs = 0``:
+    t = 1 from the start, the paper's Eq. 1-3 alone.
+    """
+    if warmup_epochs < 0:
+        raise ValueError(f"warm-up epochs must be >= 0, got {warmup_epochs}")
+    if warmup_epochs == 0:
+        return 1.0
+    return min(1.0, max(0, int(epoch)) / float(warmup_epochs))

@@ -134,12 +134,15 @@ def _settings(args: argparse.Namespace, **fields):
 
 
 def phantoms_main(args: argparse.Namespace) -> int:
+    from OrganGuidanceLib.case_folders import is_empty_of_visible
     from OrganGuidanceLib.validation import InputError
 
     from .phantom_dataset import make_phantom_dataset
 
-    if args.output.exists() and any(args.output.iterdir()):
-        raise InputError(f"{args.output}: not empty; give a new folder")
+    if args.output.exists() and not args.output.is_dir():
+        raise InputError(f"-o/--output {args.output}: is a file; give a new folder")
+    if not is_empty_of_visible(args.output):  # a Finder's .DS_Store does not count
+        raise InputError(f"-o/--output {args.output}: not empty; give a new folder")
     folder = make_phantom_dataset(args.output, args.cases, args.seed, tuple(args.shape),
                                   tumor_free_cases=args.tumor_free)
     print(f"{args.cases + args.tumor_free} phantom cases: --images {folder / 'imagesTr'} "

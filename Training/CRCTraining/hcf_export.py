@@ -46,7 +46,8 @@ def read_hcf_run(path: Path, stage: Optional[str] = None) -> HCFRun:
             raise InputError(f"{path}: holds both stages' final files; name the file")
         path = candidates[0]
     if not path.is_file():
-        raise InputError(f"{path}: not found")
+        option = {CLASSIFIER: "--classifier: ", SANET: "--sanet: "}.get(stage, "")
+        raise InputError(f"{option}{path}: no such run folder or file")
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any failure means "not a finished HCF run"

@@ -91,7 +91,7 @@ class Table3Result:
 
 def read_test_cases(images: Path, labels: Path, tumor_label: Optional[int] = None) -> List[TestCase]:
     cases = []
-    for name, image_path, label_path in paired_volume_files(images, labels):
+    for name, image_path, label_path in paired_volume_files(images, labels, ("--test-images", "--test-labels")):
         ct, label = read_image(image_path), read_image(label_path)
         check_label_map(label)
         if not ct.same_grid(label):
@@ -145,7 +145,7 @@ def run_table3(train_images: Path, train_labels: Path, test_images: Path, test_l
     if len(set(map(str, rows))) != len(rows) or len(set(map(str, columns))) != len(columns):
         raise InputError("hcf-table3: a ratio is given twice")
     base = replace(template, images=Path(train_images), labels=Path(train_labels), npz=None)
-    data = load_slices(base)  # read once, shared by every run
+    data = load_slices(base, ("--train-images", "--train-labels"))  # read once, shared by every run
     cases = read_test_cases(Path(test_images), Path(test_labels), template.tumor_label)
     classifiers: Dict[str, Path] = {}
     for ratio in rows:

@@ -7,7 +7,8 @@ and a first cycle of 20 epochs, global batch 128 (classifier) / 64 (SANet), inpu
 120 epochs, validation after every epoch and early stopping with a patience of 30 epochs; online
 augmentation (``hcf_augment``: erasing, zoom, distortion, rotation, vertical flip, noise).
 
-- ``SliceClassifierTask``: ResNet18 (``networks.hcf.build_slice_classifier``), cross-entropy on abnormal
+- ``SliceClassifierTask``: ResNet18 (``networks.hcf.build_slice_classifier``; with the public code's
+  Dropout(0.2) before the last layer, ``classifier_dropout``), cross-entropy on abnormal
   (1, the slice holds tumor) vs normal (0) (Sec. 3.1, 4.2). Balance sampling (BSS, Sec. 3.4) ratio
   theta_1 by default (Table 3: the classifier ratio of the best lung result and of the highest recall
   there); theta_2, theta_4, theta_n as options (theta_0 would hold no normal slice).
@@ -46,8 +47,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from CRCSegmentationLib.hcf_preprocessing import SliceDatasetConfig, axial_axis
-from CRCSegmentationLib.networks.hcf import build_sanet, build_slice_classifier
-from OrganGuidanceLib.io import IMAGE_SUFFIXES, image_suffix, read_image
+from CRCSegmentationLib.networks.hcf import PUBLIC_FINAL_DROPOUT, build_sanet, build_slice_classifier
+from OrganGuidanceLib.case_folders import pair_images_and_labels
+from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.validation import InputError, check_ct, check_label_map
 
 from .cr_loss import CRLoss
@@ -66,7 +68,8 @@ ABNORMAL = 1  # the classifier's class of a slice with tumor (hcf_bundle.ABNORMA
 DICE_EPSILON = 1e-8
 # HCF settings a run must keep to be continued (the engine adds its own: batches, schedule, patience).
 RESUME_KEYS = ("stage", "ratio", "per_epoch", "lr", "weight_decay", "augmentation", "size", "hu_window",
-               "body_threshold_hu", "body_margin_px", "fold", "folds", "split_seed", "tumor_label")
+               "body_threshold_hu", "body_margin_px", "fold", "folds", "split_seed", "tumor_label",
+               "classifier_dropout")
 
 
 def parse_ratio(value: Union[str, int]) -> Ratio:
@@ -107,6 +110,9 @@ class HCFTrainingSettings:
     body_threshold_hu: float = -300.0
     body_margin_px: int = 10
     augmentation: bool = True  # Sec. 4.2: online augmentation
+    # Dropout before the classifier's last layer: the public code's 0.2 (not in the paper); 0: none. The
+    # checkpoint's keys are the same either way, and inference (eval mode) is unchanged.
+    classifier_dropout: float = PUBLIC_FINAL_DROPOUT
     validation_batch_size: int = 16
     seed: int = 0
     checkpoint_every: int = 500  # iterations; also at every validated epoch's end
@@ -127,32 +133,23 @@ class HCFTrainingSettings:
 
 
 # --- data ---------------------------------------------------------------------------------------
-def paired_volume_files(images: Path, labels: Path) -> List[Tuple[str, Path, Path]]:
-    """(case, image, label) for every label map ``labels/<case>.<ext>`` with ``images/<case>[_0000].<ext>``."""
-    images, labels = Path(images), Path(labels)
-    for folder, what in ((images, "images"), (labels, "labels")):
-        if not folder.is_dir():
-            raise InputError(f"{what} folder {folder}: not found")
-    label_files = sorted(p for p in labels.iterdir() if image_suffix(p) is not None)
-    if not label_files:
-        raise InputError(f"labels folder {labels}: holds no label maps ({', '.join(IMAGE_SUFFIXES)})")
-    pairs = []
-    for label_path in label_files:
-        suffix = image_suffix(label_path)
-        case = label_path.name[: -len(suffix)]
-        for candidate in (images / label_path.name, images / f"{case}_0000{suffix}"):  # MSD / nnU-Net naming
-            if candidate.exists():
-                pairs.append((case, candidate, label_path))
-                break
-        else:
-            raise InputError(f"label map {label_path}: no image {label_path.name} or {case}_0000{suffix} in {images}")
-    return pairs
+def paired_volume_files(images: Path, labels: Path, roles: Tuple[str, str] = ("--images", "--labels")
+                        ) -> List[Tuple[str, Path, Path]]:
+    """(case, image, label) for every label map ``labels/<case>.<ext>`` with ``images/<case>[_0000].<ext>``.
+
+    Hidden files (the MSD archives' ``._*``) are ignored; an image without a label map, or a label map
+    without an image, is refused with the names (``OrganGuidanceLib.case_folders``), as ``prepare`` does.
+    ``roles``: the two folders' names in messages (the command's options).
+    """
+    pairs = pair_images_and_labels(images, labels, *roles)
+    return [(pair.case, pair.image, pair.label) for pair in pairs]
 
 
-def read_volumes(images: Path, labels: Path) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+def read_volumes(images: Path, labels: Path, roles: Tuple[str, str] = ("--images", "--labels")
+                 ) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
     """Every case's CT and label array with the axial axis first (``axial_axis``, as inference slices)."""
     volumes: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
-    for case, image_path, label_path in paired_volume_files(images, labels):
+    for case, image_path, label_path in paired_volume_files(images, labels, roles):
         ct, label = read_image(image_path), read_image(label_path)
         check_ct(ct)
         check_label_map(label)
@@ -163,15 +160,20 @@ def read_volumes(images: Path, labels: Path) -> Dict[str, Tuple[np.ndarray, np.n
     return volumes
 
 
-def load_slices(settings: HCFTrainingSettings) -> SliceDataset:
-    """The settings' slice data: volumes (``images`` + ``labels``) or CARE slices (``npz``)."""
+def load_slices(settings: HCFTrainingSettings, roles: Tuple[str, str] = ("--images", "--labels")) -> SliceDataset:
+    """The settings' slice data: volumes (``images`` + ``labels``) or CARE slices (``npz``); ``roles``: the
+    volume folders' names in messages."""
     if settings.npz is not None:
         if settings.images is not None or settings.labels is not None:
             raise InputError("HCF training: give either --npz DIR or --images DIR --labels DIR, not both")
+        if not Path(settings.npz).is_dir():
+            raise InputError(f"--npz {settings.npz}: " + ("is a file; give the folder of .npz slices (crcseg "
+                             "usam-slices)" if Path(settings.npz).exists() else "does not exist"))
         return SliceDataset.from_npz_folder(Path(settings.npz), settings.slice_config())
     if settings.images is None or settings.labels is None:
         raise InputError("HCF training: give --images DIR and --labels DIR (or --npz DIR)")
-    return SliceDataset(read_volumes(settings.images, settings.labels), settings.slice_config(), settings.tumor_label)
+    return SliceDataset(read_volumes(settings.images, settings.labels, roles), settings.slice_config(),
+                        settings.tumor_label)
 
 
 def split_cases(cases: Sequence[str], folds: int, seed: int = 0) -> List[List[str]]:
@@ -368,7 +370,7 @@ class SliceClassifierTask(HCFTask):
     score_name = "balanced_accuracy"
 
     def build_model(self) -> nn.Module:
-        return build_slice_classifier(in_channels=1, num_classes=2)
+        return build_slice_classifier(in_channels=1, num_classes=2, dropout=self.settings.classifier_dropout)
 
     def loss(self, model, batch: dict, device: torch.device):
         target = torch.as_tensor(batch["abnormal"], dtype=torch.long, device=device)

@@ -14,16 +14,20 @@ organs are found in it BY NAME through its ``LabelConvention``, never by label v
 A convention without some organ simply leaves that organ absent in its cases (the label exists, no
 voxel carries it). WORD (``OrganGuidanceLib.labels.WORD_LABELS``), for example, gives 9 of the 13
 FLARE22 organs: it has no aorta and no inferior vena cava, and its one ``adrenal`` label covers both
-glands, so neither ``adrenal_gland_left`` nor ``adrenal_gland_right`` is taken from it.
+glands, so neither ``adrenal_gland_left`` nor ``adrenal_gland_right`` is taken from it. A name that no
+convention knows (a typo such as ``livr``) is refused with the closest known names: it would otherwise
+become a class that can never occur.
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
-from OrganGuidanceLib.labels import ORGAN_ALIASES, LabelConvention
+from OrganGuidanceLib.case_folders import name_list
+from OrganGuidanceLib.labels import ORGAN_ALIASES, WORD_LABELS, LabelConvention
 from OrganGuidanceLib.validation import InputError
 
 LABEL_MODES = ("tumor", "organ-interference")  # prepare's ``labels=``: "tumor" is AG-CRC's 0/1 label
@@ -73,17 +77,52 @@ def check_organ_list(organs: Iterable[str]) -> Tuple[str, ...]:
     """The organ list as given, refused when empty, repeated, or clashing with background/tumor."""
     names = tuple(str(o).strip() for o in organs)
     if not names or not all(names):
-        raise InputError(f"interference organs {list(names)}: give at least one organ name, none empty")
+        raise InputError(f"--interference-organs {list(names)}: give at least one organ name, none empty")
     reserved = [n for n in names if normalise_name(n) in (BACKGROUND_LABEL, TUMOR_LABEL)]
     if reserved:
-        raise InputError(f"interference organs: {reserved} are the names of the background and tumor labels")
+        raise InputError(f"--interference-organs: {reserved} are the names of the background and tumor labels")
     groups = [name_group(n) for n in names]
     repeated = sorted({n for n, g in zip(names, groups) if groups.count(g) > 1})
     if repeated:
-        raise InputError(f"interference organs: {repeated} name the same organ more than once")
+        raise InputError(f"--interference-organs: {repeated} name the same organ more than once")
     if len(names) > 253:  # labels are uint8: background, K organs, tumor
-        raise InputError(f"interference organs: {len(names)} organs; at most 253 fit the uint8 label map")
+        raise InputError(f"--interference-organs: {len(names)} organs; at most 253 fit the uint8 label map")
     return names
+
+
+def known_organ_names(convention: LabelConvention) -> List[str]:
+    """Every organ name an interference organ may take: the convention's label names, FLARE22's organs, the
+    spellings of ``NAME_ALIASES``, and the names of the built-in conventions (WORD, TotalSegmentator's
+    ``class_map["total"]`` where it is installed), so that an organ a convention lacks is absent, not unknown."""
+    names = [*convention.labels.values(), *FLARE22_ORGANS, *(n for group in NAME_ALIASES for n in group),
+             *WORD_LABELS.values()]
+    try:
+        from totalsegmentator.map_to_binary import class_map
+
+        names += list(class_map["total"].values())
+    except ImportError:  # without TotalSegmentator its names are unknown; the other sources still hold
+        pass
+    return sorted({normalise_name(n) for n in names if normalise_name(n) not in (BACKGROUND_LABEL, TUMOR_LABEL)})
+
+
+def check_known_organs(organs: Sequence[str], convention: LabelConvention,
+                       option: str = "--interference-organs") -> None:
+    """``InputError`` naming ``option`` for organ names no convention knows, with the closest known names
+    (``difflib``), the convention's own names first."""
+    known = known_organ_names(convention)
+    own = sorted({normalise_name(n) for n in convention.labels.values()})
+    unknown = [o for o in organs if not name_group(o) & set(known)]
+    if not unknown:
+        return
+    parts = []
+    for organ in unknown:
+        key = normalise_name(organ)
+        close = list(dict.fromkeys(difflib.get_close_matches(key, own, n=3, cutoff=0.6)
+                                   + difflib.get_close_matches(key, known, n=3, cutoff=0.6)))[:3]
+        parts.append(f"'{organ}'" + (f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""))
+    raise InputError(f"{option}: unknown organ name{'s' if len(unknown) > 1 else ''} {', '.join(parts)}; a name "
+                     f"no label convention knows would be a class that never occurs. Label convention "
+                     f"'{convention.name}' names {name_list(own, 20)}")
 
 
 @dataclass(frozen=True)
@@ -130,8 +169,11 @@ class InterferenceLabels:
 
 
 def match_organs(convention: LabelConvention, organs: Sequence[str]) -> InterferenceLabels:
-    """Find each organ in ``convention`` by name (aliases included); a label value goes to the first organ."""
+    """Find each organ in ``convention`` by name (aliases included); a label value goes to the first organ.
+
+    ``InputError`` for a name no convention knows (``check_known_organs``: the closest names suggested)."""
     names = check_organ_list(organs)
+    check_known_organs(names, convention)
     claimed: set = set()
     values: Dict[str, Tuple[int, ...]] = {}
     for organ in names:

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 import OrganGuidanceLib
-from OrganGuidanceLib.checksum import update_with_file
+from OrganGuidanceLib.checksum import input_digest
+from OrganGuidanceLib.image_files import printable
 from OrganGuidanceLib.guidance import GuidanceParameters, MOSSource, run_guidance
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.mos_codes import MOS_CODES, compact_mos
@@ -132,19 +133,12 @@ LAYOUT = RawDatasetLayout(CACHE_FOLDER, case_outputs, "prepare_dataset", _is_agc
                           CACHE_FORMAT, extra_folders=tuple(EXTRA_FOLDERS))
 
 
-def _hash_path(digest: "hashlib._Hash", path: Path) -> None:
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else "").encode())
-        update_with_file(digest, file)
-
-
 def input_hash(inputs: Dict[str, Path], settings: dict) -> str:
     """SHA-256 over the input files' bytes (in role order) and the settings that shape the outputs."""
     digest = hashlib.sha256()
     for role in sorted(inputs):
         digest.update(f"\0{role}\0".encode())
-        _hash_path(digest, Path(inputs[role]))
+        digest.update(input_digest(Path(inputs[role])).encode())
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
@@ -331,7 +325,7 @@ def _organ_setup(
         return provider, provider.convention, settings, None
     folder = Path(organs)
     if not folder.is_dir():
-        raise PrepareError(f"organ maps: {organs!r} is neither 'totalsegmentator' nor an existing folder")
+        raise PrepareError(f"--organs: {printable(str(organs))} is neither 'totalsegmentator' nor an existing folder")
     return None, load_convention(convention), {"organs": "label maps"}, folder
 
 

@@ -19,6 +19,11 @@ nnU-Net's planner itself transposes every case so that the axis of the largest s
 first (``ExperimentPlanner.determine_transpose``: ``transpose_forward = [argmax(spacing), ...]``),
 so the network's anisotropic (first) axis is the thick one in both storages, and predictions
 are transposed back (``transpose_backward``) onto the input's grid.
+``dataset.json`` records the training images' thick axis (``crcseg.thick_axis``, a
+``mr_checks.TrainingThickAxis``: the patient axis most cases have it along, the median thick
+spacing and anisotropy, cases per patient axis), read from the image headers here, where the
+images are; ``crcseg export`` copies it into the bundle, and the model then warns about a
+volume sliced in another plane (``CRCSegmentationLib.model_fit``).
 
 Normalisation: channel name "zscore" -> nnU-Net's ``ZScoreNormalization`` (per image: subtract
 the mean, divide by the standard deviation), the usual choice for MR, whose intensities have
@@ -42,7 +47,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from CRCSegmentationLib.mr_checks import check_mr, thick_axis
+from CRCSegmentationLib.mr_checks import ThickAxis, TrainingThickAxis, check_mr, thick_axis, training_thick_axis
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import read_image, write_image
 from OrganGuidanceLib.validation import InputError, check_label_map
@@ -300,7 +305,26 @@ def _output_folder(raw: Path, dataset_id: int, name: str) -> Path:
     return LAYOUT.output_folder(Path(raw), dataset_id, folder_name)
 
 
-def _dataset_json(name: str, dataset: SourceDataset, mapping: LabelMapping, num_training: int) -> dict:
+def _case_thick_axis(statistics: dict) -> Optional[ThickAxis]:
+    """A case's thick axis from its statistics (also those of sidecars written before it was recorded)."""
+    try:
+        spacing_zyx = [float(s) for s in reversed(statistics["spacing_xyz"])]
+        array_axis = int(statistics["thick_array_axis"])
+        runs = str(statistics["thick_axis_runs"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return ThickAxis(array_axis, spacing_zyx[array_axis], runs, max(spacing_zyx) / min(spacing_zyx))
+
+
+def dataset_thick_axis(report: MRPrepareReport) -> Optional[TrainingThickAxis]:
+    """The thick axis of the cases the dataset holds (prepared now or cached), for ``dataset.json``."""
+    cases = [*report.done, *report.cached]
+    axes = [_case_thick_axis(report.statistics.get(case, {})) for case in cases]
+    return training_thick_axis([axis for axis in axes if axis is not None])
+
+
+def _dataset_json(name: str, dataset: SourceDataset, mapping: LabelMapping, num_training: int,
+                  thick: Optional[TrainingThickAxis] = None) -> dict:
     return {
         "name": name,
         "description": "Rectum and rectal tumor on T2-weighted MRI (RCSegNeXt §3.1) prepared by SlicerCRC",
@@ -320,6 +344,7 @@ def _dataset_json(name: str, dataset: SourceDataset, mapping: LabelMapping, num_
                 "layout": dataset.layout,
                 "labels": mapping.to_dict(),
             },
+            **({"thick_axis": thick.to_dict()} if thick is not None else {}),
         },
     }
 
@@ -355,6 +380,6 @@ def prepare_mr_dataset(
     report = MRPrepareReport(folder)
     LAYOUT.prepare_cases(folder, dataset.cases, lambda case: _prepare_case(case, setup, report), report,
                          _failure_summary)
-    write_if_changed(folder / "dataset.json",
-                     json.dumps(_dataset_json(name, dataset, mapping, report.num_training), indent=2) + "\n")
+    description = _dataset_json(name, dataset, mapping, report.num_training, dataset_thick_axis(report))
+    write_if_changed(folder / "dataset.json", json.dumps(description, indent=2) + "\n")
     return report

@@ -80,9 +80,11 @@ def table3_main(args: argparse.Namespace) -> int:
 
 def compare_main(args: argparse.Namespace) -> int:
     from .nnunet_env import configure
+    from .planning import check_training_files
     from .rcsegnext_compare import compare
 
     configure(args.workdir)
+    check_training_files(args.dataset_id, args.configuration)  # a cut-short plans file: exit 2, named
     result = compare(args.dataset_id, args.configuration, args.fold, args.epochs or 2, args.iterations or 5,
                      args.device, args.timing_iterations, not args.no_training, args.output)
     print(result.table())

@@ -27,6 +27,8 @@ import torch
 from tqdm import tqdm
 
 from OrganGuidanceLib.atomic import write_text_atomic
+from OrganGuidanceLib.case_folders import image_files, image_stem
+from OrganGuidanceLib.json_files import read_json
 
 from .rcsegnext_configuration import RCSEGNEXT_CONFIGURATION
 
@@ -139,10 +141,10 @@ def validation_cases(dataset_id: int, fold: str) -> List[str]:
 
     name = dataset_name(dataset_id)
     if fold == "all":
-        ending = json.loads((Path(os.environ["nnUNet_raw"]) / name / "dataset.json").read_text())["file_ending"]
+        ending = read_json(Path(os.environ["nnUNet_raw"]) / name / "dataset.json").get("file_ending", ".nii.gz")
         labels = Path(os.environ["nnUNet_raw"]) / name / "labelsTr"
-        return sorted(p.name[: -len(ending)] for p in labels.iterdir() if p.name.endswith(ending))
-    splits = json.loads((Path(os.environ["nnUNet_preprocessed"]) / name / "splits_final.json").read_text())
+        return [image_stem(p, ending) for p in image_files(labels, ending)]  # hidden files (macOS ._*) ignored
+    splits = read_json(Path(os.environ["nnUNet_preprocessed"]) / name / "splits_final.json", expect=list)
     return list(splits[int(fold)]["val"])
 
 
@@ -208,7 +210,7 @@ def compare(dataset_id: int, configuration: str = RCSEGNEXT_CONFIGURATION, fold:
         raise InputError(f"{plans_path}: the patch {list(configuration_manager.patch_size)} of '{configuration}' is "
                          f"not divisible by nnU-Net's network's downsampling {list(divisor)}, so the two networks "
                          "cannot train on the same patches; rerun `crcseg rcsegnext-plans` without --patch-size")
-    dataset_json = json.loads((plans_path.parent / "dataset.json").read_text())
+    dataset_json = read_json(plans_path.parent / "dataset.json")
     torch_device = resolve_device(device)
     patch, batch_size = list(configuration_manager.patch_size), int(configuration_manager.batch_size)
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels

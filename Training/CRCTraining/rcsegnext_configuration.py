@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from OrganGuidanceLib.atomic import write_text_atomic
+from OrganGuidanceLib.json_files import read_json
 from OrganGuidanceLib.validation import InputError
 
 from CRCSegmentationLib.networks.rcsegnext import total_downsampling
@@ -76,7 +77,7 @@ def add_rcsegnext_configuration(path: Path, plan: RCSegNeXtPlan) -> Dict[str, An
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no nnU-Net plans; run `crcseg plan` first")
-    plans = json.loads(path.read_text())
+    plans = read_json(path)
     if plan.parent not in plans.get("configurations", {}):
         raise InputError(f"{path}: has no configuration '{plan.parent}' to inherit from "
                          f"(it has {sorted(plans.get('configurations', {}))})")

@@ -3,6 +3,9 @@
 Resumable: a fold folder with a checkpoint continues from it (nnU-Net's ``--c``);
 a finished one (``checkpoint_final.pth``) is left alone. Multi-GPU goes through
 nnU-Net's DDP path (``num_gpus`` > 1 spawns one process per GPU).
+
+A killed run leaves no process behind: nnU-Net's data-augmentation workers (and DDP ranks) die with the
+process that started them (``worker_lifetime``, Linux).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from OrganGuidanceLib.device import resolve_device
 from .nnunet_env import dataset_name, register_trainers
 from .planning import CONFIGURATION, PLANS, patch_size, preprocessed_folder
 from .trainer_mixins import ENV_EPOCHS, ENV_ITERATIONS, ENV_VAL_ITERATIONS
+from .worker_lifetime import workers_die_with_this_process
 
 DEFAULT_TRAINER = "nnUNetTrainerAGCRC"  # AG-sampling + AF-loss (AG-CRC §III-C, §III-E)
 DEFAULT_PRETRAINER = "nnUNetTrainerAGSSL"  # bowel-wall masked reconstruction (AG-CRC §III-D)
@@ -70,11 +74,12 @@ def train(
     resume = any((folder / name).is_file() for name in ("checkpoint_latest.pth", "checkpoint_best.pth"))
     if resume and pretrained_weights is not None:
         print(f"{trainer} fold {fold}: resuming from {folder}; the pretrained weights were loaded at its start")
-    run_training(
-        str(dataset_id), configuration, fold, trainer, PLANS,
-        pretrained_weights=None if resume or pretrained_weights is None else str(pretrained_weights),
-        num_gpus=num_gpus, continue_training=resume, device=torch_device,
-    )
+    with workers_die_with_this_process():  # a SIGKILLed run must not leave its workers behind
+        run_training(
+            str(dataset_id), configuration, fold, trainer, PLANS,
+            pretrained_weights=None if resume or pretrained_weights is None else str(pretrained_weights),
+            num_gpus=num_gpus, continue_training=resume, device=torch_device,
+        )
     if not final.is_file():
         raise RuntimeError(f"{trainer} fold {fold}: training ended without {final}")
     return final

@@ -19,6 +19,7 @@ from OrganGuidanceLib.atomic import atomic_path
 
 from .losses import AnatomyFocalizedLoss, ooi_from_input, set_loss_focus
 from .ssl_masking import mask_ct_channel, ssl_region
+from .worker_lifetime import die_with_parent
 
 # Environment variables that shorten or lengthen training without a new trainer class
 # (our CLI sets them from --epochs / --iterations; nnUNetv2_train users may set them too).
@@ -54,11 +55,13 @@ class ScheduleFromEnvironmentMixin(AtomicCheckpointMixin):
     """Epoch and iteration counts from ``CRCSEG_*`` variables (defaults: nnU-Net's 1000 x 250 / 50).
 
     Every trainer of ours composes this mixin, so it also brings ``AtomicCheckpointMixin``'s atomic
-    checkpoint writes to all of them.
+    checkpoint writes to all of them, and makes a DDP rank die with the process that spawned it
+    (``worker_lifetime.die_with_parent``; a no-op in a process that ``multiprocessing`` did not start).
     """
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        die_with_parent()  # a DDP rank (spawned): dies with the launcher, as its workers die with it
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = _env_int(ENV_EPOCHS) or self.num_epochs
         self.num_iterations_per_epoch = _env_int(ENV_ITERATIONS) or self.num_iterations_per_epoch

@@ -142,9 +142,8 @@ def add_training_commands(commands) -> None:
 
 
 def prepare_main(args: argparse.Namespace) -> int:
-    import json
-
     from OrganGuidanceLib.guidance import GuidanceParameters
+    from OrganGuidanceLib.json_files import json_field, read_json
     from OrganGuidanceLib.validation import InputError
 
     from .nnunet_env import configure
@@ -168,7 +167,8 @@ def prepare_main(args: argparse.Namespace) -> int:
     )
     print(report.summary())
     if args.labels == "organ-interference":
-        block = json.loads((report.dataset_folder / "dataset.json").read_text())["agcrc"]["organ_interference"]
+        path = report.dataset_folder / "dataset.json"
+        block = json_field(json_field(read_json(path), "agcrc", path), "organ_interference", path, where="agcrc.")
         print(f"labels: {block['label_values']}" + (f"; no label in the MOS convention (absent in every case): "
                                                      f"{', '.join(block['absent_in_convention'])}"
                                                      if block["absent_in_convention"] else ""))
@@ -217,25 +217,36 @@ def plan_main(args: argparse.Namespace) -> int:
 
 def _has_ooi_channel(dataset_id: int) -> bool:
     """False for the MR datasets of ``prepare --modality mr`` (one T2 channel), True for every CT one."""
-    import json
-    import os
-
     from CRCSegmentationLib.model_source import dataset_modality
 
-    from .nnunet_env import dataset_name
+    from .planning import raw_dataset_json
 
-    dataset = json.loads((Path(os.environ["nnUNet_raw"]) / dataset_name(dataset_id) / "dataset.json").read_text())
-    return dataset_modality(dataset) != "MR"
+    return dataset_modality(raw_dataset_json(dataset_id)) != "MR"
+
+
+def _check_pretrained(path) -> None:
+    from OrganGuidanceLib.validation import InputError
+
+    if path is not None and not Path(path).is_file():
+        problem = ("is a folder; give the checkpoint file (checkpoint_final.pth of `crcseg pretrain`)"
+                   if Path(path).is_dir() else "no such file (run `crcseg pretrain` first)")
+        raise InputError(f"--pretrained: pretrained weights {path}: {problem}")
 
 
 def _run_training(args: argparse.Namespace, trainer: str, pretrained=None) -> int:
     import os
 
+    from OrganGuidanceLib.device import resolve_device
+
     from .nnunet_env import configure
+    from .planning import check_training_files
     from .train import train
     from .trainer_mixins import ENV_FINAL_VALIDATION
 
+    _check_pretrained(pretrained)  # the options first: a wrong path or device costs no dataset lookup
+    resolve_device(args.device)
     configure(args.workdir)
+    check_training_files(args.dataset_id, configuration_of(args, trainer))
     if args.no_final_validation:
         os.environ[ENV_FINAL_VALIDATION] = "0"
     checkpoint = train(
@@ -261,8 +272,10 @@ def train_main(args: argparse.Namespace) -> int:
 
 
 def predict_main(args: argparse.Namespace) -> int:
-    from .export import trained_model_folder
     from OrganGuidanceLib.device import resolve_device
+    from OrganGuidanceLib.json_files import read_json
+
+    from .export import trained_model_folder
 
     from .nnunet_env import configure, dataset_name
     from .predict import predict_folder
@@ -270,6 +283,8 @@ def predict_main(args: argparse.Namespace) -> int:
     paths = configure(args.workdir)
     model = trained_model_folder(paths.results, dataset_name(args.dataset_id), args.trainer,
                                  configuration_of(args, args.trainer))
+    for name in ("plans.json", "dataset.json"):  # nnU-Net's predictor reads them with a bare json.load
+        read_json(model / name)
     written = predict_folder(model, args.input, args.output, args.folds, args.checkpoint,
                              resolve_device(args.device), not args.no_mirroring, args.step_size)
     print(f"{len(written)} predictions in {args.output}")

@@ -90,14 +90,23 @@ def slices_main(args: argparse.Namespace) -> int:
         if args.images is None:
             raise InputError("usam-slices: --labels needs --images")
         folder = extract_volume_slices(args.output, args.images, args.labels, args.rectum_label, args.tumor_label)
-    print(f"{len(list(Path(folder).glob('*.npz')))} slices in {folder}")
+    from OrganGuidanceLib.case_folders import visible_files
+
+    print(f"{len(visible_files(folder, '.npz'))} slices in {folder}")
     return 0
 
 
 def train_main(args: argparse.Namespace) -> int:
+    from CRCSegmentationLib.usam.sam_weights import SAM_VIT_B_URL
+    from OrganGuidanceLib.validation import InputError
+
     from .engine2d.report import print_training_result
     from .usam_train import USAMTrainingSettings, train_usam
 
+    if args.sam_checkpoint is not None and not args.sam_checkpoint.is_file():  # the option named, before any slice
+        raise InputError(f"--sam-checkpoint {args.sam_checkpoint}: " + (
+            "is a folder; give the file sam_vit_b_01ec64.pth" if args.sam_checkpoint.is_dir() else "no such file")
+            + f" (SAM ViT-B: {SAM_VIT_B_URL})")
     settings = USAMTrainingSettings(
         slices=args.slices, output=args.output, iterations=args.iterations, epochs=args.epochs,
         batch_size=args.batch_size, lr_decoder=args.lr_decoder, lr_encoder=args.lr_encoder,

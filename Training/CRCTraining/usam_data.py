@@ -30,7 +30,8 @@ from CRCSegmentationLib.usam import slice_to_input
 from CRCSegmentationLib.usam.prompts import pad_prompts, sample_points
 from OrganGuidanceLib.atomic import atomic_path, write_text_atomic
 from OrganGuidanceLib.image import Image
-from OrganGuidanceLib.io import IMAGE_SUFFIXES, image_suffix
+from OrganGuidanceLib.case_folders import is_empty_of_visible, pair_images_and_labels, visible_files
+from OrganGuidanceLib.json_files import json_field, read_json
 from OrganGuidanceLib.validation import InputError, check_ct, check_label_map
 
 NORMAL_RECTUM, TUMOR = 1, 2  # CARE labels
@@ -80,13 +81,14 @@ def _check_output_folder(folder: Path) -> None:
     Refreshing removes the slices the previous index lists, so no stale case stays behind.
     """
     index = folder / INDEX_FILE
-    if folder.exists() and any(folder.iterdir()) and not index.exists():
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"slice folder {folder}: is a file; choose a new folder")
+    if not is_empty_of_visible(folder) and not index.exists():
         raise InputError(f"slice folder {folder}: exists, is not empty and holds no {INDEX_FILE}; choose a new folder")
     if index.exists():
-        try:
-            previous = json.loads(index.read_text())["cases"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise InputError(f"{index}: unreadable slice index ({error}); choose a new folder") from error
+        previous = json_field(read_json(index), "cases", index)
+        if not all(isinstance(names, list) and all(isinstance(n, str) for n in names) for names in previous.values()):
+            raise InputError(f"{index}: 'cases' must map each case to a list of slice files; choose a new folder")
         for names in previous.values():
             for name in names:
                 (folder / Path(name).name).unlink(missing_ok=True)
@@ -137,45 +139,32 @@ def extract_phantom_slices(folder: Path, num_cases: int, seed: int = 0,
     return folder
 
 
-def _image_for(label_path: Path, images: Path) -> Path:
-    name = label_path.name
-    stem, suffix = (name[:-7], ".nii.gz") if name.endswith(".nii.gz") else (label_path.stem, label_path.suffix)
-    for candidate in (images / name, images / f"{stem}_0000{suffix}"):  # MSD / nnU-Net naming
-        if candidate.exists():
-            return candidate
-    raise InputError(f"label map {label_path}: no image {name} or {stem}_0000{suffix} in {images}")
-
-
 def extract_volume_slices(folder: Path, images: Path, labels: Path, rectum_values: Sequence[int],
                           tumor_values: Sequence[int]) -> Path:
     """Label-map volumes (``labels/<case>.nii.gz`` next to ``images/<case>[_0000].nii.gz``) -> CARE slices.
 
     ``rectum_values`` / ``tumor_values``: label ids of normal rectum and tumor in the label maps.
-    Slices are taken along the array's first (z) axis in the file's own in-plane orientation.
+    Slices are taken along the array's first (z) axis in the file's own in-plane orientation. Hidden files
+    are ignored; an image without a label map or a label map without an image is refused with the names
+    (``OrganGuidanceLib.case_folders``), before any slice is written.
     """
     from OrganGuidanceLib.io import read_image
 
-    folder, images, labels = Path(folder), Path(images), Path(labels)
-    for path, what in ((images, "images"), (labels, "labels")):
-        if not path.is_dir():
-            raise InputError(f"{what} folder {path}: not found")
+    folder = Path(folder)
     if not rectum_values and not tumor_values:
-        raise InputError("slice extraction: give the rectum and/or tumor label values")
-    label_files = sorted(p for p in labels.iterdir() if image_suffix(p) is not None)
-    if not label_files:
-        raise InputError(f"labels folder {labels}: holds no label maps ({', '.join(IMAGE_SUFFIXES)})")
+        raise InputError("slice extraction: give the rectum and/or tumor label values (--rectum-label, --tumor-label)")
+    pairs = pair_images_and_labels(images, labels, "--images", "--labels")
     _check_output_folder(folder)
     slices = {}
-    for label_path in tqdm(label_files, desc="slices", unit="case", leave=False):
-        label = read_image(label_path)
-        ct = read_image(_image_for(label_path, images))
+    for pair in tqdm(pairs, desc="slices", unit="case", leave=False):
+        label = read_image(pair.label)
+        ct = read_image(pair.image)
         check_ct(ct)
         check_label_map(label)
         if label.shape != ct.shape:
             raise InputError(f"{label.name}: shape {label.shape} differs from its CT {ct.name} {ct.shape}")
         care = care_label(label.array, rectum_values, tumor_values)
-        case = label_path.name.split(".")[0]
-        slices[case] = write_case_slices(folder, case, ct.array, care, ct.spacing[1::-1])
+        slices[pair.case] = write_case_slices(folder, pair.case, ct.array, care, ct.spacing[1::-1])
     _write_index(folder, slices, {"images": str(images), "labels": str(labels),
                                   "rectum_values": list(rectum_values), "tumor_values": list(tumor_values)})
     return folder
@@ -220,7 +209,7 @@ class USAMSliceDataset(torch.utils.data.Dataset):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise InputError(f"slice folder {self.folder}: not found")
-        self.files = sorted(self.folder.glob("*.npz"))
+        self.files = visible_files(self.folder, ".npz")  # not the MSD-style "._*.npz" macOS files
         if not self.files:
             raise InputError(f"slice folder {self.folder}: holds no .npz slices (make them with `crcseg usam-slices`)")
         if intensity not in ("hu", "unit"):

@@ -36,6 +36,7 @@ TRAINER_ARCHITECTURES: Dict[str, str] = {
     "nnUNetTrainerSamplingHybridOOI": NNUNET_DEFAULT,
     "nnUNetTrainerSamplingHybridColon": NNUNET_DEFAULT,
     "nnUNetTrainerOrganInterference": NNUNET_DEFAULT,  # FLARE24: default nnU-Net network (§2.2)
+    "nnUNetTrainerOrganInterferencePaperAlpha": NNUNET_DEFAULT,  # FLARE24 Eq. 3's α = 0.5 (public code: 1)
     "nnUNetTrainerOrganInterferenceAFLoss": NNUNET_DEFAULT,
     "nnUNetTrainerCRLoss": NNUNET_DEFAULT,  # HCF CR loss (Eq. 4-8) on the default network
     "nnUNetTrainerRCSegNeXt": RCSEGNEXT,

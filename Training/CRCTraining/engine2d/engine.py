@@ -26,6 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from OrganGuidanceLib.atomic import write_text_atomic
+from OrganGuidanceLib.json_files import json_field, read_json
 from OrganGuidanceLib.validation import InputError
 
 from .batches import EpochBatches
@@ -147,7 +148,7 @@ class _Run:
             return model, optimizer, [g["lr"] for g in optimizer.param_groups], {}, _Progress()
         summary = latest.with_suffix(".json")
         if summary.exists():
-            _compare(json.loads(summary.read_text())["settings"], self.plain, latest)
+            _compare(json_field(read_json(summary), "settings", summary), self.plain, latest)
         model, extra = self.task.load(latest, self.device)
         training = extra["training"]
         _compare(training["settings"], self.plain, latest)

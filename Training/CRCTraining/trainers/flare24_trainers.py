@@ -7,7 +7,11 @@ dataset.json); they keep nnU-Net's default network (``CRCSegmentationLib.network
 | trainer | FLARE24 / AG-CRC | what changes |
 |---|---|---|
 | nnUNetTrainerOrganInterference | §2.2, Eq. 1-3 | class-first patch sampling (tumour 5, organs 1) + class-weighted Dice + CE |
+| nnUNetTrainerOrganInterferencePaperAlpha | §2.2, Eq. 3 as printed | the same with α_dc = α_ce = 0.5 (public code: 1 and 1) |
 | nnUNetTrainerOrganInterferenceAFLoss | §2.2 + AG-CRC Eq. 8 | the same, with the loss computed on prediction x OOI (AF-loss) |
+
+The loss is the public code's (``flare24_losses``): Dice + CE with weights 1 and 1 under nnU-Net's SGD, the
+class-weighted CE averaged per sample, and a 50-epoch warm-up that mixes the uniform- and class-weighted losses.
 
 AG-sampling is not combined with class-first sampling: both choose the patch centres (AG-CRC's PSM from the OOI
 and the tumour; FLARE24's class -> case -> voxel), so one must give way. These trainers keep FLARE24's, which
@@ -17,13 +21,21 @@ it only masks the prediction (the input must carry the OOI as channel 2, which `
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from CRCTraining.class_first_sampling import ClassFirstSamplingTrainerMixin
-from CRCTraining.flare24_losses import ClassWeightedLossTrainerMixin
+from CRCTraining.flare24_losses import PAPER_ALPHA, ClassWeightedLossTrainerMixin
 from CRCTraining.trainer_mixins import AFLossTrainerMixin, ScheduleFromEnvironmentMixin
 
 
 class nnUNetTrainerOrganInterference(ScheduleFromEnvironmentMixin, ClassFirstSamplingTrainerMixin,
                                      ClassWeightedLossTrainerMixin, nnUNetTrainer):
-    """FLARE24 organ interference: class-first sampling and the class-weighted Dice + CE (Eq. 1-3)."""
+    """FLARE24 organ interference: class-first sampling and the class-weighted Dice + CE (Eq. 1-3), α = 1 and 1."""
+
+
+class nnUNetTrainerOrganInterferencePaperAlpha(nnUNetTrainerOrganInterference):
+    """The paper's Eq. 3 weights α_dc = α_ce = 0.5 instead of the public code's 1 and 1: the same loss halved,
+    so half the gradient (the effective learning rate under SGD)."""
+
+    loss_alpha_dice = PAPER_ALPHA
+    loss_alpha_ce = PAPER_ALPHA
 
 
 class nnUNetTrainerOrganInterferenceAFLoss(ScheduleFromEnvironmentMixin, ClassFirstSamplingTrainerMixin,

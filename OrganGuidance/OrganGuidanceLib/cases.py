@@ -1,0 +1,117 @@
+"""Which images a command is given: the one case discovery every batch command uses.
+
+``find_cases`` turns what a user passes (a file, a folder, several of them) into cases:
+
+- an image file -> one case, named after the file without its image ending and without nnU-Net's
+  ``_0000`` channel suffix (``case_name``);
+- a folder that directly holds DICOM files -> one case (a DICOM series), named after the folder;
+- a folder -> its image files and its subfolders that are DICOM series, one case each (a batch);
+  hidden files and folders (``.DS_Store``, macOS ``._*`` files) and other subfolders are ignored.
+
+Detecting a DICOM series folder reads 132 bytes of files (``dicom_series.is_dicom_series_folder``), no
+pixels; whether the series is regular is checked when it is read (``io.read_image``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+from .dicom_series import is_dicom_series_folder
+from .image_files import IMAGE_SUFFIXES, image_suffix, is_hidden, printable
+from .validation import InputError
+
+NNUNET_CHANNEL_SUFFIX = "_0000"  # nnU-Net's imagesTs naming: the CT channel of case <case>
+PathLike = Union[str, "os.PathLike[str]"]
+
+__all__ = ["CaseInput", "NNUNET_CHANNEL_SUFFIX", "case_name", "find_case_file", "find_cases", "is_hidden",
+           "is_image_entry", "is_dicom_series_folder"]
+
+
+@dataclass(frozen=True)
+class CaseInput:
+    """One case of a batch: ``case`` names its outputs (printable text), ``path`` is the file or DICOM folder
+    as the operating system gives it."""
+
+    case: str
+    path: Path
+
+    @property
+    def is_dicom(self) -> bool:
+        return self.path.is_dir()
+
+
+def case_name(path: PathLike) -> str:
+    """The case an image file or DICOM series folder holds: the file name without its image ending and without
+    nnU-Net's ``_0000`` channel suffix; a folder's name. Printable: bytes that are not UTF-8 appear as ``\\xff``."""
+    path = Path(path)
+    name = path.name or Path(os.path.abspath(path)).name
+    suffix = image_suffix(name) if not path.is_dir() else None
+    if suffix:
+        name = name[: -len(suffix)]
+    if name.endswith(NNUNET_CHANNEL_SUFFIX) and not path.is_dir():
+        name = name[: -len(NNUNET_CHANNEL_SUFFIX)]
+    return printable(name)
+
+
+def is_image_entry(path: Path) -> bool:
+    """Whether ``path`` is an input image: a (not hidden) image file, or a folder that is a DICOM series."""
+    if is_hidden(path):
+        return False
+    if path.is_file():
+        return image_suffix(path) is not None
+    return is_dicom_series_folder(path)
+
+
+def _folder_cases(folder: Path) -> List[Path]:
+    entries: List[Path] = [folder] if is_dicom_series_folder(folder) else []
+    try:
+        children = sorted(folder.iterdir())
+    except OSError as error:
+        raise InputError(f"{printable(folder)}: cannot list this folder ({error.strerror})") from error
+    return entries + [p for p in children if is_image_entry(p)]
+
+
+def find_cases(inputs: Union[PathLike, Sequence[PathLike]]) -> List[CaseInput]:
+    """The cases of ``inputs``: a file, a folder, or a list of them (see the module's docstring).
+
+    ``InputError`` for a path that does not exist, a folder with no image files or DICOM series, and two
+    inputs that would give the same case name (their outputs would overwrite each other).
+    """
+    given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    paths: List[Path] = []
+    for item in given:
+        path = Path(item)
+        if not path.exists():
+            raise InputError(f"{printable(path)}: no such file or folder")
+        if path.is_dir():
+            found = _folder_cases(path)
+            if not found:
+                raise InputError(f"{printable(path)}: no image files ({', '.join(IMAGE_SUFFIXES)}) or DICOM series in "
+                                 "this folder (DICOM series are looked for in the folder and its direct subfolders)")
+            paths.extend(found)
+        else:
+            paths.append(path)
+    cases = [CaseInput(case_name(p), p) for p in paths]
+    by_name: Dict[str, List[Path]] = {}
+    for case in cases:
+        by_name.setdefault(case.case, []).append(case.path)
+    clashes = {name: found for name, found in by_name.items() if len(found) > 1}
+    if clashes:
+        name, found = next(iter(clashes.items()))
+        raise InputError(f"{len(found)} inputs have the case name '{name}' ({', '.join(printable(p) for p in found)}): "
+                         "their results would have the same name; rename or remove one")
+    return cases
+
+
+def find_case_file(folder: Path, case: str) -> Optional[Path]:
+    """``folder/<case><image ending>`` (or ``<case>_0000<ending>``) if it exists: organ maps, references."""
+    for ending in IMAGE_SUFFIXES:
+        for name in (f"{case}{ending}", f"{case}{NNUNET_CHANNEL_SUFFIX}{ending}"):
+            if (folder / name).is_file():
+                return folder / name
+    if "\\" in case:  # a case named after a file name that is not UTF-8 ("\\xff"): match the printable names
+        matches = [p for p in sorted(folder.iterdir()) if p.is_file() and image_suffix(p) and case_name(p) == case]
+        return matches[0] if matches else None
+    return None
