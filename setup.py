@@ -3,7 +3,7 @@
 In a checkout, Slicer's "Additional module paths" and an installed extension, the CRCSegmentation
 module's run-time files sit in ``CRCSegmentation/Resources`` beside its Lib. A wheel has no such
 folder beside the package, so the build copies them into the package as ``CRCSegmentationLib/Resources``,
-where ``CRCSegmentationLib.resources`` looks first.
+where ``CRCSegmentationLib.core.resources`` looks first.
 """
 import shutil
 from pathlib import Path

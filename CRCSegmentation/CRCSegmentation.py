@@ -100,10 +100,14 @@ class CRCSegmentationTest(ScriptedLoadableModuleTest):
         """A mask on a cropped grid becomes a 'Tumor' segment at the same place, with its statistics."""
         import numpy as np
 
+        from CRCSegmentationLib.measurement.statistics import tumor_statistics
         from CRCSegmentationLib.mrml import (
-            STATISTICS_REFERENCE_ROLE, statistics_to_table_node, table_row, tumor_segment_id, tumor_to_segmentation_node,
+            STATISTICS_REFERENCE_ROLE,
+            statistics_to_table_node,
+            table_row,
+            tumor_segment_id,
+            tumor_to_segmentation_node,
         )
-        from CRCSegmentationLib.statistics import tumor_statistics
         from OrganGuidanceLib.crop import CropBox
         from OrganGuidanceLib.mrml import image_from_volume_node
 

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Callable, List, Set
 
 import pytest
-
 from test_data import HOW_TO_GET, WORD_LABEL_MAP, candidate_folders, find_test_data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

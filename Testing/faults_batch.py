@@ -10,9 +10,10 @@ import shutil
 from pathlib import Path
 from typing import List
 
-from CRCSegmentationLib.demo import demo_model_path
-from CRCTraining.cli import main
 from fault_catalogue import BAD_INPUT, FAILED, OK, Fault, Workspace, guidance, segment
+
+from CRCSegmentationLib.demo.ct import demo_model_path
+from CRCTraining.cli import main
 
 
 def make_inputs(folder: Path) -> None:

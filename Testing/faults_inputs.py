@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import List
 
 import numpy as np
-
 from dicom_writer import small_ct, write_series
 from fault_catalogue import BAD_INPUT, FAILED, OK, Argv, Fault, Workspace, guidance, segment
+
 from OrganGuidanceLib.io import read_image, write_image
 
 TOPIC = "inputs"

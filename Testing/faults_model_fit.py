@@ -1,4 +1,4 @@
-"""Fault catalogue rows: model-input fit: MR thick axis, CT intensity range (``CRCSegmentationLib.model_fit``).
+"""Fault catalogue rows: model-input fit: MR thick axis, CT intensity range (``CRCSegmentationLib.core.model_fit``).
 
 An input the model was not trained for, but still a CT / an MR volume, is segmented (exit 0) with a warning that
 says what the model expected; what is no CT at all stays refused by ``check_ct`` (exit 2). The absence of a
@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import List
 
 import numpy as np
+from fault_catalogue import BAD_INPUT, FAILED, OK, Argv, Fault, Workspace, segment
 from scipy import ndimage
 
-from CRCSegmentationLib.demo import demo_model_path
-from CRCSegmentationLib.mr_phantom import make_sagittal_t2_phantom
-from fault_catalogue import BAD_INPUT, FAILED, OK, Argv, Fault, Workspace, segment
+from CRCSegmentationLib.demo.ct import demo_model_path
+from CRCSegmentationLib.demo.mr_phantom import make_sagittal_t2_phantom
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import read_image, write_image
 from OrganGuidanceLib.phantom import make_abdominal_phantom

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import List
 
 import numpy as np
-
 from fault_catalogue import BAD_INPUT, OK, Argv, Fault, Workspace, segment
 
 TOPIC = "training"
@@ -42,7 +41,7 @@ def _apple_doubles(folder: Path) -> None:
 
 def _hcf_data(root: Path) -> None:
     """Three small phantom cases (MSD layout + organsTr) with macOS files; an unpaired copy of them."""
-    from CRCTraining.phantom_dataset import make_phantom_dataset
+    from CRCTraining.data.phantoms_ct import make_phantom_dataset
 
     data = make_phantom_dataset(root / "hcf", 3, seed=0, shape_zyx=(24, 64, 64))
     for sub in ("imagesTr", "labelsTr"):
@@ -80,9 +79,9 @@ def _bundles(root: Path) -> None:
     """Copies of the demo bundle and an HCF classifier-only bundle, each with one JSON file cut short."""
     import torch
 
-    from CRCSegmentationLib.demo import demo_model_path
-    from CRCSegmentationLib.hcf_bundle import write_hcf_bundle
-    from CRCSegmentationLib.hcf_preprocessing import SliceDatasetConfig
+    from CRCSegmentationLib.demo.ct import demo_model_path
+    from CRCSegmentationLib.hcf.bundle import write_hcf_bundle
+    from CRCSegmentationLib.hcf.preprocessing import SliceDatasetConfig
     from CRCSegmentationLib.networks.hcf import build_slice_classifier
 
     for name, cut in (("bundle_metadata_cut", "crcseg_model.json"), ("bundle_plans_cut", "plans.json"),

@@ -19,13 +19,13 @@ ITERATIONS = 3  # training takes about 30 s of the fixture's ~1.5 min on 2 CPU c
 
 def train_tiny_model(root: Path) -> Dict[str, Path]:
     """{"results": nnU-Net results folder, "bundle": exported bundle, "source": phantom dataset}."""
-    from CRCTraining.export import export_bundle, trained_model_folder
-    from CRCTraining.nnunet_env import configure
-    from CRCTraining.phantom_dataset import make_phantom_dataset
-    from CRCTraining.planning import plan_and_preprocess
-    from CRCTraining.prepare import prepare_dataset
-    from CRCTraining.train import train
-    from CRCTraining.trainer_mixins import ENV_FINAL_VALIDATION
+    from CRCTraining.data.phantoms_ct import make_phantom_dataset
+    from CRCTraining.data.prepare_ct import prepare_dataset
+    from CRCTraining.nnunet.env import configure
+    from CRCTraining.nnunet.export import export_bundle, trained_model_folder
+    from CRCTraining.nnunet.mixins import ENV_FINAL_VALIDATION
+    from CRCTraining.nnunet.planning import plan_and_preprocess
+    from CRCTraining.nnunet.train import train
 
     saved = dict(os.environ)
     try:
@@ -47,7 +47,7 @@ def results_folder_from_bundle(bundle: Path, root: Path) -> Path:
     """A plain nnU-Net results folder (no ``crcseg_model.json``) with the bundle's files."""
     import shutil
 
-    from CRCSegmentationLib.bundle import METADATA_FILE, read_metadata
+    from CRCSegmentationLib.core.bundle import METADATA_FILE, read_metadata
 
     metadata = read_metadata(bundle)
     target = root / "results" / f"{metadata.trainer}__{metadata.plans}__{metadata.configuration}"
@@ -61,15 +61,15 @@ def load_or_train_model(root: Path) -> Dict[str, Path]:
     A shipped demo bundle that fails verification fails the test: a corrupt model is a defect to report,
     not a reason to test with another one.
     """
-    from CRCSegmentationLib.bundle import BundleError, verify_bundle
-    from CRCSegmentationLib.model_source import ModelError
+    from CRCSegmentationLib.core.bundle import verify_bundle
+    from CRCSegmentationLib.core.errors import BundleError, ModelError
 
     given = os.environ.get(ENV_TEST_MODEL)
     if given == "train":
         return train_tiny_model(root)
     if given:
         return {"results": results_folder_from_bundle(Path(given), root), "bundle": Path(given)}
-    from CRCSegmentationLib.demo import demo_model_path
+    from CRCSegmentationLib.demo.ct import demo_model_path
 
     try:
         demo = demo_model_path()

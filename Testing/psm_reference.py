@@ -1,6 +1,6 @@
 """The literal AG-CRC Eq. 1-6 sampling map at full resolution: the slow, independent test reference.
 
-``CRCTraining.psm`` computes the same map on a coarse cell grid; the tests compare the two.
+``CRCTraining.agcrc.psm`` computes the same map on a coarse cell grid; the tests compare the two.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from CRCTraining.psm import MU, SIGMA_FRACTION, TUMOR_WEIGHT, kernel_sigma
+from CRCTraining.agcrc.psm import MU, SIGMA_FRACTION, TUMOR_SHARE, kernel_sigma
 
 
 def truncated_gaussian_3d(patch_size: Sequence[int], sigma_fraction: float = SIGMA_FRACTION) -> np.ndarray:
@@ -43,7 +43,7 @@ def direct_gain(mask: np.ndarray, patch_size: Sequence[int], sigma_fraction: flo
 
 
 def direct_psm(ooi: np.ndarray, tumor: Optional[np.ndarray], patch_size: Sequence[int],
-               tumor_weight: float = TUMOR_WEIGHT, mu: float = MU,
+               tumor_weight: float = TUMOR_SHARE, mu: float = MU,
                sigma_fraction: float = SIGMA_FRACTION) -> np.ndarray:
     """Literal AG-CRC Eq. 1-6 at full resolution: dense ``S_final`` (Z, Y, X) float64. Test reference only."""
     n = ooi.size

@@ -6,8 +6,8 @@ from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
-from CRCTraining.losses import AnatomyFocalizedLoss, ooi_from_input, set_loss_focus
-from CRCTraining.ssl_masking import MAE_PATCH, inpaint_region, mae_region, mask_ct_channel, ssl_region
+from CRCTraining.agcrc.af_loss import AnatomyFocalizedLoss, ooi_from_input, set_loss_focus
+from CRCTraining.agcrc.ssl import MAE_PATCH, inpaint_region, mae_region, mask_ct_channel, ssl_region
 
 
 def nnunet_loss() -> DC_and_CE_loss:

@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from CRCSegmentationLib.inference import SegmentationParameters
-from CRCSegmentationLib.model_source import open_model
+from CRCSegmentationLib.core.segmentation import SegmentationParameters
+from CRCSegmentationLib.models.open import open_model
 from OrganGuidanceLib.guidance import GuidanceParameters, MOSSource, run_guidance
 from OrganGuidanceLib.labels import totalsegmentator_convention
 from OrganGuidanceLib.phantom import make_abdominal_phantom
-from OrganGuidanceLib.providers import RunCancelled
+from OrganGuidanceLib.progress import RunCancelled
 
 
 @pytest.fixture(scope="module")

@@ -88,7 +88,7 @@ def test_segment_command_with_the_catalogue_demo_model(phantom_files, tmp_path):
 
 
 def test_prepare_command_reports_a_failed_case_in_its_exit_code(tmp_path):
-    from CRCTraining.phantom_dataset import make_phantom_dataset
+    from CRCTraining.data.phantoms_ct import make_phantom_dataset
 
     source = make_phantom_dataset(tmp_path / "source", num_cases=2, seed=5)
     organs = sorted((source / "organsTr").glob("*.nii.gz"))

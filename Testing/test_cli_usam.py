@@ -16,9 +16,9 @@ import torch
 
 from CRCSegmentationLib.usam.checkpoint import read_usam_checkpoint
 from CRCTraining.cli import main as crcseg
-from CRCTraining.usam_data import INDEX_FILE
-from CRCTraining.usam_evaluate import prompt_ablation
-from CRCTraining.usam_train import CURVE, FINAL, LATEST, LOG
+from CRCTraining.usam.data import INDEX_FILE
+from CRCTraining.usam.evaluate import prompt_ablation
+from CRCTraining.usam.train import CURVE, FINAL, LATEST, LOG
 
 SIZE, ITERATIONS = 64, 3
 

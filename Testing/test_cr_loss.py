@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
+from nnunet_tiny_plans import tiny_plans as nnunet_tiny_plans
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
-from CRCTraining.cr_loss import CR_ALPHA, CRLoss, CRLossTrainerMixin, cr_losses, deep_supervision_weights
-from nnunet_tiny_plans import tiny_plans as nnunet_tiny_plans  # noqa: E402
+from CRCTraining.hcf.cr_loss import CR_ALPHA, CRLoss, CRLossTrainerMixin, cr_losses, deep_supervision_weights
 
 SMOOTH = 1e-5
 
@@ -110,7 +109,7 @@ def test_gradients_flow_2d_and_3d():
         assert logits.grad is not None and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
     for shape in ((2, 5, 4), (2, 2, 3, 3)):  # the analytic gradient (float64) is the numerical one
         logits, target = random_case(shape, 3, seed=12)
-        assert torch.autograd.gradcheck(lambda x: CRLoss()(x, target), logits.double().requires_grad_(True))
+        assert torch.autograd.gradcheck(lambda x, target=target: CRLoss()(x, target), logits.double().requires_grad_(True))
 
 
 def test_bad_shapes_are_refused():
@@ -178,7 +177,7 @@ def test_trainer_found_by_nnunet_builds_and_trains_a_step(tmp_path, monkeypatch)
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    from CRCTraining.nnunet_env import TRAINERS_FOLDER, register_trainers
+    from CRCTraining.nnunet.env import TRAINERS_FOLDER, register_trainers
 
     cases = write_cases(tmp_path / "preprocessed" / "Dataset996_CRLoss" / "nnUNetPlans_3d_fullres")
     for variable, value in (("nnUNet_extTrainer", ""), ("nnUNet_preprocessed", str(cases.parents[1])),

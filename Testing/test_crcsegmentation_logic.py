@@ -11,21 +11,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mrml_helpers import segmentation_from_masks
 
-from CRCSegmentationLib.inference import SegmentationParameters, TumorSegmentation
+from CRCSegmentationLib.core.errors import ModelError
+from CRCSegmentationLib.core.segmentation import SegmentationParameters, TumorSegmentation
 from CRCSegmentationLib.logic import CRCSegmentationLogic, CRCSegmentationSettings, SegmentationJob
-from CRCSegmentationLib.model_source import ModelError
+from CRCSegmentationLib.measurement.statistics import tumor_statistics
 from CRCSegmentationLib.mrml import (
-    STATISTICS_REFERENCE_ROLE, TUMOR_SEGMENT_NAME, guidance_from_segmentation_node, table_row, tumor_segment_id)
-from CRCSegmentationLib.statistics import tumor_statistics
+    STATISTICS_REFERENCE_ROLE,
+    TUMOR_SEGMENT_NAME,
+    guidance_from_segmentation_node,
+    table_row,
+    tumor_segment_id,
+)
 from OrganGuidanceLib.crop import CropBox
 from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.logic import OrganGuidanceSettings, OrganSourceChoice
 from OrganGuidanceLib.mrml import add_volume_node, image_from_volume_node, segment_mask
-from OrganGuidanceLib.providers import RunCancelled
+from OrganGuidanceLib.progress import RunCancelled
 from OrganGuidanceLib.validation import InputError
-
-from mrml_helpers import segmentation_from_masks
 
 COLON = 20
 

@@ -5,13 +5,22 @@ import numpy as np
 import pytest
 import slicer
 import vtk
+from mrml_helpers import segmentation_from_masks
 
+from CRCSegmentationLib.measurement.statistics import tumor_statistics
 from CRCSegmentationLib.mrml import (
-    STATISTICS_COLUMNS, TUMOR_COLOR, TUMOR_SEGMENT_NAME, TUMOR_TERMINOLOGY, export_segmentation,
-    guidance_from_segmentation_node, read_segmentation_file, statistics_to_table_node, table_row,
-    tumor_segment_id, tumor_to_segmentation_node,
+    STATISTICS_COLUMNS,
+    TUMOR_COLOR,
+    TUMOR_SEGMENT_NAME,
+    TUMOR_TERMINOLOGY,
+    export_segmentation,
+    guidance_from_segmentation_node,
+    read_segmentation_file,
+    statistics_to_table_node,
+    table_row,
+    tumor_segment_id,
+    tumor_to_segmentation_node,
 )
-from CRCSegmentationLib.statistics import tumor_statistics
 from OrganGuidanceLib.crop import CropBox
 from OrganGuidanceLib.guidance import GuidanceParameters, MOSSource, run_guidance
 from OrganGuidanceLib.image import Image
@@ -20,8 +29,6 @@ from OrganGuidanceLib.logic import OrganGuidanceLogic, OrganGuidanceSettings, Or
 from OrganGuidanceLib.morphology import bounding_box
 from OrganGuidanceLib.mrml import add_volume_node, image_from_volume_node, segment_mask
 from OrganGuidanceLib.validation import InputError
-
-from mrml_helpers import segmentation_from_masks
 
 COLON = 20  # TotalSegmentator v2 `total` id (shared/data/README.md)
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from CRCTraining.cli.demo import add_demo_arguments, demo_main
 from OrganGuidanceLib.checksum import sha256_of
-from OrganGuidanceLib.demo import TS_EXAMPLE_SHA256, add_demo_arguments, demo_main, run_demo
+from OrganGuidanceLib.demo import TS_EXAMPLE_SHA256, run_demo
 from OrganGuidanceLib.download import ChecksumMismatch, download_verified
 from OrganGuidanceLib.io import read_image
 

@@ -18,11 +18,11 @@ import torch
 
 from CRCTraining.engine2d import EngineSettings, EpochBatches, learning_rate_factor, train
 from CRCTraining.engine2d.engine import BEST, CURVE, LATEST, LOG
-from CRCTraining.hcf_slices import BalanceSampler, SliceRecord
+from CRCTraining.hcf.slices import BalanceSampler, SliceRecord
 from OrganGuidanceLib.validation import InputError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine_toy import ToyTask  # noqa: E402
+from engine_toy import ToyTask
 
 TOY = Path(__file__).parent / "engine_toy.py"
 
@@ -112,7 +112,7 @@ def test_rank_0s_early_stop_stops_every_process(tmp_path):
 
 def test_usam_train_runs_under_torchrun_with_two_processes(tmp_path):
     from CRCSegmentationLib.usam.checkpoint import read_usam_checkpoint
-    from CRCTraining.usam_data import extract_phantom_slices
+    from CRCTraining.usam.data import extract_phantom_slices
 
     slices = extract_phantom_slices(tmp_path / "slices", num_cases=1, seed=0)
     output = run(torchrun(2, "-m", "CRCTraining.cli", "usam-train", str(slices), "-o", str(tmp_path / "run"),
@@ -125,7 +125,7 @@ def test_usam_train_runs_under_torchrun_with_two_processes(tmp_path):
 
 # --- in one process -------------------------------------------------------------------------
 def test_the_ranks_batches_together_are_the_one_process_batch_and_cover_each_epoch():
-    epoch = lambda e: range(24)  # noqa: E731
+    epoch = lambda e: range(24)
     one = EpochBatches(epoch, 8, 3, 0, 1, 0, 9)
     ranks = [EpochBatches(epoch, 8, 3, r, 2, 0, 9) for r in range(2)]
     for iteration in range(9):

@@ -8,10 +8,15 @@ import json
 import numpy as np
 import pytest
 
-from CRCSegmentationLib.metrics import HD95_EMPTY_MM, compute_metrics
+from CRCSegmentationLib.measurement.metrics import HD95_EMPTY_MM, compute_metrics
+from CRCTraining.cli.evaluate import add_evaluate_arguments, evaluate_main
 from CRCTraining.evaluate import (
-    BOXPLOT_PNG, METRIC_NAMES, METRICS_CSV, SUMMARY_JSON, EvaluationError, add_evaluate_arguments,
-    evaluate_folder, evaluate_main,
+    BOXPLOT_PNG,
+    METRIC_NAMES,
+    METRICS_CSV,
+    SUMMARY_JSON,
+    EvaluationError,
+    evaluate_folder,
 )
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import write_image
@@ -96,7 +101,7 @@ def test_outputs_are_written_and_consistent(folders):
         assert statistics["median"] == pytest.approx(np.median(values))
         assert statistics["std"] == pytest.approx(values.std(ddof=1))
         assert statistics["n"] == 4
-        assert getattr(summary.statistics[1][name], "mean") == pytest.approx(values.mean())
+        assert summary.statistics[1][name].mean == pytest.approx(values.mean())
 
     png = output / BOXPLOT_PNG
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000

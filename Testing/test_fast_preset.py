@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from CRCSegmentationLib.inference import PRESETS, SegmentationParameters
-from CRCSegmentationLib.model_source import open_model
+from CRCSegmentationLib.core.segmentation import PRESETS, SegmentationParameters
+from CRCSegmentationLib.models.open import open_model
 from OrganGuidanceLib.guidance import GuidanceParameters, MOSSource, run_guidance
 from OrganGuidanceLib.labels import totalsegmentator_convention
 from OrganGuidanceLib.phantom import make_abdominal_phantom

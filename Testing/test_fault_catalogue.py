@@ -16,20 +16,19 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-import numpy as np
-import pytest
-import SimpleITK as sitk
-import torch
-
 import faults_batch
 import faults_inputs
 import faults_model_fit
 import faults_training
-from CRCSegmentationLib.demo import demo_model_path
-from CRCTraining.cli import main, user_error_types
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
 from crcseg_child import run_crcseg
-from fault_catalogue import (BAD_INPUT, FAILED, OK, Argv, Call, Fault, Workspace, guidance, run_child, segment,
-                             snapshot)
+from fault_catalogue import BAD_INPUT, FAILED, OK, Argv, Call, Fault, Workspace, guidance, run_child, segment, snapshot
+
+from CRCSegmentationLib.demo.ct import demo_model_path
+from CRCTraining.cli import main, user_error_types
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import write_image
 from OrganGuidanceLib.phantom import make_abdominal_phantom
@@ -133,7 +132,7 @@ def _sam_files(folder: Path) -> None:
     fake.update({f"image_encoder.blocks.{i}.norm1.weight": torch.zeros(1) for i in range(24)})
     torch.save(fake, folder / "sam_vit_l.pth")
     (folder / "usam_truncated.pt").write_bytes(b"PK\x03\x04" + b"\x00" * 100)
-    from CRCTraining.usam_data import extract_phantom_slices
+    from CRCTraining.usam.data import extract_phantom_slices
 
     extract_phantom_slices(folder / "slices", 2, seed=0)
 
@@ -186,14 +185,14 @@ def _labelmap_as_ct(w: Workspace) -> Call:
 
 
 def _export_into_existing(w: Workspace) -> Call:
-    from CRCTraining.export import export_bundle
+    from CRCTraining.nnunet.export import export_bundle
 
     folder = Path(w["results/nnUNetTrainerAGCRC__nnUNetPlans__3d_fullres"])
     return lambda: export_bundle(folder, w.row / "taken", folds=("all",))
 
 
 def _export_badly_named(w: Workspace) -> Call:
-    from CRCTraining.export import export_bundle
+    from CRCTraining.nnunet.export import export_bundle
 
     return lambda: export_bundle(Path(w["not_a_results_folder"]), Path(w.out("bundle")), folds=("all",))
 

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy import stats
-
+from nnunet_tiny_plans import tiny_plans as nnunet_tiny_plans
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
@@ -20,15 +19,26 @@ from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
+from scipy import stats
 
-from CRCTraining.class_first_sampling import (
-    ClassFirstDataLoader, ClassFirstDatasetBlosc2, class_first, class_presence,
-    nnunet_trainer_loader, presence_path, sampling_weights)
-from CRCTraining.flare24_losses import (
-    ENV_WARMUP_EPOCHS, PAPER_ALPHA, PUBLIC_ALPHA, ClassWeightedDCandCELoss, weighted_losses)
-from CRCTraining.flare24_weights import class_weights, normalised, tumor_label, warmup_share
-from CRCTraining.losses import AnatomyFocalizedLoss
-from nnunet_tiny_plans import tiny_plans as nnunet_tiny_plans  # noqa: E402
+from CRCTraining.agcrc.af_loss import AnatomyFocalizedLoss
+from CRCTraining.flare24.class_first_sampling import (
+    ClassFirstDataLoader,
+    ClassFirstDatasetBlosc2,
+    class_first,
+    class_presence,
+    nnunet_trainer_loader,
+    presence_path,
+    sampling_weights,
+)
+from CRCTraining.flare24.class_weights import class_weights, normalised, tumor_label, warmup_share
+from CRCTraining.flare24.losses import (
+    ENV_WARMUP_EPOCHS,
+    PAPER_ALPHA,
+    PUBLIC_ALPHA,
+    ClassWeightedDCandCELoss,
+    weighted_losses,
+)
 
 NNUNET_SMOOTH = 1e-5
 
@@ -309,7 +319,7 @@ def test_class_presence_summary_is_written_reused_and_refreshed(cases):
 
 
 def test_class_first_refuses_ag_sampling_datasets_and_other_loaders(cases):
-    from CRCTraining.sampling import CentreSampledDatasetBlosc2
+    from CRCTraining.agcrc.nnunet_sampling import CentreSampledDatasetBlosc2
 
     with pytest.raises(TypeError, match="both choose the patch centres"):
         class_first(CentreSampledDatasetBlosc2(str(cases), strategy="uniform"), weights={1: 1.0})
@@ -333,7 +343,7 @@ def test_trainer_found_by_nnunet_builds_and_trains_a_step(cases, tmp_path, monke
     import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as trainer_module
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    from CRCTraining.nnunet_env import TRAINERS_FOLDER, register_trainers
+    from CRCTraining.nnunet.env import TRAINERS_FOLDER, register_trainers
 
     for variable, value in (("nnUNet_extTrainer", ""), ("nnUNet_preprocessed", str(cases.parents[1])),
                             ("nnUNet_results", str(tmp_path / "results")), ("nnUNet_n_proc_DA", "0")):
@@ -380,8 +390,8 @@ def test_trainer_found_by_nnunet_builds_and_trains_a_step(cases, tmp_path, monke
 
 
 def test_every_flare24_trainer_is_in_the_architecture_table():
-    from CRCSegmentationLib.networks.nnunet_architectures import NNUNET_DEFAULT, TRAINER_ARCHITECTURES
     import CRCTraining.trainers.flare24_trainers as flare24
+    from CRCSegmentationLib.networks.nnunet_architectures import NNUNET_DEFAULT, TRAINER_ARCHITECTURES
 
     for name in ("nnUNetTrainerOrganInterference", "nnUNetTrainerOrganInterferencePaperAlpha",
                  "nnUNetTrainerOrganInterferenceAFLoss"):

@@ -6,7 +6,13 @@ import pytest
 
 from OrganGuidanceLib.crop import body_crop_box, body_mask
 from OrganGuidanceLib.guidance import (
-    GuidanceParameters, MOSSource, bowel_wall_mask, derive_ooi, organ_union, resample_label_map, run_guidance,
+    GuidanceParameters,
+    MOSSource,
+    bowel_wall_mask,
+    derive_ooi,
+    organ_union,
+    resample_label_map,
+    run_guidance,
 )
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import read_image

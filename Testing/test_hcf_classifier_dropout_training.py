@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from CRCSegmentationLib.networks.hcf import DropoutLinear
-from CRCTraining.hcf_train import HCFTrainingSettings, SliceClassifierTask, load_slices
+from CRCTraining.hcf.train import HCFTrainingSettings, SliceClassifierTask, load_slices
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from CRCTraining.phantom_dataset import make_phantom_dataset
+    from CRCTraining.data.phantoms_ct import make_phantom_dataset
 
     folder = make_phantom_dataset(tmp_path_factory.mktemp("hcf_dropout"), num_cases=2, seed=3)
     settings = HCFTrainingSettings(output=folder / "run", images=folder / "imagesTr", labels=folder / "labelsTr",

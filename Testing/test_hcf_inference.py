@@ -21,20 +21,26 @@ import torch
 from torch import nn
 
 from CRCSegmentationLib.batch import segment_files
-from CRCSegmentationLib.bundle import METADATA_FILE
-from CRCSegmentationLib.hcf_bundle import HCF_FILE, write_hcf_bundle
-from CRCSegmentationLib.hcf_preprocessing import (
-    SliceDatasetConfig, axial_axis, body_box, input_to_slice, label_to_input, slice_to_input,
+from CRCSegmentationLib.core.bundle import METADATA_FILE
+from CRCSegmentationLib.core.errors import ModelError
+from CRCSegmentationLib.core.segmentation import SegmentationParameters
+from CRCSegmentationLib.hcf.bundle import HCF_FILE, write_hcf_bundle
+from CRCSegmentationLib.hcf.preprocessing import (
+    SliceDatasetConfig,
+    axial_axis,
+    body_box,
+    input_to_slice,
+    label_to_input,
+    slice_to_input,
 )
-from CRCSegmentationLib.hcf_segmenter import HCFSegmenter, majority_vote
-from CRCSegmentationLib.inference import SegmentationParameters
-from CRCSegmentationLib.model_source import ModelError, open_model
+from CRCSegmentationLib.hcf.segmenter import HCFSegmenter, majority_vote
+from CRCSegmentationLib.models.open import open_model
 from CRCSegmentationLib.networks.hcf import build_sanet, build_slice_classifier
 from OrganGuidanceLib.checksum import sha256_of
 from OrganGuidanceLib.crop import CropBox
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import read_image, write_image
-from OrganGuidanceLib.providers import RunCancelled
+from OrganGuidanceLib.progress import RunCancelled
 from OrganGuidanceLib.validation import InputError
 
 CONFIG = SliceDatasetConfig(size=64, body_margin_px=2)
@@ -151,7 +157,7 @@ def copy(bundle, tmp_path) -> Path:
 
 # --- preprocessing, moved into the Lib ----------------------------------------------------------------------------
 def test_training_code_uses_the_lib_preprocessing():
-    from CRCTraining import hcf_slices
+    from CRCTraining.hcf import slices as hcf_slices
 
     assert hcf_slices.slice_to_input is slice_to_input and hcf_slices.SliceDatasetConfig is SliceDatasetConfig
     assert hcf_slices.body_box is body_box and hcf_slices.label_to_input is label_to_input

@@ -9,9 +9,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from CRCSegmentationLib.networks.hcf import (
-    PAPER_HCF_PARAMETERS_M, PAPER_SANET_PARAMETERS_M, PUBLIC_CODE_SANET_PARAMETERS_M, PUBLIC_FINAL_DROPOUT,
-    SLICE_CLASSIFIER_PARAMETERS_M, DropoutLinear, SANet, SpatialAlignment, align_upsample, build_hcf, build_sanet,
-    build_slice_classifier, identity_grid, parameter_count)
+    PAPER_HCF_PARAMETERS_M,
+    PAPER_SANET_PARAMETERS_M,
+    PUBLIC_CODE_SANET_PARAMETERS_M,
+    PUBLIC_FINAL_DROPOUT,
+    SLICE_CLASSIFIER_PARAMETERS_M,
+    DropoutLinear,
+    SANet,
+    SpatialAlignment,
+    align_upsample,
+    build_hcf,
+    build_sanet,
+    build_slice_classifier,
+    identity_grid,
+    parameter_count,
+)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +102,7 @@ def test_classifier_has_the_public_dropout_in_training_only_with_unchanged_keys(
 
 
 def test_the_bundle_builds_the_classifier_with_dropout_and_loads_a_checkpoint_without_it_strictly():
-    from CRCSegmentationLib.hcf_bundle import BUILDER_ARGS, CLASSIFIER, NETWORKS, HCFStage
+    from CRCSegmentationLib.hcf.bundle import BUILDER_ARGS, CLASSIFIER, NETWORKS, HCFStage
 
     built = HCFStage(CLASSIFIER, NETWORKS[CLASSIFIER], dict(BUILDER_ARGS[CLASSIFIER]), ["0"]).build()
     assert isinstance(built.fc, DropoutLinear)

@@ -7,11 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from CRCTraining.hcf_slices import (
-    BalanceSampler, SliceDataset, SliceDatasetConfig, SliceRecord, body_box, label_to_input, slice_records,
+from CRCTraining.hcf.slices import (
+    BalanceSampler,
+    SliceDataset,
+    SliceDatasetConfig,
+    SliceRecord,
+    body_box,
+    label_to_input,
+    slice_records,
     slice_to_input,
 )
-from CRCTraining.usam_data import write_case_slices
+from CRCTraining.usam.data import write_case_slices
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import write_image
 

@@ -16,16 +16,24 @@ import numpy as np
 import pytest
 import torch
 
-from CRCSegmentationLib.hcf_preprocessing import axial_axis, slice_to_input
+from CRCSegmentationLib.hcf.preprocessing import axial_axis, slice_to_input
 from CRCSegmentationLib.networks.hcf import build_slice_classifier
 from CRCTraining.cli import main as crcseg
 from CRCTraining.engine2d import train
 from CRCTraining.engine2d.engine import CURVE, LOG
-from CRCTraining.hcf_augment import AugmentationSettings, augment_slice
-from CRCTraining.hcf_export import export_hcf_bundle
-from CRCTraining.hcf_train import (
-    FINAL_FILES, HCFTrainingSettings, SANetTask, SliceClassifierTask, classification_metrics, engine_settings,
-    fold_cases, load_slices, split_cases, train_stage,
+from CRCTraining.hcf.augment import AugmentationSettings, augment_slice
+from CRCTraining.hcf.export import export_hcf_bundle
+from CRCTraining.hcf.train import (
+    FINAL_FILES,
+    HCFTrainingSettings,
+    SANetTask,
+    SliceClassifierTask,
+    classification_metrics,
+    engine_settings,
+    fold_cases,
+    load_slices,
+    split_cases,
+    train_stage,
 )
 from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.validation import InputError
@@ -36,7 +44,7 @@ SIZE = 64  # a multiple of SANet's stride 16; the paper's is 512
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory):
     """Training cases (3, seed 0) and one test case (seed 5) in the MSD layout."""
-    from CRCTraining.phantom_dataset import make_phantom_dataset
+    from CRCTraining.data.phantoms_ct import make_phantom_dataset
 
     root = tmp_path_factory.mktemp("hcf_phantoms")
     return make_phantom_dataset(root / "train", num_cases=3, seed=0), make_phantom_dataset(root / "test", 1, seed=5)
@@ -225,7 +233,7 @@ def _train_arguments(stage, train_folder, output, *extra):
 
 
 def test_hcf_train_runs_under_torchrun_with_two_gloo_processes(phantoms, tmp_path):
-    from CRCTraining.phantom_dataset import make_phantom_dataset
+    from CRCTraining.data.phantoms_ct import make_phantom_dataset
 
     two_cases = make_phantom_dataset(tmp_path / "two", num_cases=2, seed=0)  # fold 0 of 2: 28 slices, 4 iterations
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -261,9 +269,9 @@ def _direct_probabilities(classifier_final, ct, config):
 
 
 def test_exported_bundle_segments_only_the_slices_the_classifier_passes(phantoms, cli_runs, tmp_path):
-    from CRCSegmentationLib.inference import SegmentationParameters
-    from CRCSegmentationLib.model_source import open_model
-    from CRCTraining.hcf_export import read_hcf_run
+    from CRCSegmentationLib.core.segmentation import SegmentationParameters
+    from CRCSegmentationLib.models.open import open_model
+    from CRCTraining.hcf.export import read_hcf_run
 
     _, test_folder = phantoms
     ct = read_image(test_folder / "imagesTr" / "colon_001.nii.gz")

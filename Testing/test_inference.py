@@ -13,25 +13,27 @@ import threading
 import numpy as np
 import pytest
 import torch
+from inference_model import load_or_train_model
 from scipy import ndimage
 
-from CRCSegmentationLib.inference import (
-    SegmentationParameters,
-    TumorSegmenter,
+from CRCSegmentationLib.core.errors import ModelError
+from CRCSegmentationLib.core.segmentation import SegmentationParameters
+from CRCSegmentationLib.models.open import open_model
+from CRCSegmentationLib.nnunet.segmenter import (
+    NNUNetSegmenter as TumorSegmenter,
+)
+from CRCSegmentationLib.nnunet.segmenter import (
     build_input_channels,
     guidance_convention,
 )
-from CRCSegmentationLib.model_source import ModelError, open_model
-from CRCTraining.phantom_dataset import make_phantom_case
+from CRCTraining.data.phantoms_ct import make_phantom_case
 from OrganGuidanceLib.crop import CropBox, body_crop_box
 from OrganGuidanceLib.guidance import MOSSource, run_guidance
 from OrganGuidanceLib.io import read_image, write_image
 from OrganGuidanceLib.morphology import bounding_box
 from OrganGuidanceLib.mos_codes import compact_mos
-from OrganGuidanceLib.providers import RunCancelled
+from OrganGuidanceLib.progress import RunCancelled
 from OrganGuidanceLib.validation import InputError
-
-from inference_model import load_or_train_model
 
 pytestmark = pytest.mark.slow
 FAST = dict(mirroring=False)  # mirroring is nnU-Net's; it multiplies the time by 8 in 3D
@@ -71,7 +73,8 @@ def wide_case(ts):
 def test_a_corrupt_shipped_demo_bundle_fails_the_tests(tmp_path, monkeypatch):
     """``load_or_train_model`` trains a model only when asked to or when no demo bundle is shipped."""
     import inference_model
-    from CRCSegmentationLib import demo
+
+    from CRCSegmentationLib.demo import ct as demo
 
     corrupt = tmp_path / "demo_phantom"
     shutil.copytree(demo.demo_model_path(), corrupt)
@@ -310,7 +313,7 @@ def test_min_component_volume(model, case):
 
 # --- batch and command line ----------------------------------------------------------------------
 def test_batch_cli_isolates_a_bad_case(model_files, tmp_path):
-    from CRCSegmentationLib.demo import demo_model_path
+    from CRCSegmentationLib.demo.ct import demo_model_path
     from CRCTraining.cli import main
 
     images, organs, references = (tmp_path / n for n in ("images", "organs", "references"))

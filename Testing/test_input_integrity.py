@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from dicom_writer import small_ct, write_series
+
 from OrganGuidanceLib.cases import CaseInput, case_name, find_case_file, find_cases
 from OrganGuidanceLib.dicom_series import DicomSeriesError, is_dicom_series_folder
 from OrganGuidanceLib.image import Image
@@ -322,7 +322,7 @@ def test_find_case_file_finds_organ_maps_by_case(block, tmp_path):
 
 
 def test_training_datasets_take_dicom_series_folders_as_images(block, tmp_path):
-    from CRCTraining.datasets import list_cases
+    from CRCTraining.data.sources import list_cases
 
     images = tmp_path / "pretraining"
     write_series(block, images / "scan_b")

@@ -26,7 +26,11 @@ FORBIDDEN_PACKAGES = {"CRCTraining"}  # training code is not shipped with the ex
 PANEL_FILES = (
     REPO_ROOT / "OrganGuidance" / "OrganGuidanceLib" / "widget.py",
     REPO_ROOT / "OrganGuidance" / "OrganGuidanceLib" / "run_panel.py",
+    REPO_ROOT / "OrganGuidance" / "OrganGuidanceLib" / "run_controller.py",
+    REPO_ROOT / "OrganGuidance" / "OrganGuidanceLib" / "panel_state.py",
     REPO_ROOT / "CRCSegmentation" / "CRCSegmentationLib" / "widget.py",
+    REPO_ROOT / "CRCSegmentation" / "CRCSegmentationLib" / "refinement_panel.py",
+    REPO_ROOT / "CRCSegmentation" / "CRCSegmentationLib" / "panel_state.py",
 )
 PIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*==[0-9]+(\.[0-9]+)*")
 
@@ -162,6 +166,7 @@ def test_feature_lists_and_torch_through_pytorch_utils():
 
 def test_panels_take_their_requirements_from_the_table():
     """No Requirement is built and no pin is written in the GUI files; each install is checked before it is offered."""
+    asks = 0
     for path in PANEL_FILES:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
@@ -175,9 +180,11 @@ def test_panels_take_their_requirements_from_the_table():
                 for call in ast.walk(node):
                     if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute):
                         lines.setdefault(call.func.attr, []).append(call.lineno)
-                if "_askToInstall" in lines:
-                    assert min(lines.get("_checkInstallable", [10**9])) < min(lines["_askToInstall"]), (
+                if "askInstall" in lines:  # the one install flow (run_controller.InstallFlow.ensure)
+                    assert min(lines.get("unsupported_python_message", [10**9])) < min(lines["askInstall"]), (
                         f"{path.name}: {node.name} asks to install before checking Slicer's Python")
+                    asks += 1
+    assert asks == 1, f"the install question is asked from {asks} places; one install flow asks it"
 
 
 # ---------------------------------------------------------------------------- Slicer's Python

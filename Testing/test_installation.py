@@ -74,8 +74,8 @@ def test_no_package_imports_another_packages_private_names():
 def test_the_direction_rule_sees_an_upward_import(tmp_path):
     """The AST reader finds an import hidden inside a function (what a run-time import graph may miss)."""
     source = tmp_path / "late.py"
-    source.write_text("def f():\n    from CRCTraining.export import export_bundle\n")
-    assert [m for _, m, _ in imported_modules(source)] == ["CRCTraining.export"]
+    source.write_text("def f():\n    from CRCTraining.nnunet.export import export_bundle\n")
+    assert [m for _, m, _ in imported_modules(source)] == ["CRCTraining.nnunet.export"]
 
 
 # --- trainer names the Lib resolves itself --------------------------------------------------------
@@ -86,7 +86,7 @@ def test_every_prediction_trainer_of_the_training_package_is_resolved_by_the_lib
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     from CRCSegmentationLib.networks.nnunet_architectures import NNUNET_DEFAULT, RCSEGNEXT, TRAINER_ARCHITECTURES
-    from CRCTraining.rcsegnext_mixin import RCSegNeXtNetworkMixin
+    from CRCTraining.rcsegnext.mixins import RCSegNeXtNetworkMixin
 
     defined: Dict[str, type] = {}
     for path in python_files(LIBS["CRCTraining"] / "trainers"):
@@ -162,7 +162,7 @@ def test_non_editable_wheel_holds_the_catalogue_and_the_demo_model(tmp_path):
     assert "CRCSegmentationLib/networks/usam/model.py" in names and "CRCTraining/trainers/agcrc_trainers.py" in names
     found = run_isolated("""
         import json, CRCSegmentationLib
-        from CRCSegmentationLib.model_source import open_model
+        from CRCSegmentationLib import open_model
         model = open_model("demo_phantom")
         print(json.dumps({"lib": CRCSegmentationLib.__file__, "folder": str(model.folder), "kind": model.kind,
                           "modality": model.modality, "tumor": model.tumor_labels}))
@@ -183,9 +183,9 @@ def test_additional_module_paths_route_segments_the_real_ct_without_the_training
         import importlib.util, json, sys
         assert importlib.util.find_spec("CRCTraining") is None, "the training package must not be reachable"
         import CRCSegmentationLib, OrganGuidanceLib
-        from CRCSegmentationLib.inference import SegmentationParameters
+        from CRCSegmentationLib.core.segmentation import SegmentationParameters
         from CRCSegmentationLib.logic import CRCSegmentationLogic, CRCSegmentationSettings
-        from CRCSegmentationLib.model_source import open_model
+        from CRCSegmentationLib import open_model
         from CRCSegmentationLib.mrml import tumor_segment_id
         from OrganGuidanceLib.io import read_image
         from OrganGuidanceLib.logic import OrganGuidanceSettings, OrganSourceChoice
@@ -273,8 +273,8 @@ def runtime_files(module: str) -> Set[str]:
     files = {f"{module}.py", f"Resources/UI/{module}.ui", f"Resources/Icons/{module}.png"}
     files |= {p.relative_to(folder).as_posix() for p in python_files(folder / f"{module}Lib")}
     if module == "CRCSegmentation":
-        from CRCSegmentationLib.catalogue import list_models
-        from CRCSegmentationLib.resources import CATALOGUE_NAME, catalogue_file
+        from CRCSegmentationLib.core.resources import CATALOGUE_NAME, catalogue_file
+        from CRCSegmentationLib.models.catalogue import list_models
 
         catalogue = catalogue_file()
         files.add(f"Resources/{CATALOGUE_NAME}")

@@ -14,11 +14,12 @@ from typing import Dict, List
 
 import numpy as np
 import pytest
+from crcseg_child import files_at_least, run_crcseg
 
 from CRCTraining.cli import main
-from crcseg_child import files_at_least, run_crcseg
-from CRCTraining.phantom_dataset import make_phantom_dataset
+from CRCTraining.data.phantoms_ct import make_phantom_dataset
 from OrganGuidanceLib.io import read_image
+
 
 def image_arrays(folder: Path) -> Dict[str, np.ndarray]:
     return {str(p.relative_to(folder)): read_image(p).array for p in sorted(folder.rglob("*.nii.gz"))
@@ -105,11 +106,11 @@ def scene_state(scene) -> List[tuple]:
 
 
 def test_a_cancelled_segmentation_leaves_the_scene_exactly_as_before(mrml_scene, ct, organs):
-    from CRCSegmentationLib.inference import SegmentationParameters
+    from CRCSegmentationLib.core.segmentation import SegmentationParameters
     from CRCSegmentationLib.logic import CRCSegmentationLogic, CRCSegmentationSettings
     from OrganGuidanceLib.logic import OrganGuidanceSettings, OrganSourceChoice
     from OrganGuidanceLib.mrml import add_volume_node
-    from OrganGuidanceLib.providers import RunCancelled
+    from OrganGuidanceLib.progress import RunCancelled
 
     ct_node = add_volume_node(mrml_scene, ct, "CT")
     organ_node = add_volume_node(mrml_scene, organs, "organs", labelmap=True)

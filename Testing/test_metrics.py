@@ -11,10 +11,15 @@ import pytest
 import surface_distance as deepmind
 from surface_distance import lookup_tables as deepmind_tables
 
-from CRCSegmentationLib.metrics import (
-    HD95_EMPTY_MM, SurfaceDistances, compute_metrics, robust_hausdorff, surface_dice, surface_distances,
+from CRCSegmentationLib.measurement.metrics import (
+    HD95_EMPTY_MM,
+    SurfaceDistances,
+    compute_metrics,
+    robust_hausdorff,
+    surface_dice,
+    surface_distances,
 )
-from CRCSegmentationLib.surface_area import neighbour_code_weights, surface_area_table
+from CRCSegmentationLib.measurement.surface_area import neighbour_code_weights, surface_area_table
 from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.morphology import bounding_box, dilate_mm, erode_mm
 

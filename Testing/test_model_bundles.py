@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from CRCSegmentationLib.bundle import FORMAT_VERSION, METADATA_FILE, read_metadata
-from CRCSegmentationLib.demo import demo_model_path
-from CRCSegmentationLib.inference import SegmentationParameters
-from CRCSegmentationLib.model_source import ModelError, load_checkpoint, open_model
+from CRCSegmentationLib.core.bundle import FORMAT_VERSION, METADATA_FILE, read_metadata
+from CRCSegmentationLib.core.checkpoints import load_checkpoint
+from CRCSegmentationLib.core.errors import ModelError
+from CRCSegmentationLib.core.segmentation import SegmentationParameters
+from CRCSegmentationLib.demo.ct import demo_model_path
+from CRCSegmentationLib.models.open import open_model
 from CRCSegmentationLib.networks.nnunet_architectures import NNUNET_DEFAULT
 from OrganGuidanceLib.checksum import sha256_of
 

@@ -5,10 +5,10 @@ import os
 
 import pytest
 
-from CRCSegmentationLib.demo import demo_model_path
-from CRCSegmentationLib.inference import SegmentationParameters
-from CRCSegmentationLib.model_cache import ModelCache
-from CRCSegmentationLib.model_source import ModelError
+from CRCSegmentationLib.core.errors import ModelError
+from CRCSegmentationLib.core.segmentation import SegmentationParameters
+from CRCSegmentationLib.demo.ct import demo_model_path
+from CRCSegmentationLib.models.cache import ModelCache
 
 
 def test_a_model_is_opened_once_until_a_file_changes(tmp_path):

@@ -6,11 +6,10 @@ import zipfile
 
 import pytest
 
-from CRCSegmentationLib.catalogue import fetch_model, find_model, list_models
-from CRCSegmentationLib.resources import catalogue_file
-from CRCSegmentationLib.model_source import ModelError
+from CRCSegmentationLib.core.errors import ModelError
+from CRCSegmentationLib.core.resources import catalogue_file
+from CRCSegmentationLib.models.catalogue import fetch_model, find_model, list_models
 from OrganGuidanceLib.checksum import sha256_of
-
 
 CATALOGUE_FILE = catalogue_file()
 

@@ -1,4 +1,4 @@
-"""Model-input fit (``CRCSegmentationLib.model_fit``): an input the model was not trained for is segmented with a
+"""Model-input fit (``CRCSegmentationLib.core.model_fit``): an input the model was not trained for is segmented with a
 warning saying what the model expected, and an input that fits gets none.
 
 MR: the plane of the slices (the training images' thick axis, recorded by ``prepare_mr`` in dataset.json and
@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from CRCSegmentationLib.bundle import BundleError, BundleMetadata, read_metadata
-from CRCSegmentationLib.demo import demo_model_path
-from CRCSegmentationLib.model_fit import ModelFitError, fit_warnings, model_expectation
-from CRCSegmentationLib.model_source import open_model
-from CRCSegmentationLib.mr_checks import ThickAxis, TrainingThickAxis, training_thick_axis
 from faults_model_fit import axial_mr, sagittal_mr
+
+from CRCSegmentationLib.core.bundle import BundleMetadata, read_metadata
+from CRCSegmentationLib.core.errors import BundleError
+from CRCSegmentationLib.core.model_fit import ModelFitError, fit_warnings, model_expectation
+from CRCSegmentationLib.core.mr_checks import ThickAxis, TrainingThickAxis, training_thick_axis
+from CRCSegmentationLib.demo.ct import demo_model_path
+from CRCSegmentationLib.models.open import open_model
 from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.phantom import make_abdominal_phantom
 
@@ -58,7 +59,7 @@ def test_the_shipped_mr_bundle_records_a_left_right_thick_axis(mr_expected):
 
 @pytest.mark.parametrize("seed, shape", [(21, (12, 64, 96)), (4242, (18, 192, 256))])
 def test_a_sagittal_series_as_the_model_was_trained_on_gets_no_warning(mr_expected, seed, shape):
-    from CRCSegmentationLib.mr_phantom import make_sagittal_t2_phantom
+    from CRCSegmentationLib.demo.mr_phantom import make_sagittal_t2_phantom
 
     assert fit_warnings(mr_expected, make_sagittal_t2_phantom(seed=seed, shape=shape).image) == []
 
@@ -151,9 +152,9 @@ def test_a_bad_thick_axis_record_is_refused_naming_the_file(tmp_path, changes, w
 
 
 def test_prepare_mr_records_the_thick_axis_and_export_carries_it_into_the_bundle(tmp_path):
-    from CRCTraining.export import export_bundle
-    from CRCTraining.mr_phantom_dataset import make_mr_phantom_dataset
-    from CRCTraining.prepare_mr import prepare_mr_dataset
+    from CRCTraining.data.phantoms_mr import make_mr_phantom_dataset
+    from CRCTraining.data.prepare_mr import prepare_mr_dataset
+    from CRCTraining.nnunet.export import export_bundle
 
     source = make_mr_phantom_dataset(tmp_path / "source", cases=2, seed=5, shape=(12, 64, 96))
     raw = tmp_path / "raw"
@@ -223,7 +224,7 @@ def test_values_without_air_are_warned_about(ct_expected, make):
 
 # --- the console ------------------------------------------------------------------------------------
 def test_the_console_logs_the_warning_and_keeps_it(mrml_scene, caplog):
-    from CRCSegmentationLib.inference import SegmentationParameters
+    from CRCSegmentationLib.core.segmentation import SegmentationParameters
     from CRCSegmentationLib.logic import CRCSegmentationLogic, CRCSegmentationSettings
     from OrganGuidanceLib.mrml import add_volume_node
 

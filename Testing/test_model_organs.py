@@ -6,12 +6,12 @@ import dataclasses
 
 import numpy as np
 
-from CRCSegmentationLib.inference import TumorSegmentation
+from CRCSegmentationLib.core.segmentation import TumorSegmentation
 from CRCSegmentationLib.logic import CRCSegmentationLogic, CRCSegmentationSettings, SegmentationJob
-from CRCSegmentationLib.model_source import open_model
+from CRCSegmentationLib.models.open import open_model
 from CRCSegmentationLib.mrml import MODEL_ORGAN_TAG, segment_tag, tumor_segment_id
-from OrganGuidanceLib.mrml import SEGMENT_TAG as GUIDANCE_SEGMENT_TAG
 from OrganGuidanceLib.crop import CropBox
+from OrganGuidanceLib.mrml import SEGMENT_TAG as GUIDANCE_SEGMENT_TAG
 from OrganGuidanceLib.mrml import add_volume_node, segment_mask
 
 LIVER, COLON = 5, 20  # TotalSegmentator v2 ids in the real CT's organ map

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from CRCSegmentationLib.catalogue import find_model
-from CRCSegmentationLib.inference import SegmentationParameters
+from CRCSegmentationLib.core.segmentation import SegmentationParameters
+from CRCSegmentationLib.demo.mr import MR_DEMO_MODEL_NAME, MR_FILES
+from CRCSegmentationLib.demo.mr_phantom import make_sagittal_t2_phantom
 from CRCSegmentationLib.logic import CRCSegmentationLogic, CRCSegmentationSettings
-from CRCSegmentationLib.mr_demo import MR_DEMO_MODEL_NAME, MR_FILES
-from CRCSegmentationLib.mr_phantom import make_sagittal_t2_phantom
+from CRCSegmentationLib.models.catalogue import find_model
 from CRCSegmentationLib.mrml import STATISTICS_REFERENCE_ROLE, tumor_segment_id
 from CRCTraining.cli import main
 from OrganGuidanceLib.mrml import add_volume_node, segment_mask

@@ -8,9 +8,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from CRCSegmentationLib.mr_checks import check_mr, thick_axis
-from CRCSegmentationLib.mr_phantom import (
-    DEFAULT_SHAPE, LABELS, SAGITTAL_DIRECTION, TISSUES, MRPhantom, make_sagittal_t2_phantom,
+from CRCSegmentationLib.core.mr_checks import check_mr, thick_axis
+from CRCSegmentationLib.demo.mr_phantom import (
+    DEFAULT_SHAPE,
+    LABELS,
+    SAGITTAL_DIRECTION,
+    TISSUES,
+    MRPhantom,
+    make_sagittal_t2_phantom,
 )
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.phantom import make_abdominal_phantom

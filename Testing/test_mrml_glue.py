@@ -1,11 +1,11 @@
 """MRML glue under slicer-core (real MRML classes, no mocks) on the real example CT."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import slicer
 import vtk
+from mrml_helpers import segmentation_from_masks
 
 from OrganGuidanceLib import mrml
 from OrganGuidanceLib.crop import CropBox
@@ -15,13 +15,21 @@ from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.labels import load_convention
 from OrganGuidanceLib.morphology import bounding_box
 from OrganGuidanceLib.mrml import (
-    BOWEL_WALL_SEGMENT_NAME, OOI_SEGMENT_NAME, ORGAN_COLORS, add_volume_node, crop_box_to_roi_node,
-    guidance_to_segmentation_node, image_from_volume_node, label_image_from_node, new_scene,
-    organ_display_name, segment_label_value, segment_mask, update_volume_node_from_image,
+    BOWEL_WALL_SEGMENT_NAME,
+    OOI_SEGMENT_NAME,
+    ORGAN_COLORS,
+    add_volume_node,
+    crop_box_to_roi_node,
+    guidance_to_segmentation_node,
+    image_from_volume_node,
+    label_image_from_node,
+    new_scene,
+    organ_display_name,
+    segment_label_value,
+    segment_mask,
+    update_volume_node_from_image,
 )
 from OrganGuidanceLib.validation import InputError
-
-from mrml_helpers import segmentation_from_masks
 
 COLON = 20  # TotalSegmentator v2 `total` id (see shared/data/README.md)
 

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import pytest
-
-from CRCTraining.cli import main
-from CRCTraining.mr_phantom_dataset import make_mr_phantom_dataset
-from CRCTraining.worker_lifetime import workers_die_with_this_process
 from crcseg_child import CHILD
 from spawned_rank import rank
+
+from CRCTraining.cli import main
+from CRCTraining.data.phantoms_mr import make_mr_phantom_dataset
+from CRCTraining.worker_lifetime import workers_die_with_this_process
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux only")
 

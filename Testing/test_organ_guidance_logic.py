@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mrml_helpers import segmentation_from_masks
 
 from OrganGuidanceLib.guidance import GuidanceParameters, MOSSource, run_guidance
 from OrganGuidanceLib.image import Image
@@ -13,12 +14,15 @@ from OrganGuidanceLib.io import read_image, write_image
 from OrganGuidanceLib.labels import word_convention
 from OrganGuidanceLib.logic import GuidanceJob, OrganGuidanceLogic, OrganGuidanceSettings, OrganSourceChoice
 from OrganGuidanceLib.mrml import (
-    BOWEL_WALL_SEGMENT_NAME, CROP_BOX_REFERENCE_ROLE, OOI_SEGMENT_NAME, add_volume_node, segment_mask,
+    BOWEL_WALL_SEGMENT_NAME,
+    CROP_BOX_REFERENCE_ROLE,
+    OOI_SEGMENT_NAME,
+    add_volume_node,
+    segment_mask,
 )
-from OrganGuidanceLib.providers import MissingWeightsError, RunCancelled
+from OrganGuidanceLib.progress import RunCancelled
+from OrganGuidanceLib.providers import MissingWeightsError
 from OrganGuidanceLib.validation import InputError
-
-from mrml_helpers import segmentation_from_masks
 
 # TotalSegmentator v2 class name -> WORD id (shared/DESIGN.md), to fake a WORD-style second model.
 WORD_IDS = {"liver": 1, "spleen": 2, "kidney_left": 3, "kidney_right": 4, "stomach": 5, "gallbladder": 6,

@@ -9,11 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from CRCSegmentationLib.bundle import read_metadata
-from CRCSegmentationLib.inference import SegmentationParameters
-from CRCSegmentationLib.model_source import open_model
+from CRCSegmentationLib.core.bundle import read_metadata
+from CRCSegmentationLib.core.segmentation import SegmentationParameters
+from CRCSegmentationLib.models.open import open_model
 from CRCTraining.cli import main
-from CRCTraining.phantom_dataset import make_phantom_dataset
+from CRCTraining.data.phantoms_ct import make_phantom_dataset
 from OrganGuidanceLib.guidance import MOSSource, run_guidance
 from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.labels import totalsegmentator_convention

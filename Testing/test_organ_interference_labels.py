@@ -14,14 +14,24 @@ from typing import Dict
 import numpy as np
 import pytest
 
-from CRCSegmentationLib.bundle import read_metadata, verify_bundle
+from CRCSegmentationLib.core.bundle import read_metadata, verify_bundle
 from CRCTraining.cli import main as crcseg
-from CRCTraining.export import export_bundle, label_roles
-from CRCTraining.organ_interference import (
-    FLARE22_ORGANS, check_organ_list, match_organs, merge_labels, organ_voxel_counts,
+from CRCTraining.data.phantoms_ct import make_phantom_dataset
+from CRCTraining.data.prepare_ct import (
+    PrepareError,
+    _inference_mos_values,
+    _organ_setup,
+    case_outputs,
+    prepare_dataset,
 )
-from CRCTraining.phantom_dataset import make_phantom_dataset
-from CRCTraining.prepare import PrepareError, _inference_mos_values, _organ_setup, case_outputs, prepare_dataset
+from CRCTraining.flare24.labels import (
+    FLARE22_ORGANS,
+    check_organ_list,
+    match_organs,
+    merge_labels,
+    organ_voxel_counts,
+)
+from CRCTraining.nnunet.export import export_bundle, label_roles
 from OrganGuidanceLib.guidance import GuidanceParameters
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import read_image

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from CRCTraining.mr_phantom_dataset import MSD_LABELS, make_mr_phantom_dataset
-from CRCTraining.prepare import PrepareError
-from CRCTraining.prepare_mr import MRPrepareError, case_outputs, prepare_mr_dataset
+from CRCTraining.data.phantoms_mr import MSD_LABELS, make_mr_phantom_dataset
+from CRCTraining.data.prepare_ct import PrepareError
+from CRCTraining.data.prepare_mr import MRPrepareError, case_outputs, prepare_mr_dataset
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import read_image, write_image
 from OrganGuidanceLib.phantom import make_abdominal_phantom
@@ -229,7 +229,8 @@ def test_every_case_failing_raises(mr_source, tmp_path, nnunet_env):
 @pytest.mark.parametrize("thick_axis, transpose", [("resampled", [2, 0, 1]), ("acquisition", [0, 1, 2])])
 def test_nnunet_plans_put_the_thick_axis_first(thick_axis, transpose, tmp_path, nnunet_env):
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprint_dataset, plan_experiment_dataset,
+        extract_fingerprint_dataset,
+        plan_experiment_dataset,
     )
 
     source = make_mr_phantom_dataset(tmp_path / f"Task97_{thick_axis}", cases=3, seed=1, thick_axis=thick_axis,

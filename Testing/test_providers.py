@@ -10,9 +10,13 @@ import pytest
 
 from OrganGuidanceLib.io import write_image
 from OrganGuidanceLib.labels import word_convention
+from OrganGuidanceLib.progress import RunCancelled, run_cancellable
 from OrganGuidanceLib.providers import (
-    ImportedLabelMapProvider, RunCancelled, TotalSegmentatorProvider, check_totalsegmentator_weights,
-    required_weight_folders, run_cancellable, totalsegmentator_roi_subset,
+    ImportedLabelMapProvider,
+    TotalSegmentatorProvider,
+    check_totalsegmentator_weights,
+    required_weight_folders,
+    totalsegmentator_roi_subset,
 )
 
 

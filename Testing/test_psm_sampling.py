@@ -7,20 +7,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import ndimage, stats
-
+from nnunet_tiny_plans import tiny_plans as nnunet_tiny_plans
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
-from nnunetv2.training.dataloading.nnunet_dataset import (
-    comp_blosc2_params, nnUNetDatasetBlosc2, nnUNetDatasetNumpy)
+from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2, nnUNetDatasetNumpy
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
-
-from CRCTraining.psm import SamplingMap, compute_sampling_map
 from psm_reference import direct_psm
-from nnunet_tiny_plans import tiny_plans as nnunet_tiny_plans  # noqa: E402
-from CRCTraining.sampling import (
-    PSM_DIRNAME, STRATEGIES, CentreSampledDatasetBlosc2, CentreSampledDatasetNumpy, case_sampler_from_arrays,
-    centre_sampled_dataset_class, precompute_region_locations, precompute_sampling_maps, psm_path)
+from scipy import ndimage, stats
+
+from CRCTraining.agcrc.nnunet_sampling import (
+    CentreSampledDatasetBlosc2,
+    CentreSampledDatasetNumpy,
+    centre_sampled_dataset_class,
+)
+from CRCTraining.agcrc.psm import SamplingMap, compute_sampling_map
+from CRCTraining.agcrc.sampling import STRATEGIES, case_sampler_from_arrays
+from CRCTraining.agcrc.sampling_maps import (
+    PSM_DIRNAME,
+    precompute_region_locations,
+    precompute_sampling_maps,
+    psm_path,
+)
 
 TRAINERS_FILE = Path(__file__).resolve().parents[1] / "Training" / "CRCTraining" / "trainers" / "sampling_trainers.py"
 
@@ -343,7 +350,7 @@ def test_hybrid_strategy_is_nnunets_own_path(tmp_path, monkeypatch):
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from CRCTraining.sampling import AGSamplingTrainerMixin
+    from CRCTraining.agcrc.nnunet_sampling import AGSamplingTrainerMixin
 
     class HybridTrainer(AGSamplingTrainerMixin, nnUNetTrainer):
         sampling_strategy = "hybrid"
@@ -363,7 +370,7 @@ def test_hybrid_strategy_is_nnunets_own_path(tmp_path, monkeypatch):
 
 
 def test_hybrid_tumor_share_can_match_nnunets_batch_of_two(blosc2_folder):
-    from CRCTraining.sampling import get_strategy, with_tumor_share
+    from CRCTraining.agcrc.sampling import get_strategy, with_tumor_share
 
     assert with_tumor_share(get_strategy("hybrid_ooi"), 0.5).tumor_share == 0.5
     with pytest.raises(ValueError, match="hybrid"):

@@ -9,11 +9,12 @@ import os
 import numpy as np
 import pytest
 
-from CRCSegmentationLib.bundle import read_metadata
-from CRCSegmentationLib.inference import SegmentationParameters
-from CRCSegmentationLib.model_source import ModelError, open_model
+from CRCSegmentationLib.core.bundle import read_metadata
+from CRCSegmentationLib.core.errors import ModelError
+from CRCSegmentationLib.core.segmentation import SegmentationParameters
+from CRCSegmentationLib.models.open import open_model
 from CRCTraining.cli import main
-from CRCTraining.mr_phantom_dataset import make_mr_phantom_dataset
+from CRCTraining.data.phantoms_mr import make_mr_phantom_dataset
 from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.validation import InputError
 
@@ -86,9 +87,9 @@ def test_the_bundle_is_an_mr_rcsegnext_bundle(trained):
 
 
 def test_the_bundle_segments_an_mr_volume_without_the_training_package(trained, tmp_path):
-    from test_installation import MODULES, run_isolated
-
     import shutil
+
+    from test_installation import MODULES, run_isolated
 
     modules = tmp_path / "modules"
     for name, folder in MODULES.items():
@@ -98,8 +99,8 @@ def test_the_bundle_segments_an_mr_volume_without_the_training_package(trained, 
         import importlib.util, json, sys
         assert importlib.util.find_spec("CRCTraining") is None
         import numpy as np
-        from CRCSegmentationLib.inference import SegmentationParameters
-        from CRCSegmentationLib.model_source import open_model
+        from CRCSegmentationLib.core.segmentation import SegmentationParameters
+        from CRCSegmentationLib import open_model
         from OrganGuidanceLib.io import read_image
 
         model = open_model({str(trained["bundle"])!r})

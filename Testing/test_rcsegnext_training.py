@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
 import torch
-
 from nnunet_tiny_plans import tiny_plans as nnunet_tiny_plans
 
 from CRCSegmentationLib.networks.rcsegnext import RCSegNeXt, total_downsampling
-from CRCSegmentationLib.networks.rcsegnext_plans import PatchSizeError
-from CRCTraining.rcsegnext_configuration import (
-    RCSEGNEXT_CONFIGURATION, RCSegNeXtPlan, add_rcsegnext_configuration, default_network_divisor,
+from CRCSegmentationLib.networks.rcsegnext.plans import PatchSizeError
+from CRCTraining.rcsegnext.configuration import (
+    RCSEGNEXT_CONFIGURATION,
+    RCSegNeXtPlan,
+    add_rcsegnext_configuration,
+    default_network_divisor,
 )
 from OrganGuidanceLib.validation import InputError
 
@@ -26,7 +29,8 @@ def ag_plans(patch=(16, 32, 32)) -> dict:
                              [[1, 3, 3], [3, 3, 3], [3, 3, 3]], [[1, 1, 1], [1, 2, 2], [2, 2, 2]])
 
 
-def plans_with_rcsegnext(folder: Path, plans: dict, plan: RCSegNeXtPlan = RCSegNeXtPlan()) -> dict:
+def plans_with_rcsegnext(folder: Path, plans: dict, plan: Optional[RCSegNeXtPlan] = None) -> dict:
+    plan = plan or RCSegNeXtPlan()
     path = folder / "nnUNetPlans.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(plans))
@@ -68,7 +72,7 @@ def _trainer(tmp_path, monkeypatch, name: str, plans: dict, cases_writer, datase
              configuration: str = RCSEGNEXT_CONFIGURATION):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    from CRCTraining.nnunet_env import register_trainers
+    from CRCTraining.nnunet.env import register_trainers
 
     preprocessed = tmp_path / "preprocessed" / plans["dataset_name"]
     cases_writer(preprocessed / "nnUNetPlans_3d_fullres")
@@ -90,10 +94,12 @@ AG_DATASET = {"labels": {"background": 0, "tumor": 1}, "channel_names": {"0": "C
 def test_trainer_builds_rcsegnext_without_deep_supervision_and_trains_a_step(tmp_path, monkeypatch, name):
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 
-    from CRCTraining.losses import AnatomyFocalizedLoss
+    from CRCTraining.agcrc.af_loss import AnatomyFocalizedLoss
 
     if name.endswith("OrganInterference"):  # FLARE24's cases: organs 1-3 + tumor 4
-        from test_flare24_training import DATASET_JSON as dataset_json, SHAPE, write_cases as writer
+        from test_flare24_training import DATASET_JSON as dataset_json
+        from test_flare24_training import SHAPE
+        from test_flare24_training import write_cases as writer
 
         plans = nnunet_tiny_plans("Dataset997_OrganInterference", SHAPE, (1.6, 1.29, 1.29), (16, 16, 16),
                                   [[3, 3, 3]] * 3, [[1, 1, 1], [2, 2, 2], [2, 2, 2]], batch_dice=True)

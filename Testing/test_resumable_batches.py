@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
-
-from CRCTraining.cli import main
-from CRCTraining.phantom_dataset import make_phantom_dataset
 from crcseg_child import CHILD, run_crcseg
 from fault_catalogue import BAD_INPUT, CANCELLED, FAILED, OK, run_child
+
+from CRCTraining.cli import main
+from CRCTraining.data.phantoms_ct import make_phantom_dataset
 from OrganGuidanceLib.result_folder import RECORDS
 from OrganGuidanceLib.run_lock import output_lock
 
@@ -152,7 +152,7 @@ def test_overwrite_killed_halfway_leaves_the_earlier_result(dataset, tmp_path):
     out = tmp_path / "out"
     assert main(argv(dataset, out, "--min-component-ml", "0.5")) == OK
     earlier = result_bytes(out)
-    staging = lambda: [p for p in tmp_path.glob(".tmp-out-*") if p.is_dir()]  # noqa: E731
+    staging = lambda: [p for p in tmp_path.glob(".tmp-out-*") if p.is_dir()]
     code, _ = run_crcseg(argv(dataset, out, "--overwrite"), tmp_path,
                          kill_when=lambda: any(complete_records(p) >= 2 for p in staging()))
     assert code == -signal.SIGKILL

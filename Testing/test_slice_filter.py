@@ -11,20 +11,28 @@ import threading
 
 import numpy as np
 import pytest
+from test_hcf_inference import (
+    BRIGHT,
+    CPU,
+    SHAPE,
+    box_mask,
+    constant_classifier,
+    constant_sanet,
+    intensity_classifier,
+    make_bundle,
+    synthetic_ct,
+)
 
 from CRCSegmentationLib.batch import segment_files
-from CRCSegmentationLib.demo import demo_model_path
-from CRCSegmentationLib.inference import TumorSegmentation
-from CRCSegmentationLib.model_source import ModelError, open_model
-from CRCSegmentationLib.slice_filter import SliceFilter, filter_mask
+from CRCSegmentationLib.core.errors import ModelError
+from CRCSegmentationLib.core.segmentation import TumorSegmentation
+from CRCSegmentationLib.demo.ct import demo_model_path
+from CRCSegmentationLib.models.open import open_model
+from CRCSegmentationLib.models.slice_filter import SliceFilter, filter_mask
 from OrganGuidanceLib.crop import CropBox
 from OrganGuidanceLib.io import read_image, write_image
-from OrganGuidanceLib.providers import RunCancelled
+from OrganGuidanceLib.progress import RunCancelled
 from OrganGuidanceLib.validation import InputError
-
-from test_hcf_inference import (
-    BRIGHT, CPU, SHAPE, box_mask, constant_classifier, constant_sanet, intensity_classifier, make_bundle, synthetic_ct,
-)
 
 DIM = [k for k in range(SHAPE[0]) if k not in BRIGHT]
 

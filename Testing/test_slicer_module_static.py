@@ -20,20 +20,22 @@ from typing import Dict, FrozenSet, List, Optional, Set, Tuple
 
 import pytest
 
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODULES = ("OrganGuidance", "CRCSegmentation")
 OG = REPO_ROOT / "OrganGuidance"
 OG_LIB = OG / "OrganGuidanceLib"
 UI_FILE = OG / "Resources" / "UI" / "OrganGuidance.ui"
 WIDGET_FILE = OG_LIB / "widget.py"
-RUN_PANEL_FILE = OG_LIB / "run_panel.py"  # the run/install half of both panels (RunPanelBase)
+RUN_PANEL_FILE = OG_LIB / "run_panel.py"  # the Qt binding both panels build on (RunPanelBase)
+RUN_CONTROLLER_FILE = OG_LIB / "run_controller.py"  # the Qt-free run state machine and install flow
+PANEL_STATE_FILE = OG_LIB / "panel_state.py"  # the Organ Guidance panel's decisions, Qt-free
 MODULE_FILE = OG / "OrganGuidance.py"
-GUI_LIB_FILE_NAMES = ("widget.py", "run_panel.py")
+GUI_LIB_FILE_NAMES = ("widget.py", "run_panel.py", "refinement_panel.py")
 # Imports that need the Slicer application (Qt); only the GUI files and the module files may use them.
 GUI_IMPORTS = ("qt", "ctk", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper")
-# Lib modules widget.py may import at load time: they import nothing outside the standard library.
-DEPENDENCY_FREE_LIB_MODULES = {"install", "labels"}
+# Lib modules widget.py may import at load time: they import nothing outside the standard library
+# (and ``slicer`` itself), directly or through each other.
+DEPENDENCY_FREE_LIB_MODULES = {"install", "labels", "choices", "run_controller", "panel_state"}
 SECTION_TITLES = {"Inputs", "Organ masks", "Guidance parameters", "Output", "Advanced"}
 # Parameter-node field -> GuidanceParameters field, for the defaults and ranges checks.
 GUIDANCE_FIELDS = {
@@ -50,6 +52,11 @@ CRC = REPO_ROOT / "CRCSegmentation"
 CRC_LIB = CRC / "CRCSegmentationLib"
 CRC_UI_FILE = CRC / "Resources" / "UI" / "CRCSegmentation.ui"
 CRC_WIDGET_FILE = CRC_LIB / "widget.py"
+CRC_REFINEMENT_PANEL_FILE = CRC_LIB / "refinement_panel.py"
+CRC_PANEL_STATE_FILE = CRC_LIB / "panel_state.py"
+CRC_CHOICES_FILE = CRC_LIB / "choices.py"
+# The Qt-free halves of the panels: what they decide runs under slicer-core (Testing/test_panel_controllers.py).
+QT_FREE_PANEL_FILES = (RUN_CONTROLLER_FILE, PANEL_STATE_FILE, CRC_PANEL_STATE_FILE, CRC_CHOICES_FILE)
 CRC_MODULE_FILE = CRC / "CRCSegmentation.py"
 CRC_SECTION_TITLES = {"Inputs", "Model", "Advanced", "Output", "Point refinement", "Results"}
 CRC_UNBOUND_FIELDS = {"modelName"}  # set from the model combo box, whose items come from the catalogue
@@ -188,18 +195,22 @@ class Panel:
     module_file: Path
     section_titles: FrozenSet[str]
     buttons: FrozenSet[str]
+    panel_state_file: Path  # its Qt-free decisions (settings, rows, controller)
     unbound_fields: FrozenSet[str] = frozenset()  # parameter-node fields set by code, not by a widget
+    section_files: Tuple[Path, ...] = ()  # further Qt files binding sections of the same .ui
 
     @property
     def gui_files(self) -> Tuple[Path, ...]:
-        return (self.widget_file, RUN_PANEL_FILE, self.module_file)  # RunPanelBase serves both panels
+        # RunPanelBase (run_panel.py) serves both panels
+        return (self.widget_file, *self.section_files, RUN_PANEL_FILE, self.module_file)
 
 
 PANELS = (
     Panel("OrganGuidance", UI_FILE, WIDGET_FILE, MODULE_FILE, frozenset(SECTION_TITLES),
-          frozenset({"applyButton", "cancelButton"})),
+          frozenset({"applyButton", "cancelButton"}), PANEL_STATE_FILE),
     Panel("CRCSegmentation", CRC_UI_FILE, CRC_WIDGET_FILE, CRC_MODULE_FILE, frozenset(CRC_SECTION_TITLES),
-          frozenset({"applyButton", "cancelButton", "exportButton"}), frozenset(CRC_UNBOUND_FIELDS)),
+          frozenset({"applyButton", "cancelButton", "exportButton"}), CRC_PANEL_STATE_FILE,
+          frozenset(CRC_UNBOUND_FIELDS), (CRC_REFINEMENT_PANEL_FILE,)),
 )
 per_panel = pytest.mark.parametrize("panel", PANELS, ids=lambda p: p.name)
 
@@ -331,7 +342,7 @@ def test_wrapper_annotations_evaluate_on_python_3_9_and_resolve_in_module_global
 
 # ---------------------------------------------------------------------------- OrganGuidance parameter node
 def test_widget_builds_settings_with_fields_the_engine_has():
-    """Keyword arguments of the settings dataclasses in widget.py exist (the widget cannot run here)."""
+    """Keyword arguments of the settings dataclasses in panel_state.py exist (every keyword, run or not)."""
     import dataclasses
 
     from OrganGuidanceLib.guidance import GuidanceParameters
@@ -339,7 +350,7 @@ def test_widget_builds_settings_with_fields_the_engine_has():
 
     classes = {c.__name__: c for c in (GuidanceParameters, OrganGuidanceSettings, OrganSourceChoice)}
     seen = set()
-    for node in ast.walk(parse(WIDGET_FILE)):
+    for node in ast.walk(parse(PANEL_STATE_FILE)):
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") in classes:
             cls = classes[node.func.id]
             fields = {f.name for f in dataclasses.fields(cls)}
@@ -378,9 +389,12 @@ def test_wrapper_choices_are_values_the_logic_accepts():
     assert set(values["PRIMARY_KINDS"]) <= set(logic.SOURCE_KINDS) - {"none"}
     assert set(values["SECONDARY_KINDS"]) <= set(logic.SOURCE_KINDS)
     assert "none" in values["SECONDARY_KINDS"]
-    assert set(values["DEVICES"]) == set(logic.DEVICES)
     assert {"totalsegmentator", "word"} <= set(values["CONVENTIONS"])
     wrapper_source = ast.unparse(wrapper_class(parse(WIDGET_FILE)))
+    from OrganGuidanceLib.choices import DEVICES
+
+    assert set(DEVICES) == set(logic.DEVICES) and "Choice(DEVICES)" in wrapper_source
+    assert "DEVICES" not in values  # imported from OrganGuidanceLib.choices, not written here
     assert "Choice(tuple(ORGAN_SETS))" in wrapper_source and ORGAN_SETS
 
 
@@ -405,7 +419,7 @@ LIB_FILES = [p for m in MODULES for p in python_files(REPO_ROOT / m / f"{m}Lib")
 
 @pytest.mark.parametrize("path", LIB_FILES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_lib_stays_headless(path):
-    """Only widget.py and run_panel.py may import Qt, CTK or Slicer's application-only Python modules."""
+    """Only the Qt files (GUI_LIB_FILE_NAMES) may import Qt, CTK or Slicer's application-only Python modules."""
     for name, level in imported_modules(parse(path)):
         if level:
             continue
@@ -425,7 +439,7 @@ def test_module_file_imports_its_lib_lazily():
 
 
 def test_widget_imports_only_dependency_free_lib_modules_at_load_time():
-    """The engine imports edt and cc3d; the widget (and run_panel, which it imports) must load before they are installed."""
+    """The engine imports edt and cc3d; the widget (and what it imports) must load before they are installed."""
     def lib_imports(path: Path) -> set:
         found = set()
         for name, level in top_level_imports(parse(path)):
@@ -440,10 +454,25 @@ def test_widget_imports_only_dependency_free_lib_modules_at_load_time():
     assert lib_imports(RUN_PANEL_FILE) <= DEPENDENCY_FREE_LIB_MODULES, lib_imports(RUN_PANEL_FILE)
     if not hasattr(sys, "stdlib_module_names"):
         pytest.skip("the standard-library check needs Python 3.10+ (sys.stdlib_module_names)")
-    for module in DEPENDENCY_FREE_LIB_MODULES:
-        names = {n.split(".")[0] for n, level in top_level_imports(parse(OG_LIB / f"{module}.py")) if not level}
-        non_stdlib = sorted(n for n in names if n not in sys.stdlib_module_names and n != "__future__")
-        assert not non_stdlib, f"{module}.py imports {non_stdlib} at load time"
+    own = {"OrganGuidanceLib", "CRCSegmentationLib"}
+    files = [OG_LIB / f"{module}.py" for module in sorted(DEPENDENCY_FREE_LIB_MODULES)] + [CRC_PANEL_STATE_FILE, CRC_CHOICES_FILE]
+    for path in files:
+        names = {n.split(".")[0] for n, level in top_level_imports(parse(path)) if not level}
+        non_stdlib = sorted(n for n in names if n not in sys.stdlib_module_names and n != "__future__" and n not in own)
+        assert not non_stdlib, f"{path.name} imports {non_stdlib} at load time"
+        if path.name == "labels.py":
+            continue  # it imports json_files and validation (numpy, which Slicer bundles): allowed, as before
+        # Through each other only: the own modules they import at load time are dependency-free too.
+        own_modules = {lib_module(name) for name, level in top_level_imports(parse(path))
+                       if not level and name.split(".")[0] in own and "." in name}
+        allowed = {f"OrganGuidanceLib.{m}" for m in DEPENDENCY_FREE_LIB_MODULES} | {
+            "CRCSegmentationLib.choices", "CRCSegmentationLib.panel_state"}
+        assert own_modules <= allowed, f"{path.name} imports {sorted(own_modules - allowed)} at load time"
+
+
+def lib_module(name: str) -> str:
+    """``OrganGuidanceLib.run_controller.RunController`` -> ``OrganGuidanceLib.run_controller``."""
+    return ".".join(name.split(".")[:2])
 
 
 # ---------------------------------------------------------------------------- resources (CMake: test_installation.py)
@@ -469,13 +498,13 @@ def test_crc_ui_has_its_own_controls():
 def test_crc_widget_builds_settings_with_fields_the_engine_has():
     import dataclasses
 
-    from CRCSegmentationLib.inference import SegmentationParameters
+    from CRCSegmentationLib.core.segmentation import SegmentationParameters
     from CRCSegmentationLib.logic import CRCSegmentationSettings
     from OrganGuidanceLib.logic import OrganGuidanceSettings, OrganSourceChoice
 
     classes = {c.__name__: c for c in (SegmentationParameters, CRCSegmentationSettings, OrganGuidanceSettings, OrganSourceChoice)}
     seen = set()
-    for node in ast.walk(parse(CRC_WIDGET_FILE)):
+    for node in ast.walk(parse(CRC_PANEL_STATE_FILE)):
         if not isinstance(node, ast.Call):
             continue
         func = node.func
@@ -491,7 +520,7 @@ def test_crc_widget_builds_settings_with_fields_the_engine_has():
 
 
 def test_crc_wrapper_defaults_and_ranges_match_the_engine():
-    from CRCSegmentationLib.inference import SegmentationParameters
+    from CRCSegmentationLib.core.segmentation import SegmentationParameters
 
     fields = wrapper_fields(parse(CRC_WIDGET_FILE))
     engine = SegmentationParameters()
@@ -520,32 +549,46 @@ def test_crc_spin_box_ranges_and_defaults_match_the_wrapper():
 
 
 def test_crc_wrapper_choices_are_values_the_logic_accepts():
-    from CRCSegmentationLib import inference, logic
+    from CRCSegmentationLib import choices, logic, mrml_points
+    from CRCSegmentationLib.core import segmentation
+    from OrganGuidanceLib import choices as guidance_choices
     from OrganGuidanceLib import logic as guidance_logic
 
-    constants = {k: v for k, v in module_constants(parse(CRC_WIDGET_FILE)).items() if isinstance(v, ast.Tuple)}
-    values = {name: ast.literal_eval(node) for name, node in constants.items()}
-    assert set(values["GUIDANCE_SOURCES"]) == set(logic.GUIDANCE_SOURCES)
-    assert set(values["ORGAN_SOURCES"]) <= set(guidance_logic.SOURCE_KINDS) - {"none"}
-    assert set(values["DEVICES"]) == set(inference.DEVICES) == set(guidance_logic.DEVICES)
-    assert set(values["CONVENTIONS"]) == {"totalsegmentator", "word"}
+    assert set(choices.GUIDANCE_SOURCES) == set(logic.GUIDANCE_SOURCES)
+    assert set(choices.ORGAN_SOURCES) <= set(guidance_logic.SOURCE_KINDS) - {"none"}
+    assert choices.DEVICES is guidance_choices.DEVICES  # written once, in OrganGuidanceLib.choices
+    assert set(choices.DEVICES) == set(segmentation.DEVICES) == set(guidance_logic.DEVICES)
+    assert set(choices.CONVENTIONS) == {"totalsegmentator", "word"}
+    assert set(choices.PRESETS) == set(segmentation.PRESETS)
+    assert set(choices.POINT_ROLES) == set(mrml_points.POINT_ROLES)
+    wrapper = ast.unparse(wrapper_class(parse(CRC_WIDGET_FILE)))
+    for name in ("GUIDANCE_SOURCES", "ORGAN_SOURCES", "CONVENTIONS", "MODEL_SOURCES", "DEVICES"):
+        assert f"Choice({name})" in wrapper, name  # the parameter node offers the registry's tuples
+    literal_tuples = {k for k, v in module_constants(parse(CRC_WIDGET_FILE)).items() if isinstance(v, ast.Tuple)}
+    assert not literal_tuples, f"widget.py writes choices of its own: {literal_tuples}"
 
 
-def test_crc_widget_imports_no_engine_module_at_load_time():
-    """The engine imports torch and nnU-Net; the widget must load before they are installed."""
-    lib_imports = set()
-    for name, level in top_level_imports(parse(CRC_WIDGET_FILE)):
-        if level or name.startswith("CRCSegmentationLib"):
-            lib_imports.add(name)
-        elif name.startswith("OrganGuidanceLib."):
-            assert name.split(".")[1] in ("run_panel", "widget", "install"), f"widget.py imports {name} at load time"
-    assert not lib_imports, f"widget.py imports {sorted(lib_imports)} at load time"
+CRC_LOAD_TIME_MODULES = {  # what the CRC panel's files may import when Slicer loads the module
+    "OrganGuidanceLib": {"run_panel", "run_controller", "install", "choices"},
+    "CRCSegmentationLib": {"choices", "panel_state", "refinement_panel"},
+}
 
 
-def test_crc_statistics_role_in_widget_matches_the_lib():
-    from CRCSegmentationLib import mrml
+@pytest.mark.parametrize("path", [CRC_WIDGET_FILE, CRC_REFINEMENT_PANEL_FILE, CRC_PANEL_STATE_FILE, CRC_CHOICES_FILE],
+                         ids=lambda p: p.name)
+def test_crc_panel_imports_no_engine_module_at_load_time(path):
+    """The engine imports torch and nnU-Net; the panel's files must load before they are installed."""
+    for name, level in top_level_imports(parse(path)):
+        assert not level, f"{path.name}: relative import {name}"
+        package, _, rest = name.partition(".")
+        if package in CRC_LOAD_TIME_MODULES and rest:
+            assert rest.split(".")[0] in CRC_LOAD_TIME_MODULES[package], f"{path.name} imports {name} at load time"
 
-    assert f'STATISTICS_REFERENCE_ROLE = "{mrml.STATISTICS_REFERENCE_ROLE}"' in CRC_WIDGET_FILE.read_text()
+
+def test_crc_statistics_role_in_choices_matches_the_lib():
+    from CRCSegmentationLib import choices, mrml
+
+    assert choices.STATISTICS_REFERENCE_ROLE == mrml.STATISTICS_REFERENCE_ROLE
 
 
 def test_crc_module_file_is_thin_and_acknowledges_its_sources():
@@ -574,3 +617,61 @@ def test_module_self_test_fails_when_its_pytest_suite_cannot_run(module):
         assert reason in reasons, (module, reason)
     assert not any(isinstance(node, ast.Return) for node in ast.walk(method)), "a branch returns without failing"
     assert "skipped" not in ast.unparse(method)
+
+
+# ---------------------------------------------------------------------------- Qt binds, Python decides
+@pytest.mark.parametrize("path", QT_FREE_PANEL_FILES, ids=lambda p: p.name)
+def test_panel_decisions_need_no_application(path):
+    """The controllers run under slicer-core: no Qt, no ``slicer.app``, no dialogs (they receive callables)."""
+    source = path.read_text(encoding="utf-8")
+    for name, _ in imported_modules(parse(path)):
+        assert name.split(".")[0] not in ("qt", "ctk", "vtk"), f"{path.name} imports {name}"
+    for node in ast.walk(parse(path)):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "slicer":
+            assert node.attr == "util", f"{path.name} uses slicer.{node.attr}"
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                and getattr(node.value.value, "id", "") == "slicer" and node.value.attr == "util"):
+            assert node.attr == "pip_install", f"{path.name} uses slicer.util.{node.attr} (a dialog or the GUI)"
+    assert "Display(" not in source  # errorDisplay, confirmOkCancelDisplay: the binding's
+
+
+def test_the_install_flow_is_written_once():
+    """Only the run controller checks Slicer's Python, asks and pip-installs; both panels and the refinement use it."""
+    callers: Dict[str, Set[str]] = {}
+    for path in LIB_FILES + [RUN_PANEL_FILE, WIDGET_FILE, CRC_WIDGET_FILE, CRC_REFINEMENT_PANEL_FILE]:
+        for node in ast.walk(parse(path)):
+            if isinstance(node, ast.Call):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                if name in ("unsupported_python_message", "pip_install", "askInstall", "installTorch"):
+                    callers.setdefault(name, set()).add(path.name)
+    assert callers == {name: {"run_controller.py"} for name in callers} and len(callers) == 4, callers
+    assert "self.run.installFlow.ensure(" in CRC_PANEL_STATE_FILE.read_text()  # the refinement section's install
+
+
+PARAMETER_OBJECTS = {"p", "parameters", "parameterNode"}  # the names the panel files give the parameter node
+
+
+def parameter_fields_read(path: Path) -> Set[str]:
+    """``p.X`` / ``parameters.X`` / ``self.parameters.X`` / ``self.run.parameters.X`` in ``path``."""
+    fields = set()
+    for node in ast.walk(parse(path)):
+        if not isinstance(node, ast.Attribute):
+            continue
+        value = node.value
+        if isinstance(value, ast.Name) and value.id in PARAMETER_OBJECTS:
+            fields.add(node.attr)
+        elif isinstance(value, ast.Attribute) and value.attr == "parameters":
+            fields.add(node.attr)
+    return fields
+
+
+@per_panel
+def test_panel_state_reads_only_fields_of_the_parameter_node(panel):
+    """The Qt-free files read the wrapper's fields by name; a field it lacks would fail only inside Slicer."""
+    fields = set(wrapper_fields(parse(panel.widget_file)))
+    node_methods = {"disconnectGui", "RemoveObserver", "AddObserver", "connectParametersToGui"}
+    for path in (panel.panel_state_file, panel.widget_file, *panel.section_files, RUN_CONTROLLER_FILE):
+        used = parameter_fields_read(path) - node_methods
+        unknown = sorted(used - fields)
+        assert not unknown, f"{path.name} reads {unknown}, which {panel.widget_file.name}'s parameter node lacks"
+    assert len(parameter_fields_read(panel.panel_state_file)) >= 8  # the check above must not pass on nothing

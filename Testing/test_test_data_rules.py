@@ -18,7 +18,6 @@ from typing import Dict, List, Optional
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 import test_data
 from test_data import DICOM_FOLDER, FETCHED_FILES, WORD_LABEL_MAP, find_test_data, holds_test_data
 

@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from CRCSegmentationLib.bundle import BundleError, verify_bundle
+from CRCSegmentationLib.core.bundle import verify_bundle
+from CRCSegmentationLib.core.errors import BundleError
+from CRCTraining.agcrc.psm import SamplingMap
+from CRCTraining.agcrc.sampling_maps import psm_path
 from CRCTraining.cli import main as crcseg
-from CRCTraining.export import export_bundle, trained_model_folder
-from CRCTraining.nnunet_env import NNUNetPaths
-from CRCTraining.phantom_dataset import make_phantom_dataset
-from CRCTraining.planning import patch_size, preprocessed_folder
-from CRCTraining.psm import SamplingMap
-from CRCTraining.sampling import psm_path
+from CRCTraining.data.phantoms_ct import make_phantom_dataset
+from CRCTraining.nnunet.env import NNUNetPaths
+from CRCTraining.nnunet.export import export_bundle, trained_model_folder
+from CRCTraining.nnunet.planning import patch_size, preprocessed_folder
 from OrganGuidanceLib.io import read_image
 
 pytestmark = pytest.mark.slow
@@ -194,8 +195,9 @@ def test_6_train_killed_then_rerun_continues_from_its_last_checkpoint(pipeline):
     """
     import signal
 
-    from CRCSegmentationLib.model_source import load_checkpoint
     from crcseg_child import files_at_least, run_crcseg
+
+    from CRCSegmentationLib.core.checkpoints import load_checkpoint
 
     trainer = "nnUNetTrainerBaseline"
     argv = ["train", "--workdir", str(pipeline["workdir"]), "-d", str(SUPERVISED), "--trainer", trainer, *FOLD,

@@ -10,9 +10,15 @@ import json
 import numpy as np
 import pytest
 
-from CRCSegmentationLib.model_source import ModelError
+from CRCSegmentationLib.core.errors import ModelError
 from OrganGuidanceLib.case_folders import (
-    files_by_case, image_files, image_stem, is_empty_of_visible, name_list, pair_images_and_labels, visible_files,
+    files_by_case,
+    image_files,
+    image_stem,
+    is_empty_of_visible,
+    name_list,
+    pair_images_and_labels,
+    visible_files,
 )
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import write_image
@@ -240,7 +246,7 @@ def test_evaluate_refuses_unpaired_files_unless_told_what_a_missing_prediction_m
 
 # --- organ names ------------------------------------------------------------------------------------------
 def test_unknown_organ_names_are_refused_with_the_closest_known_names():
-    from CRCTraining.organ_interference import match_organs
+    from CRCTraining.flare24.labels import match_organs
     from OrganGuidanceLib.labels import word_convention
 
     with pytest.raises(InputError) as raised:
@@ -254,7 +260,7 @@ def test_unknown_organ_names_are_refused_with_the_closest_known_names():
 
 
 def test_a_custom_conventions_own_names_are_known(tmp_path):
-    from CRCTraining.organ_interference import match_organs
+    from CRCTraining.flare24.labels import match_organs
     from OrganGuidanceLib.labels import load_convention
 
     path = tmp_path / "hospital.json"
@@ -267,8 +273,8 @@ def test_a_custom_conventions_own_names_are_known(tmp_path):
 
 # --- nnU-Net plans and the slice filter's option ------------------------------------------------------------
 def test_plans_are_read_through_the_one_reader(tmp_path, monkeypatch):
-    from CRCTraining.nnunet_env import configure
-    from CRCTraining.planning import check_training_files, read_plans
+    from CRCTraining.nnunet.env import configure
+    from CRCTraining.nnunet.planning import check_training_files, read_plans
 
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(name, "")  # records the value before, restored after the test; configure sets them
@@ -290,11 +296,11 @@ def test_plans_are_read_through_the_one_reader(tmp_path, monkeypatch):
 def test_slice_filter_errors_carry_the_callers_name(tmp_path):
     import torch
 
-    from CRCSegmentationLib.demo import demo_model_path
-    from CRCSegmentationLib.hcf_bundle import write_hcf_bundle
-    from CRCSegmentationLib.hcf_preprocessing import SliceDatasetConfig
+    from CRCSegmentationLib.demo.ct import demo_model_path
+    from CRCSegmentationLib.hcf.bundle import write_hcf_bundle
+    from CRCSegmentationLib.hcf.preprocessing import SliceDatasetConfig
+    from CRCSegmentationLib.models.slice_filter import open_filter_model
     from CRCSegmentationLib.networks.hcf import build_slice_classifier
-    from CRCSegmentationLib.slice_filter import open_filter_model
 
     (tmp_path / "notes").mkdir()
     (tmp_path / "weights.pth").write_bytes(b"\x00" * 16)

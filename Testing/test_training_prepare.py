@@ -9,17 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from CRCTraining.datasets import DatasetError, list_cases, read_source_dataset
-from CRCTraining.phantom_dataset import make_phantom_dataset
-from OrganGuidanceLib.mos_codes import MOS_CODES, compact_mos
-from CRCTraining.prepare import (
-    CHANNEL_NAMES, PrepareError, case_outputs, prepare_dataset,
-)
+from CRCTraining.data.phantoms_ct import make_phantom_dataset
+from CRCTraining.data.prepare_ct import CHANNEL_NAMES, PrepareError, case_outputs, prepare_dataset
+from CRCTraining.data.sources import DatasetError, list_cases, read_source_dataset
 from OrganGuidanceLib.guidance import GuidanceParameters, bowel_wall_mask
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import read_image, write_image
 from OrganGuidanceLib.labels import word_convention
 from OrganGuidanceLib.morphology import dilate_mm
+from OrganGuidanceLib.mos_codes import MOS_CODES, compact_mos
 
 
 @pytest.fixture(scope="module")

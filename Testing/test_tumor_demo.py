@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 
+import nnunetv2  # noqa: F401 - imported to fail here (a hard dependency: a broken install fails here, it is not skipped)
 import numpy as np
 import pytest
+import torch
 from PIL import Image as PILImage
 
-import nnunetv2  # noqa: F401  (a hard dependency: a broken install fails here, it is not skipped)
-import torch
-
-from CRCSegmentationLib.bundle import verify_bundle
-from CRCSegmentationLib.catalogue import catalogue_path
-from CRCSegmentationLib.demo import TUMOR_FILES, demo_model_path, run_tumor_demo
+from CRCSegmentationLib.core.bundle import verify_bundle
+from CRCSegmentationLib.demo.ct import TUMOR_FILES, demo_model_path, run_tumor_demo
+from CRCSegmentationLib.models.catalogue import catalogue_path
 from CRCTraining.cli import main as crcseg
 from OrganGuidanceLib.checksum import sha256_of
 from OrganGuidanceLib.io import read_image

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from CRCSegmentationLib.statistics import axial_axis, tumor_statistics
+from CRCSegmentationLib.measurement.statistics import axial_axis, tumor_statistics
 from OrganGuidanceLib.image import Image
 
 SPACING_XYZ = (0.8, 0.7, 2.5)

@@ -10,17 +10,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
+from usam_stand_ins import CountingModel, GroundTruthSliceModel
 
-from CRCSegmentationLib.interactive import (
-    InteractiveSegmenter, PropagationSettings, points_on_slice, ras_to_ijk, volume_ras_bounds,
-)
 from CRCSegmentationLib.usam import usam_with_sam_weights
-from CRCTraining.phantom_dataset import make_phantom_case
+from CRCSegmentationLib.usam.refinement import (
+    InteractiveSegmenter,
+    PropagationSettings,
+    points_on_slice,
+    ras_to_ijk,
+    volume_ras_bounds,
+)
+from CRCTraining.data.phantoms_ct import make_phantom_case
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.validation import InputError
-from scipy import ndimage
-
-from usam_stand_ins import CountingModel, GroundTruthSliceModel
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +182,7 @@ def test_widget_propagation_default_and_range_match_the_engine():
 
 
 def test_is_argmax_equals_torch_argmax_with_ties():
-    from CRCSegmentationLib.interactive import is_argmax
+    from CRCSegmentationLib.usam.refinement import is_argmax
 
     logits = torch.randint(0, 3, (3, 40, 50), generator=torch.Generator().manual_seed(0)).float()  # many ties
     for index in range(3):
@@ -189,7 +192,7 @@ def test_is_argmax_equals_torch_argmax_with_ties():
 def test_propagation_reports_progress_and_cancels_between_slices(phantom):
     import threading
 
-    from OrganGuidanceLib.providers import RunCancelled
+    from OrganGuidanceLib.progress import RunCancelled
 
     tumor = phantom.tumor.array > 0
     engine = InteractiveSegmenter(GroundTruthSliceModel(phantom.ct.array, tumor))

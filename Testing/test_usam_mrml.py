@@ -11,19 +11,18 @@ import pytest
 import slicer
 import torch
 import vtk
+from mrml_helpers import segmentation_from_masks
 from scipy import ndimage
+from usam_stand_ins import CountingModel, DiscModel
 
-from CRCSegmentationLib.interactive import PropagationSettings
 from CRCSegmentationLib.logic import PointRefinementLogic
 from CRCSegmentationLib.mrml import STATISTICS_REFERENCE_ROLE, table_row, tumor_segment_id, tumor_to_segmentation_node
 from CRCSegmentationLib.mrml_points import POINT_ROLE_ATTRIBUTE, point_list_node, prompt_points
 from CRCSegmentationLib.usam import slice_to_input, usam_with_sam_weights
+from CRCSegmentationLib.usam.refinement import PropagationSettings
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.mrml import add_volume_node, image_from_volume_node
 from OrganGuidanceLib.validation import InputError
-
-from mrml_helpers import segmentation_from_masks
-from usam_stand_ins import CountingModel, DiscModel
 
 VOXEL = (70, 40, 60)  # (i, j, k) inside the body, off-centre in both in-plane axes
 

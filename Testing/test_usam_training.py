@@ -14,14 +14,26 @@ import torch
 
 from CRCSegmentationLib.usam import load_usam_checkpoint
 from CRCSegmentationLib.usam.prompts import sample_points
-from CRCTraining import usam_data
 from CRCTraining.cli import main as crcseg
-from CRCTraining.usam_data import (
-    FOREGROUND_CLASSES, PromptSettings, USAMSliceDataset, collate, extract_phantom_slices, extract_volume_slices,
+from CRCTraining.usam import data as usam_data
+from CRCTraining.usam.data import (
+    FOREGROUND_CLASSES,
+    PromptSettings,
+    USAMSliceDataset,
+    collate,
+    extract_phantom_slices,
+    extract_volume_slices,
 )
-from CRCTraining.usam_evaluate import OverlapCounts, evaluate_point_counts, evaluation_dataset, overlap_counts
-from CRCTraining.usam_train import (
-    CURVE, FINAL, LATEST, USAMTrainingSettings, build_optimizer, poly_factor, train_usam, usam_loss,
+from CRCTraining.usam.evaluate import OverlapCounts, evaluate_point_counts, evaluation_dataset, overlap_counts
+from CRCTraining.usam.train import (
+    CURVE,
+    FINAL,
+    LATEST,
+    USAMTrainingSettings,
+    build_optimizer,
+    poly_factor,
+    train_usam,
+    usam_loss,
 )
 from OrganGuidanceLib.validation import InputError
 
@@ -120,7 +132,7 @@ def test_augmentation_moves_image_label_and_points_together(tmp_path):
 
 
 def test_volume_label_maps_become_care_slices(tmp_path):
-    from CRCTraining.phantom_dataset import make_phantom_case
+    from CRCTraining.data.phantoms_ct import make_phantom_case
     from OrganGuidanceLib.io import write_image
 
     phantom = make_phantom_case(0, seed=1)

@@ -35,10 +35,10 @@ def worker(args: argparse.Namespace) -> int:
     """One process count's measurement (every rank runs this; rank 0 prints the figures)."""
     import torch
 
+    from CRCTraining.data.phantoms_ct import make_phantom_case
     from CRCTraining.engine2d import distributed_context, train
-    from CRCTraining.hcf_slices import SliceDataset
-    from CRCTraining.hcf_train import HCFTrainingSettings, SliceClassifierTask, engine_settings
-    from CRCTraining.phantom_dataset import make_phantom_case
+    from CRCTraining.hcf.slices import SliceDataset
+    from CRCTraining.hcf.train import HCFTrainingSettings, SliceClassifierTask, engine_settings
 
     cases = {f"case{k}": make_phantom_case(k, seed=0) for k in range(2)}
     settings_base = dict(fold=None, size=args.size, batch_size=args.batch_size, ratio="n", seed=0, device=args.device,

@@ -17,6 +17,7 @@ from typing import Dict
 
 import numpy as np
 from scipy import ndimage
+from timing import median_seconds  # benchmarks/timing.py
 
 from OrganGuidanceLib.crop import body_crop_box
 from OrganGuidanceLib.guidance import bowel_wall_mask, organ_union
@@ -24,10 +25,10 @@ from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.labels import word_convention
 from OrganGuidanceLib.morphology import ball, dilate_mm
-from timing import median_seconds  # benchmarks/timing.py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
-from test_data import data_file_or_exit  # noqa: E402  SLICERCRC_TEST_DATA, ../shared/data or the fetch cache
+from test_data import data_file_or_exit  # SLICERCRC_TEST_DATA, ../shared/data or the fetch cache
+
 DILATION_MM = 5.0
 WALL_MM = 3.0
 

@@ -28,15 +28,15 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from CRCSegmentationLib.hcf_bundle import write_hcf_bundle
-from CRCSegmentationLib.hcf_preprocessing import SliceDatasetConfig, axial_axis, input_to_slice, slice_to_input
-from CRCSegmentationLib.hcf_segmenter import majority_vote
-from CRCSegmentationLib.inference import SegmentationParameters
-from CRCSegmentationLib.model_source import open_model
+from CRCSegmentationLib.core.segmentation import SegmentationParameters
+from CRCSegmentationLib.hcf.bundle import write_hcf_bundle
+from CRCSegmentationLib.hcf.preprocessing import SliceDatasetConfig, axial_axis, input_to_slice, slice_to_input
+from CRCSegmentationLib.hcf.segmenter import majority_vote
+from CRCSegmentationLib.models.open import open_model
 from CRCSegmentationLib.networks.hcf import build_sanet, build_slice_classifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import median_seconds  # noqa: E402
+from timing import median_seconds
 
 BATCH = 16  # hcf_segmenter.DEFAULT_BATCH_SIZE
 
@@ -109,7 +109,7 @@ def main() -> int:
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from CRCTraining.phantom_dataset import make_phantom_case
+    from CRCTraining.data.phantoms_ct import make_phantom_case
 
     spacing = 280.0 / args.in_plane  # a 280 mm field of view, as the default phantom's
     ct = make_phantom_case(0, seed=0, shape_zyx=(args.slices, args.in_plane, args.in_plane),

@@ -31,15 +31,17 @@ from pathlib import Path
 
 import numpy as np
 
-from CRCSegmentationLib.inference import SegmentationParameters, TumorSegmenter, build_input_channels
-from CRCSegmentationLib.model_source import open_model
+from CRCSegmentationLib.core.segmentation import SegmentationParameters
+from CRCSegmentationLib.models.open import open_model
+from CRCSegmentationLib.nnunet.segmenter import NNUNetSegmenter as TumorSegmenter
+from CRCSegmentationLib.nnunet.segmenter import build_input_channels
 from OrganGuidanceLib.crop import CropBox
 from OrganGuidanceLib.guidance import MOSSource, run_guidance
 from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.labels import load_convention
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
-from test_data import data_file_or_exit  # noqa: E402  SLICERCRC_TEST_DATA, ../shared/data or the fetch cache
+from test_data import data_file_or_exit  # SLICERCRC_TEST_DATA, ../shared/data or the fetch cache
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -66,7 +68,7 @@ def main() -> None:
 
     model = open_model(args.model)
     if args.phantom:
-        from CRCTraining.phantom_dataset import make_phantom_case
+        from CRCTraining.data.phantoms_ct import make_phantom_case
 
         shape = tuple(args.phantom_shape)
         phantom = make_phantom_case(8, seed=11, shape_zyx=shape)

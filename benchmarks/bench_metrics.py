@@ -17,20 +17,21 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 import warnings
-import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
-from CRCSegmentationLib.metrics import compute_metrics
+from CRCSegmentationLib.measurement.metrics import compute_metrics
 from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.morphology import erode_mm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
-from test_data import data_file_or_exit  # noqa: E402  SLICERCRC_TEST_DATA, ../shared/data or the fetch cache
+from test_data import data_file_or_exit  # SLICERCRC_TEST_DATA, ../shared/data or the fetch cache
+
 TOLERANCE_MM = 4.0
 
 

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from CRCSegmentationLib.inference import SegmentationParameters
-from CRCSegmentationLib.model_source import open_model
+from CRCSegmentationLib.core.segmentation import SegmentationParameters
+from CRCSegmentationLib.models.open import open_model
 from OrganGuidanceLib.guidance import MOSSource, run_guidance
 from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.labels import load_convention
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
-from test_data import data_file_or_exit  # noqa: E402  SLICERCRC_TEST_DATA, ../shared/data or the fetch cache
+from test_data import data_file_or_exit  # SLICERCRC_TEST_DATA, ../shared/data or the fetch cache
 
 
 def main() -> None:

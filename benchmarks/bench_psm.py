@@ -14,22 +14,24 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
-import sys
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-
-from CRCTraining.psm import compute_sampling_map, kernel_sigma
-from CRCTraining.sampling import CentreSampledDatasetBlosc2, precompute_sampling_maps
-from OrganGuidanceLib.io import read_image
-from OrganGuidanceLib.labels import word_convention
 from timing import median_seconds  # benchmarks/timing.py
 
+from CRCTraining.agcrc.nnunet_sampling import CentreSampledDatasetBlosc2
+from CRCTraining.agcrc.psm import compute_sampling_map, kernel_sigma
+from CRCTraining.agcrc.sampling_maps import precompute_sampling_maps
+from OrganGuidanceLib.io import read_image
+from OrganGuidanceLib.labels import word_convention
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
-from test_data import data_file_or_exit  # noqa: E402  SLICERCRC_TEST_DATA, ../shared/data or the fetch cache
+from test_data import data_file_or_exit  # SLICERCRC_TEST_DATA, ../shared/data or the fetch cache
+
 PATCH = (48, 192, 192)
 WORD_TO_COMPACT = {5: 1, 9: 2, 11: 3, 10: 4, 13: 5}  # stomach, duodenum, small bowel, colon, rectum; others -> 6
 

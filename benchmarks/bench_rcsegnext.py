@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from CRCSegmentationLib.networks.rcsegnext import RCSegNeXtConfig, build_rcsegnext, total_downsampling
-from CRCTraining.rcsegnext_compare import multiply_accumulates, seconds_per_iteration
+from CRCTraining.rcsegnext.compare import multiply_accumulates, seconds_per_iteration
 
 PAPER_SPACING = (4.0, 0.875, 0.875)
 PARAMETER_GOAL = 1 / 20

@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from CRCTraining.phantom_dataset import make_phantom_dataset
+from CRCTraining.data.phantoms_ct import make_phantom_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
-from crcseg_child import run_crcseg  # noqa: E402  crcseg in a child process, killed at a chosen point
+from crcseg_child import run_crcseg  # crcseg in a child process, killed at a chosen point
 
 
 def complete_records(folder: Path) -> int:

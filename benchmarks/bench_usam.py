@@ -26,12 +26,13 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from CRCSegmentationLib.interactive import InteractiveSegmenter
 from CRCSegmentationLib.usam import load_usam_checkpoint, usam_with_sam_weights
+from CRCSegmentationLib.usam.refinement import InteractiveSegmenter
 from OrganGuidanceLib.io import read_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
-from test_data import data_file_or_exit  # noqa: E402  SLICERCRC_TEST_DATA, ../shared/data or the fetch cache
+from test_data import data_file_or_exit  # SLICERCRC_TEST_DATA, ../shared/data or the fetch cache
+
 WARM_GOAL_S = 0.100
 COLD_GOAL_S = 1.0
 

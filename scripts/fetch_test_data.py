@@ -29,7 +29,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "Testing"))  # the lookup rules (cache folder, file names) live there
 
-from test_data import DICOM_FOLDER, FETCHED_FILES, WORD_LABEL_MAP, default_cache_dir  # noqa: E402
+from test_data import DICOM_FOLDER, FETCHED_FILES, WORD_LABEL_MAP, default_cache_dir
 
 GITHUB_BASE = "https://github.com/wasserth/TotalSegmentator/raw"  # + /<commit>/<path>
 # No single upstream commit holds every source: the v1 reference segmentation of example_ct was
@@ -172,6 +172,7 @@ def relabel_by_name(labels, old: Mapping[int, str], new: Mapping[int, str]):
 def derive_total_v2(v1_path: Path, out_path: Path, v2: Optional[Mapping[int, str]] = None) -> Path:
     """Write the v1 `total` label map at ``v1_path`` relabelled to v2 ids, atomically."""
     import SimpleITK as sitk
+
     from OrganGuidanceLib.atomic import atomic_path
 
     relabelled = relabel_by_name(sitk.ReadImage(str(v1_path)), V1_TOTAL, v2 if v2 is not None else v2_total_classes())

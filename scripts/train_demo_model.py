@@ -46,7 +46,7 @@ TRAIN_SEED, HELD_OUT_SEED = 2024, 7777  # phantom dataset seeds; the tumor demo 
 # Fields of view of 256 x 325 x 325 mm (z, y, x): the pelvis up to the stomach, as in the demo's phantom,
 # so the model also sees the upper GI tract it must leave alone (the default 40 x 96 x 96 stops below it).
 SHAPE_ZYX = (64, 112, 112)
-SOURCE_NOTE = f"phantoms of CRCTraining.phantom_dataset, seed {TRAIN_SEED}, made by scripts/train_demo_model.py"
+SOURCE_NOTE = f"phantoms of CRCTraining.data.phantoms_ct, seed {TRAIN_SEED}, made by scripts/train_demo_model.py"
 FEATURES_PER_STAGE = (8, 16, 32, 64, 64, 64, 64)  # cut to the plan's number of stages
 # Keys nnUNetPredictor.initialize_from_trained_model_folder reads (+ the epoch, for the record).
 CHECKPOINT_KEYS = ("network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes", "current_epoch")
@@ -104,9 +104,9 @@ def strip_checkpoint(path: Path, note: str = SOURCE_NOTE) -> None:
 
 def write_bundle(model_folder: Path, destination: Path, name: str = "demo_phantom", description: str = DESCRIPTION,
                  note: str = SOURCE_NOTE) -> Path:
-    """Export, strip the checkpoint, rewrite the metadata's SHA-256 through ``CRCSegmentationLib.bundle``."""
-    from CRCSegmentationLib.bundle import METADATA_FILE, read_metadata, verify_bundle
-    from CRCTraining.export import export_bundle
+    """Export, strip the checkpoint, rewrite the metadata's SHA-256 through ``CRCSegmentationLib.core.bundle``."""
+    from CRCSegmentationLib.core.bundle import METADATA_FILE, read_metadata, verify_bundle
+    from CRCTraining.nnunet.export import export_bundle
     from OrganGuidanceLib.checksum import sha256_of
 
     staging = Path(tempfile.mkdtemp(prefix=".tmp-demo-", dir=destination.parent)) / destination.name
@@ -131,10 +131,10 @@ def write_bundle(model_folder: Path, destination: Path, name: str = "demo_phanto
 
 def held_out_dice(bundle: Path, workdir: Path, num_cases: int) -> Dict[str, float]:
     """Predict fresh phantoms (prepared like the training ones) with the bundle; mean metrics."""
+    from CRCTraining.data.phantoms_ct import make_phantom_dataset
+    from CRCTraining.data.prepare_ct import prepare_dataset
     from CRCTraining.evaluate import evaluate_folder
-    from CRCTraining.phantom_dataset import make_phantom_dataset
-    from CRCTraining.predict import predict_folder
-    from CRCTraining.prepare import prepare_dataset
+    from CRCTraining.nnunet.predict import predict_folder
     from OrganGuidanceLib.io import read_image, write_image
 
     source = make_phantom_dataset(workdir / "held_out_source", num_cases=num_cases, seed=HELD_OUT_SEED,
@@ -169,8 +169,8 @@ def main(argv: List[str] | None = None) -> int:
     add_run_arguments(parser)
     args = parser.parse_args(argv)
 
-    from CRCTraining.export import trained_model_folder
-    from CRCTraining.nnunet_env import dataset_name
+    from CRCTraining.nnunet.env import dataset_name
+    from CRCTraining.nnunet.export import trained_model_folder
 
     paths = start_run(args)
     if paths is None:
@@ -206,8 +206,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def start_run(args: argparse.Namespace):
     """nnU-Net folders under ``--workdir`` (emptied by ``--force``), threads, no final validation; None if
     the bundle exists and ``--force`` is not given. Shared with ``train_mr_demo_model.py``."""
-    from CRCTraining.nnunet_env import configure
-    from CRCTraining.trainer_mixins import ENV_FINAL_VALIDATION
+    from CRCTraining.nnunet.env import configure
+    from CRCTraining.nnunet.mixins import ENV_FINAL_VALIDATION
 
     if args.output.exists() and not args.force:
         print(f"{args.output} exists; pass --force to replace it", file=sys.stderr)
@@ -224,11 +224,11 @@ def start_run(args: argparse.Namespace):
 
 def train_model(args: argparse.Namespace, paths, timings: Dict[str, float]) -> None:
     """Phantoms -> CT + MOS + OOI dataset -> plans (network shrunk) -> nnUNetTrainerAGCRC on fold "all"."""
-    from CRCTraining.nnunet_env import dataset_name
-    from CRCTraining.phantom_dataset import make_phantom_dataset
-    from CRCTraining.planning import PLANS, plan_and_preprocess
-    from CRCTraining.prepare import prepare_dataset
-    from CRCTraining.train import train
+    from CRCTraining.data.phantoms_ct import make_phantom_dataset
+    from CRCTraining.data.prepare_ct import prepare_dataset
+    from CRCTraining.nnunet.env import dataset_name
+    from CRCTraining.nnunet.planning import PLANS, plan_and_preprocess
+    from CRCTraining.nnunet.train import train
 
     start = time.perf_counter()
     source = make_phantom_dataset(args.workdir / "source", num_cases=args.cases, seed=TRAIN_SEED, shape_zyx=SHAPE_ZYX)

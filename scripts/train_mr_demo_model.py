@@ -4,7 +4,7 @@
     .venv/bin/python scripts/train_mr_demo_model.py --force --export-only # re-export + evaluate, no training
 
 The RCSegNeXt recipe of the README on a small scale, through ``CRCTraining``: sagittal T2 phantoms
-(``CRCTraining.mr_phantom_dataset``, fixed seed) -> ``prepare_mr_dataset`` (one z-scored channel, labels
+(``CRCTraining.data.phantoms_mr``, fixed seed) -> ``prepare_mr_dataset`` (one z-scored channel, labels
 rectum + tumor) -> nnU-Net planning -> the ``3d_fullres_rcsegnext`` configuration (the paper's network at
 width 16 so that the weights stay small; patch fitted to its poolings) -> ``nnUNetTrainerRCSegNeXt`` on fold
 "all" -> bundle (optimizer state stripped, SHA-256 recomputed, catalogue entry updated; the training images'
@@ -27,18 +27,18 @@ from typing import Dict, List
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_demo_model import add_run_arguments, seed_everything, start_run, write_bundle  # noqa: E402
+from train_demo_model import add_run_arguments, seed_everything, start_run, write_bundle
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 RESOURCES = REPOSITORY / "CRCSegmentation" / "Resources"
 NAME = "demo_mr_phantom"
 BUNDLE = RESOURCES / "Models" / NAME
 TRAIN_ID = 903
-TRAIN_SEED, HELD_OUT_SEED = 3031, 9191  # the MR demo itself uses CRCSegmentationLib.mr_demo.MR_DEMO_SEED
+TRAIN_SEED, HELD_OUT_SEED = 3031, 9191  # the MR demo itself uses CRCSegmentationLib.demo.mr.MR_DEMO_SEED
 TRAINER = "nnUNetTrainerRCSegNeXt"
 PATCH_SIZE = (8, 96, 128)  # nnU-Net's own 3d_fullres patch for these phantoms (84 x 112 mm in-plane)
 WIDTH = 16  # the paper's 32 gives 2.3 M parameters (9 MB); 16 keeps the shipped file small
-SOURCE_NOTE = f"sagittal T2 phantoms of CRCTraining.mr_phantom_dataset, seed {TRAIN_SEED}, made by " \
+SOURCE_NOTE = f"sagittal T2 phantoms of CRCTraining.data.phantoms_mr, seed {TRAIN_SEED}, made by " \
               "scripts/train_mr_demo_model.py"
 DESCRIPTION = ("Demonstration model trained on synthetic phantoms; not for clinical use. Rectum and rectal tumor on "
                f"sagittal T2 MRI: RCSegNeXt (AniNeXt + IsoNeXt/SAIM, width {WIDTH}), {TRAINER}, trained by "
@@ -46,11 +46,11 @@ DESCRIPTION = ("Demonstration model trained on synthetic phantoms; not for clini
 
 
 def train_model(args: argparse.Namespace, paths, timings: Dict[str, float]) -> None:
-    from CRCTraining.mr_phantom_dataset import make_mr_phantom_dataset
-    from CRCTraining.planning import plan_and_preprocess
-    from CRCTraining.prepare_mr import prepare_mr_dataset
-    from CRCTraining.rcsegnext_configuration import RCSegNeXtPlan, add_rcsegnext_configuration, plans_file
-    from CRCTraining.train import train
+    from CRCTraining.data.phantoms_mr import make_mr_phantom_dataset
+    from CRCTraining.data.prepare_mr import prepare_mr_dataset
+    from CRCTraining.nnunet.planning import plan_and_preprocess
+    from CRCTraining.nnunet.train import train
+    from CRCTraining.rcsegnext.configuration import RCSegNeXtPlan, add_rcsegnext_configuration, plans_file
 
     start = time.perf_counter()
     source = make_mr_phantom_dataset(args.workdir / "source", cases=args.cases, seed=TRAIN_SEED)
@@ -74,8 +74,8 @@ def train_model(args: argparse.Namespace, paths, timings: Dict[str, float]) -> N
 
 def check_thick_axis(bundle: Path) -> None:
     """The bundle must record its training images' thick axis (sagittal: left-right), or inputs sliced in
-    another plane get no warning (CRCSegmentationLib.model_fit)."""
-    from CRCSegmentationLib.bundle import read_metadata
+    another plane get no warning (CRCSegmentationLib.core.model_fit)."""
+    from CRCSegmentationLib.core.bundle import read_metadata
 
     recorded = read_metadata(bundle).thick_axis
     if recorded.get("runs") != "L-R":
@@ -86,7 +86,7 @@ def check_thick_axis(bundle: Path) -> None:
 
 def update_catalogue(bundle: Path) -> None:
     """The catalogue entry of the MR demo model, with the shipped checkpoint's SHA-256."""
-    from CRCSegmentationLib.bundle import read_metadata
+    from CRCSegmentationLib.core.bundle import read_metadata
 
     catalogue_file = RESOURCES / "models.json"
     catalogue = json.loads(catalogue_file.read_text())
@@ -101,10 +101,10 @@ def update_catalogue(bundle: Path) -> None:
 def held_out_dice(bundle: Path, cases: int) -> Dict[str, float]:
     """Rectum and tumor Dice on fresh phantoms through ``open_model(...).segmenter(...).segment``."""
     from CRCSegmentationLib.batch import model_label_map
-    from CRCSegmentationLib.inference import SegmentationParameters
-    from CRCSegmentationLib.metrics import compute_metrics
-    from CRCSegmentationLib.model_source import open_model
-    from CRCSegmentationLib.mr_phantom import make_sagittal_t2_phantom
+    from CRCSegmentationLib.core.segmentation import SegmentationParameters
+    from CRCSegmentationLib.demo.mr_phantom import make_sagittal_t2_phantom
+    from CRCSegmentationLib.measurement.metrics import compute_metrics
+    from CRCSegmentationLib.models.open import open_model
 
     source = open_model(bundle)
     segmenter = source.segmenter(SegmentationParameters(device="cpu", mirroring=False))
@@ -134,8 +134,8 @@ def main(argv: List[str] | None = None) -> int:
     add_run_arguments(parser)
     args = parser.parse_args(argv)
 
-    from CRCTraining.export import trained_model_folder
-    from CRCTraining.nnunet_env import dataset_name
+    from CRCTraining.nnunet.env import dataset_name
+    from CRCTraining.nnunet.export import trained_model_folder
 
     paths = start_run(args)
     if paths is None:

@@ -10,7 +10,6 @@ classifier clears the tumor on the slices it calls normal (``slice_filter.SliceF
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -22,22 +21,23 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from tqdm import tqdm
 
-from OrganGuidanceLib.guidance import GuidanceParameters, GuidanceResult, MOSSource, run_guidance
+from CRCSegmentationLib.core.errors import ModelError
+from CRCSegmentationLib.core.model import ModelSource
+from CRCSegmentationLib.core.segmentation import SegmentationParameters
+from CRCSegmentationLib.measurement.metrics import compute_metrics
+from CRCSegmentationLib.measurement.statistics import tumor_statistics
+from CRCSegmentationLib.models.open import open_model
 from OrganGuidanceLib.cases import find_case_file, find_cases
+from OrganGuidanceLib.checksum import input_digest
+from OrganGuidanceLib.device import resolve_device
+from OrganGuidanceLib.guidance import GuidanceParameters, GuidanceResult, MOSSource, run_guidance
 from OrganGuidanceLib.image import Image
+from OrganGuidanceLib.image_files import printable
 from OrganGuidanceLib.io import read_image, write_image
 from OrganGuidanceLib.json_files import read_json
 from OrganGuidanceLib.labels import ORGAN_SETS, load_convention
-from OrganGuidanceLib.checksum import input_digest
-from OrganGuidanceLib.device import resolve_device
-from OrganGuidanceLib.image_files import printable
 from OrganGuidanceLib.result_folder import RECORDS, ResultFolder, open_result_folder, run_key
 from OrganGuidanceLib.validation import InputError
-
-from .inference import SegmentationParameters
-from .metrics import compute_metrics
-from .model_source import ModelError, ModelSource, open_model
-from .statistics import tumor_statistics
 
 SUMMARY_FILE = "summary.csv"
 TUMOR_ENDING, LABELS_ENDING = "_tumor.nii.gz", "_labels.nii.gz"  # <case><ending>: the files of one case
@@ -234,7 +234,7 @@ def segment_files(
     resolve_device(parameters.device)  # 'cuda' without a GPU is the run's error, before the model loads at a case
     cleaner = None
     if slice_filter is not None:
-        from .slice_filter import SliceFilter
+        from CRCSegmentationLib.models.slice_filter import SliceFilter
 
         if source.modality != "CT":
             raise InputError(f"--slice-filter: an HCF slice classifier reads CT slices; model '{source.name}' "
@@ -388,52 +388,3 @@ def _format(value) -> str:
     if isinstance(value, (float, np.floating)):
         return f"{float(value):.4f}"
     return str(value)
-
-
-# --- command line: ``crcseg segment`` ------------------------------------------------------------
-def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", type=Path, help="a CT file or a folder of CT files (NIfTI, NRRD, MHA); MR files for an MR "
-                        "model (RCSegNeXt)")
-    parser.add_argument("-m", "--model", required=True,
-                        help="a model bundle, an nnU-Net results folder, or a catalogue name (e.g. demo_phantom)")
-    parser.add_argument("-o", "--output", required=True, type=Path, help="folder for <case>_tumor.nii.gz and summary.csv (and <case>_labels.nii.gz, "
-                        "every label of the model, when it segments organs too: the rectum of an MR model)")
-    parser.add_argument("--organs", type=Path, default=None,
-                        help="folder of organ label maps <case>.nii.gz, or one label map for one CT "
-                             "(default: run TotalSegmentator)")
-    parser.add_argument("--convention", default="totalsegmentator",
-                        help="label convention of --organs: totalsegmentator, word or a JSON mapping file")
-    parser.add_argument("--references", type=Path, default=None,
-                        help="folder of tumor references <case>.nii.gz (or one file for one CT): adds Dice, NSD, "
-                             "precision, recall, HD95")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the earlier result in the output folder whole, once this run is complete "
-                             "(default: a rerun skips the cases an earlier run finished with the same inputs, model "
-                             "and settings, and refuses results made otherwise)")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    parser.add_argument("--no-mirroring", action="store_true", help="no test-time mirroring (about 8x faster)")
-    parser.add_argument("--preset", choices=("default", "fast"), default="default",
-                        help="fast: FLARE24's inference settings, tile step 7/8 of the patch and no mirroring")
-    parser.add_argument("--folds", nargs="+", default=None, help="folds to ensemble (default: all available)")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint file name (default: checkpoint_final.pth)")
-    parser.add_argument("--min-component-ml", type=float, default=0.0, help="remove tumor components smaller than this")
-    parser.add_argument("--slice-filter", default=None, metavar="MODEL",
-                        help="an HCF bundle or classifier-only bundle (folder or catalogue name): its slice classifier "
-                             "clears the tumor on the axial slices it calls normal (false-positive filter, any model)")
-    parser.add_argument("--exact-tiles", action="store_true",
-                        help="run every full-volume tile touching the OOI box: inside it, exactly nnU-Net's "
-                             "full-volume result (default: skip tiles weighing < 5 %% of their peak on the OOI)")
-
-
-def segment_main(args: argparse.Namespace) -> int:
-    model = open_model(args.model, folds=args.folds, checkpoint=args.checkpoint)  # a folder or a catalogue name
-    chosen = {"device": args.device, "min_component_ml": args.min_component_ml,
-              "min_tile_weight": 0.0 if args.exact_tiles else SegmentationParameters.min_tile_weight}
-    if args.no_mirroring:
-        chosen["mirroring"] = False
-    parameters = SegmentationParameters.for_preset(args.preset, **chosen)
-    report = segment_files(args.input, model, args.output, organs=args.organs, references=args.references,
-                           parameters=parameters, convention=args.convention, overwrite=args.overwrite,
-                           slice_filter=args.slice_filter)
-    print(report.summary())
-    return 0 if not report.failed else 1

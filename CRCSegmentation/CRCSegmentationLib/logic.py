@@ -11,11 +11,10 @@ The same three steps as ``OrganGuidanceLib.logic``, so MRML stays on the main th
 - ``apply`` (main thread) writes the "Tumor" segment and the statistics table.
 
 ``process`` chains the three for the Python console and batch scripts.
-``PointRefinementLogic`` refines the "Tumor" segment afterwards (or from scratch) with
-U-SAM point prompts, slice by slice, with propagation and undo (main thread: a click is
-one decoder pass on a cached slice encoding). The engine
-(``inference``, ``catalogue``, ``statistics``) is imported on use: it needs PyTorch
-and nnU-Net, which may be installed only after the module has loaded.
+``PointRefinementLogic`` (U-SAM point refinement of the "Tumor" segment) lives in
+``refinement_logic`` and is re-exported here. The engine (inference, catalogue, statistics)
+is imported on use: it needs PyTorch and nnU-Net, which may be installed only after the
+module has loaded.
 """
 from __future__ import annotations
 
@@ -23,17 +22,10 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
-from OrganGuidanceLib.guidance import GuidanceResult
-from OrganGuidanceLib.image import Image
-from OrganGuidanceLib.labels import LabelConvention, load_convention
-from OrganGuidanceLib.logic import GuidanceJob, OrganGuidanceLogic, OrganGuidanceSettings
-from OrganGuidanceLib.mrml import image_from_volume_node, node_name, register_segmentation_converter_rules
-from OrganGuidanceLib.providers import RunCancelled
-from OrganGuidanceLib.validation import InputError
-
-from .mrml import (
+from CRCSegmentationLib.choices import GUIDANCE_SOURCES  # "none" only for CT-only models
+from CRCSegmentationLib.mrml import (
     STATISTICS_REFERENCE_ROLE,
     ExportedFiles,
     export_segmentation,
@@ -41,16 +33,22 @@ from .mrml import (
     statistics_to_table_node,
     tumor_to_segmentation_node,
 )
+from CRCSegmentationLib.refinement_logic import PointRefinementLogic, PropagationJob, RefinementStep  # noqa: F401 - re-exported
+from OrganGuidanceLib.guidance import GuidanceResult
+from OrganGuidanceLib.image import Image
+from OrganGuidanceLib.labels import LabelConvention, load_convention
+from OrganGuidanceLib.logic import GuidanceJob, OrganGuidanceLogic, OrganGuidanceSettings
+from OrganGuidanceLib.mrml import image_from_volume_node, node_name, register_segmentation_converter_rules
+from OrganGuidanceLib.progress import ProgressCallback, RunCancelled
+from OrganGuidanceLib.validation import InputError
 
 logger = logging.getLogger(__name__)
-ProgressCallback = Callable[[str, Optional[float]], None]  # (stage, fraction 0..1, None while unknown)
 
-GUIDANCE_SOURCES = ("scene", "compute", "none")  # "none" only for CT-only models
 GUIDANCE_SHARE = 0.3  # of the progress bar when organ guidance runs first (without TotalSegmentator: seconds)
 
 
 def _default_segmentation_parameters():
-    from .inference import SegmentationParameters
+    from CRCSegmentationLib.core.segmentation import SegmentationParameters
 
     return SegmentationParameters()
 
@@ -103,25 +101,11 @@ class SegmentationJob:
     slice_filter_model: Any = None  # model_source.ModelSource of the slice filter, when one is chosen
 
 
-@dataclass
-class PropagationJob:
-    """What ``compute_propagation`` needs, read on the main thread by ``prepare_propagation``."""
-
-    ct_node: Any
-    segmentation_node: Any
-    image: Any  # OrganGuidanceLib.image.Image
-    seed: int
-    seed_mask: Any  # bool rows x cols
-    settings: Any  # interactive.PropagationSettings or None
-    volume: Any
-    modified: Any
-
-
 class CRCSegmentationLogic:
     """CT (+ organ guidance) -> tumor segment + statistics, for one CT node at a time."""
 
     def __init__(self, scene) -> None:
-        from .model_cache import ModelCache
+        from CRCSegmentationLib.models.cache import ModelCache
 
         self.scene = scene
         self.guidance_logic = OrganGuidanceLogic(scene)
@@ -146,7 +130,7 @@ class CRCSegmentationLogic:
         model.check_image(ct)  # a CT for CT models, an MR volume for MR models
         job = SegmentationJob(ct=ct, ct_node_id=ct_node.GetID(), settings=settings, model=model)
         if settings.slice_filter.strip():
-            from .slice_filter import check_filter_model
+            from CRCSegmentationLib.models.slice_filter import check_filter_model
 
             job.slice_filter_model = check_filter_model(self.filter_models.open(settings.slice_filter.strip()))
             try:
@@ -178,7 +162,7 @@ class CRCSegmentationLogic:
 
         Everything is checked and the statistics computed before the scene is touched.
         """
-        from .statistics import tumor_statistics
+        from CRCSegmentationLib.measurement.statistics import tumor_statistics
 
         ct_node = self.scene.GetNodeByID(job.ct_node_id)
         if ct_node is None:
@@ -231,7 +215,7 @@ class CRCSegmentationLogic:
 
     def slice_filter(self, model, device: str = "auto"):
         """The ``slice_filter.SliceFilter`` of ``model`` on ``device``, built once per choice."""
-        from .slice_filter import SliceFilter
+        from CRCSegmentationLib.models.slice_filter import SliceFilter
 
         key = (id(model), device)
         cached = self._slice_filter
@@ -301,7 +285,7 @@ class CRCSegmentationLogic:
 def model_choices() -> Sequence[Tuple[str, str]]:
     """(name, description) of the catalogue models, demonstration models marked; [] when the catalogue is unavailable."""
     try:
-        from .catalogue import list_models
+        from CRCSegmentationLib.models.catalogue import list_models
     except ImportError:
         return []
     choices = []
@@ -311,160 +295,3 @@ def model_choices() -> Sequence[Tuple[str, str]]:
             description = f"{description} (demonstration model, not for clinical use)".strip()
         choices.append((entry.name, description))
     return choices
-
-
-# --- point-prompted refinement (U-SAM) ----------------------------------------------
-@dataclass
-class RefinementStep:
-    """What one refinement changed, for undo: the previous masks of the slices it replaced."""
-
-    segmentation_node_id: str
-    segment_id: str
-    previous: Dict[int, Any]  # slice index -> previous mask (rows x cols, bool)
-
-
-class PointRefinementLogic:
-    """Point-prompted refinement of the "Tumor" segment with U-SAM, one axial slice per click.
-
-    Works on top of an automatic "Tumor" segment (its slices are the starting state) or
-    from scratch (an empty "Tumor" segment is created). Only the refined slices of the
-    segment are written (``mrml_points.write_segment_slices``); each write is undoable.
-    ``model`` is any U-SAM object (``usam.USAM``: a trained checkpoint via ``load_model``,
-    or, for scripts and tests, any model with its ``encode_image`` / ``decode``).
-    """
-
-    def __init__(self, scene, model: Any = None, device: str = "cpu", undo_depth: int = 20) -> None:
-        self.scene = scene
-        self.undo_depth = int(undo_depth)
-        self.undo_stack: List[RefinementStep] = []
-        self.last_slice: Optional[int] = None  # slice of the last click, the default seed of ``propagate``
-        self.segmenter = None
-        self._image: Optional[Tuple[Tuple[str, int], Image]] = None  # the last CT read, by (node ID, voxel MTime)
-        register_segmentation_converter_rules()
-        if model is not None:
-            self.set_model(model, device)
-
-    def set_model(self, model: Any, device: str = "cpu") -> None:
-        from .interactive import InteractiveSegmenter
-
-        self.segmenter = InteractiveSegmenter(model, device)
-
-    def reset(self) -> None:
-        """Forget undo steps, the last slice and cached encodings (e.g. the scene was closed); keep the model."""
-        self.undo_stack = []
-        self.last_slice = None
-        self._image = None
-        if self.segmenter is not None:
-            self.segmenter.cache.clear()
-
-    def load_model(self, checkpoint: str, device: str = "auto") -> None:
-        """A trained U-SAM checkpoint; InputError when the path is empty or missing (random init is not offered)."""
-        path = Path(str(checkpoint or "")).expanduser()
-        if not str(checkpoint or "").strip():
-            raise InputError("U-SAM checkpoint: no file chosen; choose a trained U-SAM checkpoint (.pt)")
-        if not path.is_file():
-            raise InputError(f"U-SAM checkpoint: {path} does not exist")
-        from OrganGuidanceLib.device import resolve_device
-
-        from .usam import load_usam_checkpoint
-
-        device = resolve_device(device).type
-        self.set_model(load_usam_checkpoint(path, device=device), device)
-
-    # --- main thread (MRML) ----------------------------------------------------------
-    def _volume(self, ct_node) -> Tuple[Image, Tuple[str, int]]:
-        if self.segmenter is None:
-            raise InputError("U-SAM: no model loaded; choose a trained U-SAM checkpoint")
-        if ct_node is None or not ct_node.IsA("vtkMRMLScalarVolumeNode") or ct_node.IsA("vtkMRMLLabelMapVolumeNode"):
-            raise InputError("CT: no CT volume selected")
-        # The voxels' modification time: a changed CT gets new encodings (see embedding_cache).
-        key = (ct_node.GetID(), int(ct_node.GetImageData().GetMTime()))
-        if self._image is None or self._image[0] != key:  # a clinical CT is 100+ MB: copy it once, not per click
-            self._image = (key, image_from_volume_node(ct_node))
-        return self._image[1], key
-
-    def refine(self, ct_node, segmentation_node, positive_node, negative_node, last_role: Optional[str] = None,
-               slice_index: Optional[int] = None):
-        """Refine the slice of the last placed point from the points on it; returns (segmentation node, result)."""
-        from .mrml_points import prompt_points
-
-        image, (volume, modified) = self._volume(ct_node)
-        points, labels = prompt_points(positive_node, negative_node, ct_node, last_role)
-        result = self.segmenter.refine(image, points, labels, slice_index, volume, modified)
-        node = self._write(ct_node, segmentation_node, image, result.slices)
-        self.last_slice = result.seed_slice
-        return node, result
-
-    def prepare_propagation(self, ct_node, segmentation_node, slice_index: Optional[int] = None,
-                            settings: Any = None) -> "PropagationJob":
-        """Main thread: read the CT and the seed slice of the tumor (no model runs here)."""
-        from .mrml import tumor_segment_id
-        from .mrml_points import read_segment_slices
-
-        image, (volume, modified) = self._volume(ct_node)
-        seed = self.last_slice if slice_index is None else int(slice_index)
-        if seed is None:
-            raise InputError("propagation: refine a slice first (place a point on the tumor) or give a slice index")
-        if segmentation_node is None:
-            raise InputError("propagation: no segmentation with a 'Tumor' segment")
-        seed_mask = read_segment_slices(segmentation_node, tumor_segment_id(segmentation_node), image, [seed])[seed]
-        return PropagationJob(ct_node, segmentation_node, image, seed, seed_mask, settings, volume, modified)
-
-    def compute_propagation(self, job: "PropagationJob", cancel: Optional[threading.Event] = None,
-                            progress: Optional[ProgressCallback] = None):
-        """Any thread, no MRML: the U-SAM slices up and down (cancellable between slices)."""
-        return self.segmenter.propagate(job.image, job.seed, job.seed_mask, job.settings, job.volume, job.modified,
-                                        progress=progress, cancel=cancel)
-
-    def apply_propagation(self, job: "PropagationJob", result):
-        """Main thread: write the new slices (the scene is untouched until here)."""
-        return self._write(job.ct_node, job.segmentation_node, job.image, result.slices), result
-
-    def propagate(self, ct_node, segmentation_node, slice_index: Optional[int] = None, settings: Any = None,
-                  cancel: Optional[threading.Event] = None, progress: Optional[ProgressCallback] = None):
-        """Carry the tumor of ``slice_index`` (default: the last refined slice) to its neighbours, blocking."""
-        job = self.prepare_propagation(ct_node, segmentation_node, slice_index, settings)
-        return self.apply_propagation(job, self.compute_propagation(job, cancel, progress))
-
-    def undo(self) -> bool:
-        """Restore the slices the last refinement replaced; False when there is nothing to undo."""
-        from .mrml_points import write_segment_slices
-
-        while self.undo_stack:
-            step = self.undo_stack.pop()
-            node = self.scene.GetNodeByID(step.segmentation_node_id)
-            if node is None or node.GetSegmentation().GetSegment(step.segment_id) is None:
-                continue  # its segmentation was removed: nothing to restore there
-            role = node.GetReferenceImageGeometryReferenceRole()
-            reference = node.GetNodeReference(role)
-            if reference is None:
-                raise InputError(f"{node_name(node)}: has no reference CT volume; cannot undo")
-            image = image_from_volume_node(reference)
-            write_segment_slices(node, step.segment_id, image, step.previous)
-            self._refresh_statistics(node, step.segment_id, image)
-            return True
-        return False
-
-    def _write(self, ct_node, segmentation_node, image: Image, masks: Dict[int, Any]):
-        from .mrml_points import ensure_tumor_segment, read_segment_slices, write_segment_slices
-
-        node, segment_id = ensure_tumor_segment(self.scene, segmentation_node, ct_node, image)
-        if masks:
-            previous = read_segment_slices(node, segment_id, image, masks)
-            write_segment_slices(node, segment_id, image, masks)
-            self.undo_stack.append(RefinementStep(node.GetID(), segment_id, previous))
-            del self.undo_stack[:-self.undo_depth]
-            self._refresh_statistics(node, segment_id, image)
-        return node
-
-    def _refresh_statistics(self, segmentation_node, segment_id: str, image: Image) -> None:
-        """The segmentation's statistics table (as the automatic run writes it) for the refined tumor."""
-        from .mrml_points import read_segment_tumor_box
-        from .statistics import tumor_statistics
-
-        # Statistics do not depend on the grid's extent: the tumor's bounding box is enough.
-        mask = read_segment_tumor_box(segmentation_node, segment_id, image)
-        previous = segmentation_node.GetNodeReference(STATISTICS_REFERENCE_ROLE)
-        table = statistics_to_table_node(self.scene, tumor_statistics(mask),
-                                         f"{node_name(segmentation_node)} statistics", previous)
-        segmentation_node.SetNodeReferenceID(STATISTICS_REFERENCE_ROLE, table.GetID())

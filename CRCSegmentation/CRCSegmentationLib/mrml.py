@@ -26,7 +26,6 @@ from OrganGuidanceLib.mrml import (
     BOWEL_WALL_SEGMENT_NAME,
     CROP_BOX_REFERENCE_ROLE,
     OOI_SEGMENT_NAME,
-    SEGMENT_TAG as GUIDANCE_SEGMENT_TAG,
     check_node_in_scene,
     check_output_segmentation_node,
     cropped_oriented_image,
@@ -36,6 +35,9 @@ from OrganGuidanceLib.mrml import (
     segment_label_value,
     segment_mask,
     write_segments,
+)
+from OrganGuidanceLib.mrml import (
+    SEGMENT_TAG as GUIDANCE_SEGMENT_TAG,
 )
 from OrganGuidanceLib.validation import InputError
 

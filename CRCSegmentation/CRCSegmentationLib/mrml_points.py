@@ -15,13 +15,12 @@ import numpy as np
 import slicer
 import vtk
 
+from CRCSegmentationLib.mrml import TUMOR_SEGMENT_NAME, tumor_segment_id, tumor_to_segmentation_node
 from OrganGuidanceLib.crop import CropBox
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.morphology import bounding_box
 from OrganGuidanceLib.mrml import array_from_oriented, node_name, oriented_image, vtk_matrix
 from OrganGuidanceLib.validation import InputError
-
-from .mrml import TUMOR_SEGMENT_NAME, tumor_segment_id, tumor_to_segmentation_node
 
 POINT_ROLE_ATTRIBUTE = "CRCSegmentation.PointRole"  # node attribute: "positive" | "negative"
 POINT_ROLES = {  # role -> (node name, colour, SAM label)

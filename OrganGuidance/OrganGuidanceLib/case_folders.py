@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Type, Union
 
-from .dicom_series import is_dicom_series_folder
-from .image_files import IMAGE_SUFFIXES, image_suffix, is_hidden, printable
-from .validation import InputError
+from OrganGuidanceLib.dicom_series import is_dicom_series_folder
+from OrganGuidanceLib.image_files import IMAGE_SUFFIXES, image_suffix, is_hidden, printable
+from OrganGuidanceLib.validation import InputError
 
 CHANNEL_SUFFIX = re.compile(r"_(\d{4})$")  # nnU-Net's "_0000" (one file per input channel)
 FIRST_CHANNEL = "_0000"

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-from .dicom_series import is_dicom_series_folder
-from .image_files import IMAGE_SUFFIXES, image_suffix, is_hidden, printable
-from .validation import InputError
+from OrganGuidanceLib.dicom_series import is_dicom_series_folder
+from OrganGuidanceLib.image_files import IMAGE_SUFFIXES, image_suffix, is_hidden, printable
+from OrganGuidanceLib.validation import InputError
 
 NNUNET_CHANNEL_SUFFIX = "_0000"  # nnU-Net's imagesTs naming: the CT channel of case <case>
 PathLike = Union[str, "os.PathLike[str]"]

@@ -10,9 +10,9 @@ from typing import Dict, Tuple
 import cc3d
 import numpy as np
 
-from .image import Image
-from .morphology import bounding_box, grow_box
-from .validation import InputError
+from OrganGuidanceLib.image import Image
+from OrganGuidanceLib.morphology import bounding_box, grow_box
+from OrganGuidanceLib.validation import InputError
 
 BODY_THRESHOLD_HU = 50.0  # FLARE24 §3: "thresholding the original CT voxel values greater than 50"
 

@@ -9,8 +9,6 @@ one line and falls back to the phantom.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -19,10 +17,10 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from .download import ChecksumMismatch, DownloadUnavailable, download_verified
-from .guidance import GuidanceParameters, GuidanceResult, MOSSource, run_guidance
-from .image import Image
-from .validation import InputError
+from OrganGuidanceLib.download import DownloadUnavailable, download_verified
+from OrganGuidanceLib.guidance import GuidanceParameters, GuidanceResult, MOSSource, run_guidance
+from OrganGuidanceLib.image import Image
+from OrganGuidanceLib.validation import InputError
 
 TS_EXAMPLE_URL = (
     "https://github.com/wasserth/TotalSegmentator/raw/0effae9d718aab0c118ce1f8982dcd16b9e32a50/"
@@ -52,7 +50,7 @@ class DemoReport:
 
 def _segment_sample(ct: Image, parameters: GuidanceParameters) -> MOSSource:
     """TotalSegmentator on the sample; raises ``MissingWeightsError`` before any long wait."""
-    from .providers import TotalSegmentatorProvider, check_totalsegmentator_weights
+    from OrganGuidanceLib.providers import TotalSegmentatorProvider, check_totalsegmentator_weights
 
     provider = TotalSegmentatorProvider(organ_set=parameters.organ_set, fast=True)
     check_totalsegmentator_weights(fast=True, roi_subset=provider.roi_subset)
@@ -61,7 +59,7 @@ def _segment_sample(ct: Image, parameters: GuidanceParameters) -> MOSSource:
 
 # --- summary ------------------------------------------------------------------------
 def _summary(report: DemoReport, ct: Image, result: GuidanceResult, tumor: Optional[Image], title: str) -> str:
-    from .labels import ORGAN_ALIASES
+    from OrganGuidanceLib.labels import ORGAN_ALIASES
 
     voxel_ml = float(np.prod(ct.spacing)) / 1000.0
     gi_names = {alias for aliases in ORGAN_ALIASES.values() for alias in aliases}
@@ -112,8 +110,8 @@ def _summary(report: DemoReport, ct: Image, result: GuidanceResult, tumor: Optio
 def _finish(report: DemoReport, ct: Image, result: GuidanceResult, parameters: GuidanceParameters,
             tumor: Optional[Image], title: str, extra_images: Dict[str, Tuple[Image, str]]) -> DemoReport:
     """Write images and guidance outputs, measure, and write ``summary.txt``."""
-    from .io import write_image
-    from .outputs import write_guidance_outputs, write_text_atomic
+    from OrganGuidanceLib.io import write_image
+    from OrganGuidanceLib.outputs import write_guidance_outputs, write_text_atomic
 
     start = time.perf_counter()
     for key, (image, name) in extra_images.items():
@@ -141,8 +139,8 @@ def _finish(report: DemoReport, ct: Image, result: GuidanceResult, parameters: G
 
 # --- the demo ---------------------------------------------------------------------
 def _run_phantom(output_dir: Path, parameters: GuidanceParameters, fallback_reason: Optional[str]) -> DemoReport:
-    from .labels import totalsegmentator_convention
-    from .phantom import make_abdominal_phantom
+    from OrganGuidanceLib.labels import totalsegmentator_convention
+    from OrganGuidanceLib.phantom import make_abdominal_phantom
 
     report = DemoReport(source="phantom", output_dir=output_dir, fallback_reason=fallback_reason)
     start = time.perf_counter()
@@ -163,7 +161,7 @@ def _run_phantom(output_dir: Path, parameters: GuidanceParameters, fallback_reas
 def _run_sample(output_dir: Path, sample: str, url: str, sha256: str, parameters: GuidanceParameters,
                 log: Log) -> DemoReport:
     """Raises ``DownloadUnavailable`` or ``MissingWeightsError`` for the caller to fall back."""
-    from .io import read_image
+    from OrganGuidanceLib.io import read_image
 
     report = DemoReport(source=sample, output_dir=output_dir)
     start = time.perf_counter()
@@ -205,7 +203,7 @@ def run_demo(
     if sample is not None:
         if sample not in SAMPLES:
             raise InputError(f"demo sample '{sample}': unknown; choose one of {sorted(SAMPLES)}")
-        from .providers import MissingWeightsError
+        from OrganGuidanceLib.providers import MissingWeightsError
 
         try:
             report = _run_sample(output_dir, sample, sample_url, sample_sha256, parameters, say)
@@ -219,27 +217,3 @@ def run_demo(
         report = _run_phantom(output_dir, parameters, fallback_reason)
     say(report.summary.rstrip())
     return report
-
-
-# --- command line ------------------------------------------------------------------
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", type=Path, default=DEFAULT_OUTPUT,
-                        help=f"output folder (default: ./{DEFAULT_OUTPUT})")
-    parser.add_argument("--sample", choices=sorted(SAMPLES), default=None,
-                        help="use a public CT instead of the phantom (needs a network and TotalSegmentator weights; "
-                        "falls back to the phantom without them)")
-    parser.add_argument("--sample-url", default=None,
-                        help="where to download the sample from (a mirror or a file:// URL; implies --sample ts-example); "
-                        "its SHA-256 must match the official file")
-
-
-def demo_main(args: argparse.Namespace) -> int:
-    sample = args.sample
-    if args.sample_url and sample is None:
-        sample = "ts-example"
-    try:
-        run_demo(args.output, sample=sample, sample_url=args.sample_url or TS_EXAMPLE_URL)
-    except ChecksumMismatch as error:
-        print(f"crcseg demo: error: {error}", file=sys.stderr)
-        return 2
-    return 0

@@ -1,9 +1,8 @@
-"""The project's one device choice: ``auto | cuda | cpu`` (DESIGN.md: GPU when present, CPU always works)."""
+"""Resolve the device choice (``choices.DEVICES``) to a ``torch.device``."""
 from __future__ import annotations
 
-from .validation import InputError
-
-DEVICES = ("auto", "cuda", "cpu")
+from OrganGuidanceLib.choices import DEVICES
+from OrganGuidanceLib.validation import InputError
 
 
 def resolve_device(device: str = "auto"):

@@ -25,7 +25,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .image_files import ImageReadError, image_suffix, is_hidden, itk_read_name, itk_read_names, printable
+from OrganGuidanceLib.image_files import (
+    ImageReadError,
+    image_suffix,
+    is_hidden,
+    itk_read_name,
+    itk_read_names,
+    printable,
+)
 
 # A step between two slices may differ from the series' spacing by this fraction of it (positions are written
 # with limited precision; one tenth of a slice is far below a missing slice or a change of pitch).

@@ -12,9 +12,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .atomic import atomic_path
-from .checksum import sha256_of
-from .validation import InputError
+from OrganGuidanceLib.atomic import atomic_path
+from OrganGuidanceLib.checksum import sha256_of
+from OrganGuidanceLib.validation import InputError
 
 DOWNLOAD_TIMEOUT_S = 20.0
 BLOCK = 1 << 16

@@ -13,12 +13,12 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .crop import BODY_THRESHOLD_HU, CONNECTIVITIES, CropBox, body_crop_box, crop_box_containing
-from .image import Image
-from .io import image_from_sitk, image_to_sitk
-from .labels import DEFAULT_ORGAN_SET, ORGAN_SETS, LabelConvention
-from .morphology import bounding_box, dilate_mm, erode_mm, grow_box
-from .validation import InputError, check_ct, check_label_map, physical_overlap_fraction
+from OrganGuidanceLib.crop import BODY_THRESHOLD_HU, CONNECTIVITIES, CropBox, body_crop_box, crop_box_containing
+from OrganGuidanceLib.image import Image
+from OrganGuidanceLib.io import image_from_sitk, image_to_sitk
+from OrganGuidanceLib.labels import DEFAULT_ORGAN_SET, ORGAN_SETS, LabelConvention
+from OrganGuidanceLib.morphology import bounding_box, dilate_mm, erode_mm, grow_box
+from OrganGuidanceLib.validation import InputError, check_ct, check_label_map, physical_overlap_fraction
 
 ProgressCallback = Callable[[str, float], None]  # (stage, fraction 0..1)
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Union
 
-from .validation import InputError
+from OrganGuidanceLib.validation import InputError
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -22,7 +22,7 @@ import zlib
 from pathlib import Path
 from typing import Optional, Tuple
 
-from .image_files import ImageReadError, image_suffix
+from OrganGuidanceLib.image_files import ImageReadError, image_suffix
 
 _CHUNK = 1 << 20
 # MetaImage element types of a fixed size (MET_LONG/MET_ULONG depend on the writer's platform: not checked)

@@ -16,12 +16,19 @@ from typing import Union
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_path
-from .dicom_series import read_dicom_series
-from .image import Image
-from .image_files import (IMAGE_SUFFIXES, WRITABLE_SUFFIXES, ImageReadError, image_suffix, itk_read_name,  # noqa: F401
-                          itk_write_name, printable)
-from .image_integrity import check_complete, nrrd_message
+from OrganGuidanceLib.atomic import atomic_path
+from OrganGuidanceLib.dicom_series import read_dicom_series
+from OrganGuidanceLib.image import Image
+from OrganGuidanceLib.image_files import (  # noqa: F401 - IMAGE_SUFFIXES, ImageReadError: re-exported for readers
+    IMAGE_SUFFIXES,
+    WRITABLE_SUFFIXES,
+    ImageReadError,
+    image_suffix,
+    itk_read_name,
+    itk_write_name,
+    printable,
+)
+from OrganGuidanceLib.image_integrity import check_complete, nrrd_message
 
 PathLike = Union[str, "os.PathLike[str]"]
 

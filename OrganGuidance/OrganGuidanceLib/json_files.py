@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Tuple, Type, Union
 
-from .validation import InputError
+from OrganGuidanceLib.validation import InputError
 
 Expected = Optional[Union[type, Tuple[type, ...]]]
 _JSON_NAMES = ((bool, "true/false value"), (dict, "object"), (list, "array"), (str, "string"), (int, "number"),

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Tuple
 
-from .json_files import read_json
-from .validation import InputError
+from OrganGuidanceLib.json_files import read_json
+from OrganGuidanceLib.validation import InputError
 
 # AG-CRC §III-B: "the organs in the gastrointestinal tract, including the
 # stomach, duodenum, small intestine, colon, and rectum".

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
-from .guidance import GuidanceParameters, GuidanceResult, MOSSource, run_guidance
-from .image import Image
-from .io import ImageReadError
-from .labels import LabelConvention, load_convention
-from .mrml import (
+from OrganGuidanceLib.choices import DEVICES
+from OrganGuidanceLib.guidance import GuidanceParameters, GuidanceResult, MOSSource, run_guidance
+from OrganGuidanceLib.image import Image
+from OrganGuidanceLib.io import ImageReadError
+from OrganGuidanceLib.labels import LabelConvention, load_convention
+from OrganGuidanceLib.mrml import (
     CROP_BOX_REFERENCE_ROLE,
     crop_box_ras,
     crop_box_to_roi_node,
@@ -30,13 +31,18 @@ from .mrml import (
     node_name,
     register_segmentation_converter_rules,
 )
-from .providers import ImportedLabelMapProvider, MissingWeightsError, RunCancelled, TotalSegmentatorProvider, check_totalsegmentator_weights
-from .validation import InputError, check_ct, check_label_map
+from OrganGuidanceLib.progress import RunCancelled
+from OrganGuidanceLib.providers import (
+    ImportedLabelMapProvider,
+    MissingWeightsError,
+    TotalSegmentatorProvider,
+    check_totalsegmentator_weights,
+)
+from OrganGuidanceLib.validation import InputError, check_ct, check_label_map
 
 ProgressCallback = Callable[[str, Optional[float]], None]  # (stage, fraction 0..1, None while unknown)
 
 SOURCE_KINDS = ("totalsegmentator", "node", "file", "none")
-DEVICES = ("auto", "cuda", "cpu")
 ORGAN_NODE_CLASSES = ("vtkMRMLLabelMapVolumeNode", "vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode")
 TOTALSEGMENTATOR_SHARE = 0.8  # of the progress bar: TotalSegmentator takes minutes, guidance seconds
 

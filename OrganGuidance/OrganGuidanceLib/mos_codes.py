@@ -1,7 +1,7 @@
 """The MOS input channel's organ code, independent of the model that segmented the organs.
 
 A network trained on TotalSegmentator ids would break on a WORD-style map (and on
-TotalSegmentator's next relabelling); both training (``CRCTraining.prepare``) and
+TotalSegmentator's next relabelling); both training (``CRCTraining.data.prepare_ct``) and
 inference (``CRCSegmentationLib``) write the MOS channel in this compact code instead.
 """
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import Dict
 
 import numpy as np
 
-from .image import Image
-from .labels import LabelConvention
-from .validation import check_label_map
+from OrganGuidanceLib.image import Image
+from OrganGuidanceLib.labels import LabelConvention
+from OrganGuidanceLib.validation import check_label_map
 
 MOS_CODES: Dict[int, str] = {
     0: "background", 1: "stomach", 2: "duodenum", 3: "small_bowel", 4: "colon", 5: "rectum", 6: "other_organ",

@@ -15,12 +15,12 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .crop import CropBox
-from .guidance import GuidanceResult
-from .image import Image
-from .labels import ORGAN_ALIASES, LabelConvention
-from .morphology import bounding_box
-from .validation import InputError
+from OrganGuidanceLib.crop import CropBox
+from OrganGuidanceLib.guidance import GuidanceResult
+from OrganGuidanceLib.image import Image
+from OrganGuidanceLib.labels import ORGAN_ALIASES, LabelConvention
+from OrganGuidanceLib.morphology import bounding_box
+from OrganGuidanceLib.validation import InputError
 
 logger = logging.getLogger(__name__)
 

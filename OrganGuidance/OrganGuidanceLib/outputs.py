@@ -7,10 +7,10 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from .atomic import staged_folder, write_text_atomic
-from .guidance import GuidanceParameters, GuidanceResult
-from .image import Image
-from .io import write_image
+from OrganGuidanceLib.atomic import staged_folder, write_text_atomic
+from OrganGuidanceLib.guidance import GuidanceParameters, GuidanceResult
+from OrganGuidanceLib.image import Image
+from OrganGuidanceLib.io import write_image
 
 OUTPUT_FILES = {
     "mos": "mos.nii.gz",
@@ -75,7 +75,7 @@ def write_guidance_outputs(
         summary = guidance_summary(ct, result, parameters)
         written["summary"] = write_text_atomic(staging / OUTPUT_FILES["summary"], json.dumps(summary, indent=2))
         if overlay:
-            from .qa import save_guidance_overlay  # matplotlib only when a picture is asked for
+            from OrganGuidanceLib.qa import save_guidance_overlay  # matplotlib only when a picture is asked for
 
             written["overlay"] = save_guidance_overlay(ct, result, staging / OUTPUT_FILES["overlay"], tumor=tumor)
     return {key: output_dir / path.relative_to(staging) for key, path in written.items()}

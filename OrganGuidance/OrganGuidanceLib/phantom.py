@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from scipy.interpolate import CubicSpline
 
-from .image import Image
+from OrganGuidanceLib.image import Image
 
 # Hounsfield units of a portal-venous-phase abdominal CT.
 AIR_HU = -1000.0
@@ -430,7 +430,7 @@ def _paint_tumor(canvas: _Canvas, colon: _Tube, rng: np.random.Generator, colon_
 
 def _label_ids(names: Sequence[str]) -> Dict[str, int]:
     """TotalSegmentator v2 ``total`` ids by name, from TotalSegmentator's own class map."""
-    from .labels import totalsegmentator_convention
+    from OrganGuidanceLib.labels import totalsegmentator_convention
 
     by_name = {name: value for value, name in totalsegmentator_convention().labels.items()}
     missing = [name for name in names if name not in by_name]

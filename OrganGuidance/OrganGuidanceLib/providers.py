@@ -12,33 +12,32 @@ raise ``MissingWeightsError`` that says how to install them.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-from .image import Image
-from .io import read_image, write_image
-from .labels import DEFAULT_ORGAN_SET, ORGAN_SETS, LabelConvention, load_convention, totalsegmentator_convention
-from .guidance import MOSSource
-from .validation import InputError
+from OrganGuidanceLib.guidance import MOSSource
+from OrganGuidanceLib.image import Image
+from OrganGuidanceLib.io import read_image, write_image
+from OrganGuidanceLib.labels import (
+    DEFAULT_ORGAN_SET,
+    ORGAN_SETS,
+    LabelConvention,
+    load_convention,
+    totalsegmentator_convention,
+)
+from OrganGuidanceLib.progress import RunCancelled, run_cancellable  # noqa: F401 - re-exported: their old home
+from OrganGuidanceLib.validation import InputError
 
 TASK = "total"
 
 
 class MissingWeightsError(RuntimeError):
     """TotalSegmentator's model weights are not installed where it looks for them."""
-
-
-class RunCancelled(RuntimeError):
-    """The user cancelled a running segmentation."""
 
 
 def totalsegmentator_roi_subset(organ_set: str = DEFAULT_ORGAN_SET, extra: Sequence[str] = ()) -> List[str]:
@@ -165,48 +164,6 @@ class TotalSegmentatorProvider:
             if not output_path.exists():
                 raise RuntimeError("TotalSegmentator finished without writing its output")
             return MOSSource(read_image(output_path, name="TotalSegmentator MOS"), self.convention)
-
-
-def run_cancellable(
-    command: Sequence[str],
-    cancel: Optional[threading.Event] = None,
-    on_output: Optional[Callable[[str], None]] = None,
-    poll_seconds: float = 0.2,
-) -> None:
-    """Run ``command``, forwarding its output lines; kill it when ``cancel`` is set."""
-    process = subprocess.Popen(
-        list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        start_new_session=True,  # its own process group, so cancelling also stops nnU-Net's workers
-    )
-    lines: List[str] = []
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line.rstrip())
-            if on_output:
-                on_output(line.rstrip())
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    while process.poll() is None:
-        if cancel is not None and cancel.is_set():
-            _kill_group(process)
-            raise RunCancelled(f"cancelled: {Path(command[0]).name} was stopped")
-        time.sleep(poll_seconds)
-    reader.join(timeout=5)
-    if process.returncode != 0:
-        tail = "\n".join(lines[-15:])
-        raise RuntimeError(f"{Path(command[0]).name} failed with exit code {process.returncode}:\n{tail}")
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (AttributeError, ProcessLookupError, PermissionError):  # Windows has no process groups
-        process.kill()
-    process.wait()
 
 
 @dataclass

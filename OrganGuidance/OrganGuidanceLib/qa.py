@@ -15,11 +15,11 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .atomic import atomic_path
-from .crop import CropBox
-from .guidance import GuidanceResult
-from .image import Image
-from .labels import ORGAN_ALIASES
+from OrganGuidanceLib.atomic import atomic_path
+from OrganGuidanceLib.crop import CropBox
+from OrganGuidanceLib.guidance import GuidanceResult
+from OrganGuidanceLib.image import Image
+from OrganGuidanceLib.labels import ORGAN_ALIASES
 
 CT_WINDOW = (400.0, 40.0)  # width, level (HU): the standard abdominal soft-tissue window
 

@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .atomic import process_alive, remove_dead_stagings, write_text_atomic
-from .checksum import sha256_of
-from .image_files import printable
-from .run_lock import output_lock
-from .validation import InputError
+from OrganGuidanceLib.atomic import process_alive, remove_dead_stagings, write_text_atomic
+from OrganGuidanceLib.checksum import sha256_of
+from OrganGuidanceLib.image_files import printable
+from OrganGuidanceLib.run_lock import output_lock
+from OrganGuidanceLib.validation import InputError
 
 RECORDS = ".crcseg"  # hidden: our own readers skip hidden files, so records never look like inputs
 RECORD_FORMAT = 1  # bump when the same inputs and settings give other outputs

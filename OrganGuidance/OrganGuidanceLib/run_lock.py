@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .validation import InputError
+from OrganGuidanceLib.validation import InputError
 
 if os.name == "nt":  # pragma: no cover - Slicer on Windows
     import msvcrt

@@ -5,7 +5,7 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
-from .image import Image
+from OrganGuidanceLib.image import Image
 
 # A CT in Hounsfield units has air (about -1000 HU) around or inside the body.
 # Below this, the darkest 0.5 % of voxels must fall; MR or PET intensities do not.
@@ -48,7 +48,7 @@ def check_real_finite(image: Image, wrong_type: str = "is not a real number type
                       padding_values: Sequence[float] = ()) -> Tuple[float, float]:
     """Raise ``InputError`` unless the voxels are finite real numbers, not all one value; return (min, max).
 
-    The common ground of the intensity checks (``check_ct``, ``CRCSegmentationLib.mr_checks.check_mr``):
+    The common ground of the intensity checks (``check_ct``, ``CRCSegmentationLib.core.mr_checks.check_mr``):
     ``wrong_type`` and ``no_image`` end their messages; a constant value among ``padding_values`` is named
     as scanner padding.
     """

@@ -1,30 +1,26 @@
-"""Organ Guidance panel: the Qt GUI over ``OrganGuidanceLogic``.
+"""Organ Guidance panel: the Qt binding of ``panel_state.OrganGuidanceController``.
 
-It builds the GUI from ``Resources/UI/OrganGuidance.ui`` and keeps the user's choices in a
-parameter node (``OrganGuidanceParameterNode``, saved with the scene); running the engine
-(prepare on the main thread, compute in a worker thread with Cancel, apply on the main
-thread) and installing missing packages are ``run_panel.RunPanelBase``'s, shared with the
-CRC Segmentation panel. Only this file, ``run_panel`` and the module file import Qt, CTK or
-the Slicer application.
+It builds the GUI from ``Resources/UI/OrganGuidance.ui``, keeps the user's choices in a
+parameter node (``OrganGuidanceParameterNode``, saved with the scene) and connects the widgets
+to the controller, which decides what runs, what Apply needs and what to install
+(``panel_state`` and ``run_controller``, Qt-free and tested under slicer-core).
 
-Only dependency-free modules of the package (``install``, ``labels``) are
-imported at the top: the engine imports ``edt`` and ``cc3d``, which may not be
-installed yet when Slicer loads the module, so it is imported after the
-dependency check has offered to install them.
+Only dependency-free modules of the package are imported at the top: the engine imports
+``edt`` and ``cc3d``, which may not be installed yet when Slicer loads the module.
 """
 from __future__ import annotations
 
-import importlib
 import pathlib
-from typing import Annotated, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Dict, List, Sequence, Tuple, Union
 
 import slicer
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
-from . import install
-from .labels import DEFAULT_ORGAN_SET, ORGAN_SETS
-from .run_panel import RunMessages, RunPanelBase, pathText, singletonParameterNode
+from OrganGuidanceLib.choices import DEVICES
+from OrganGuidanceLib.labels import DEFAULT_ORGAN_SET, ORGAN_SETS
+from OrganGuidanceLib.panel_state import OrganGuidanceController, enabledGroups, visibleRows
+from OrganGuidanceLib.run_panel import RunPanelBase, installShowingStatus, singletonParameterNode, slicerDialogs
 
 MODULE_NAME = "OrganGuidance"
 RESOURCES = pathlib.Path(__file__).resolve().parent.parent / "Resources"
@@ -33,14 +29,13 @@ RESOURCES = pathlib.Path(__file__).resolve().parent.parent / "Resources"
 PRIMARY_KINDS = ("totalsegmentator", "node", "file")
 SECONDARY_KINDS = ("none", "node", "file")  # TotalSegmentator twice would add nothing
 CONVENTIONS = ("totalsegmentator", "word", "json")  # "json": the mapping file field gives the path
-DEVICES = ("auto", "cuda", "cpu")
 
 OrganNode = Union[slicer.vtkMRMLLabelMapVolumeNode, slicer.vtkMRMLSegmentationNode, None]
 
 
 @parameterNodeWrapper
 class OrganGuidanceParameterNode:
-    """What the user chose, saved with the scene; ``settingsFromParameterNode`` makes the settings.
+    """What the user chose, saved with the scene; ``panel_state.settingsFromParameterNode`` makes the settings.
 
     The numeric defaults equal ``GuidanceParameters``'s (Testing/test_slicer_module_static.py
     checks it). They are literals because guidance.py imports edt and cc3d, which may not
@@ -70,47 +65,6 @@ class OrganGuidanceParameterNode:
     outputSegmentation: slicer.vtkMRMLSegmentationNode
 
 
-def sourceChoice(kind: str, node: Any, filePath: Optional[pathlib.Path], convention: str,
-                 mappingFile: Optional[pathlib.Path]):
-    """One organ source of the GUI as the logic's ``OrganSourceChoice``."""
-    from .logic import OrganSourceChoice
-
-    if kind == "totalsegmentator":
-        convention = "totalsegmentator"  # its own labels, whatever the hidden combo box says
-    elif convention == "json":
-        convention = pathText(mappingFile)
-    return OrganSourceChoice(
-        kind=kind,
-        node=node if kind == "node" else None,
-        file_path=pathText(filePath) if kind == "file" else "",
-        convention=convention,
-    )
-
-
-def settingsFromParameterNode(parameterNode: OrganGuidanceParameterNode):
-    """The parameter node as ``OrganGuidanceSettings`` (imports the engine: dependencies must be installed)."""
-    from .guidance import GuidanceParameters
-    from .logic import OrganGuidanceSettings
-
-    p = parameterNode
-    return OrganGuidanceSettings(
-        primary=sourceChoice(p.primaryKind, p.primaryNode, p.primaryFile, p.primaryConvention, p.primaryMappingFile),
-        secondary=sourceChoice(
-            p.secondaryKind, p.secondaryNode, p.secondaryFile, p.secondaryConvention, p.secondaryMappingFile
-        ),
-        guidance=GuidanceParameters(
-            organ_set=p.organSet,
-            dilation_mm=p.dilationMm,
-            wall_width_mm=p.wallWidthMm,
-            body_crop=p.bodyCrop,
-            body_threshold_hu=p.bodyThresholdHu,
-            crop_margin_mm=p.cropMarginMm,
-        ),
-        fast=p.fast,
-        device=p.device,
-    )
-
-
 def getParameterNode(scene) -> OrganGuidanceParameterNode:
     """The module's singleton parameter node in ``scene``, created on first use."""
     return OrganGuidanceParameterNode(singletonParameterNode(scene, MODULE_NAME))
@@ -127,25 +81,16 @@ class OrganGuidancePanel(RunPanelBase):
 
     def __init__(self, logic: Any = None, parent: Any = None, showDialogs: bool = True) -> None:
         uiWidget = slicer.util.loadUI(str(RESOURCES / "UI" / f"{MODULE_NAME}.ui"))
-        super().__init__(uiWidget, logic, parent, showDialogs)
-        self._coreMissing = bool(install.missing_requirements(install.CORE_REQUIREMENTS))
+        controller = OrganGuidanceController(slicer.mrmlScene, logic, slicerDialogs(showDialogs),
+                                             installShowingStatus, slicer.app.applicationVersion)
+        super().__init__(uiWidget, controller, parent)
         self.initializeParameterNode()
-
-    # ------------------------------------------------------------------ logic and settings
-    def _createLogic(self):
-        from .logic import OrganGuidanceLogic
-
-        return OrganGuidanceLogic(slicer.mrmlScene)
 
     def _sceneParameterNode(self) -> OrganGuidanceParameterNode:
         return getParameterNode(slicer.mrmlScene)
 
     def settings(self):
-        return settingsFromParameterNode(self._parameterNode)
-
-    def usesTotalSegmentator(self) -> bool:
-        p = self._parameterNode
-        return p is not None and "totalsegmentator" in (p.primaryKind, p.secondaryKind)
+        return self.controller.settings()
 
     # ------------------------------------------------------------------ parameter node <-> GUI
     def _labelComboBoxes(self) -> None:
@@ -173,86 +118,28 @@ class OrganGuidancePanel(RunPanelBase):
         self._setItemTexts(labels)
 
     def _updateGui(self, *args: Any) -> None:
-        p = self._parameterNode
+        p = self.parameterNode()
         if p is None:
             return
-        primaryImported = p.primaryKind in ("node", "file")
-        secondaryImported = p.secondaryKind in ("node", "file")
-        rows: Sequence[Tuple[Any, Any, bool]] = (
-            (self.ui.primaryNodeLabel, self.ui.primaryNodeSelector, p.primaryKind == "node"),
-            (self.ui.primaryFileLabel, self.ui.primaryFilePathLineEdit, p.primaryKind == "file"),
-            (self.ui.primaryConventionLabel, self.ui.primaryConventionComboBox, primaryImported),
-            (self.ui.primaryMappingLabel, self.ui.primaryMappingPathLineEdit,
-             primaryImported and p.primaryConvention == "json"),
-            (self.ui.secondaryNodeLabel, self.ui.secondaryNodeSelector, p.secondaryKind == "node"),
-            (self.ui.secondaryFileLabel, self.ui.secondaryFilePathLineEdit, p.secondaryKind == "file"),
-            (self.ui.secondaryConventionLabel, self.ui.secondaryConventionComboBox, secondaryImported),
-            (self.ui.secondaryMappingLabel, self.ui.secondaryMappingPathLineEdit,
-             secondaryImported and p.secondaryConvention == "json"),
-        )
-        for label, field, visible in rows:
-            label.setVisible(visible)
-            field.setVisible(visible)
-        usesTotalSegmentator = self.usesTotalSegmentator()
-        for widget in (self.ui.fastCheckBox, self.ui.deviceLabel, self.ui.deviceComboBox):
-            widget.setEnabled(usesTotalSegmentator)
-        for widget in (self.ui.bodyThresholdLabel, self.ui.bodyThresholdSpinBox,
-                       self.ui.cropMarginLabel, self.ui.cropMarginSpinBox):
-            widget.setEnabled(p.bodyCrop)
+        ui = self.ui
+        self._showRows(visibleRows(p), {
+            "primaryNode": (ui.primaryNodeLabel, ui.primaryNodeSelector),
+            "primaryFile": (ui.primaryFileLabel, ui.primaryFilePathLineEdit),
+            "primaryConvention": (ui.primaryConventionLabel, ui.primaryConventionComboBox),
+            "primaryMappingFile": (ui.primaryMappingLabel, ui.primaryMappingPathLineEdit),
+            "secondaryNode": (ui.secondaryNodeLabel, ui.secondaryNodeSelector),
+            "secondaryFile": (ui.secondaryFileLabel, ui.secondaryFilePathLineEdit),
+            "secondaryConvention": (ui.secondaryConventionLabel, ui.secondaryConventionComboBox),
+            "secondaryMappingFile": (ui.secondaryMappingLabel, ui.secondaryMappingPathLineEdit),
+        })
+        enabled = enabledGroups(p)
+        for widget in (ui.fastCheckBox, ui.deviceLabel, ui.deviceComboBox):
+            widget.setEnabled(enabled["totalSegmentator"])
+        for widget in (ui.bodyThresholdLabel, ui.bodyThresholdSpinBox, ui.cropMarginLabel, ui.cropMarginSpinBox):
+            widget.setEnabled(enabled["bodyCrop"])
         self._updateButtons()
 
     def _sections(self) -> Sequence[Any]:
         return (self.ui.inputsCollapsibleButton, self.ui.organMasksCollapsibleButton,
                 self.ui.guidanceCollapsibleButton, self.ui.outputCollapsibleButton,
                 self.ui.advancedCollapsibleButton)
-
-    # ------------------------------------------------------------------ dependencies
-    def _ensureDependencies(self) -> bool:
-        """True when every package of the run imports; otherwise ask, then install (if this Python can)."""
-        required = install.requirements(totalsegmentator=self.usesTotalSegmentator())
-        missing = install.missing_requirements(required)
-        if not missing:
-            return True
-        if not self._checkInstallable(missing):
-            return False
-        question = "\n\n".join([
-            _("Organ Guidance needs Python packages that are not installed yet:"),
-            install.describe(missing),
-            _("Install them now? This needs an internet connection and can take several minutes, "
-              "during which Slicer does not respond."),
-        ])
-        if not self._askToInstall(question):
-            return False
-        self._setStatus(_("Installing Python packages..."))
-        slicer.app.processEvents()
-        if not self._installRequirements(missing):
-            return False
-        importlib.invalidate_caches()
-        self._coreMissing = bool(install.missing_requirements(install.CORE_REQUIREMENTS))
-        if not self._allInstalled(
-            required, _("These packages are still missing after installation; restart Slicer and try again:")
-        ):
-            return False
-        self._setStatus(_("Python packages installed."))
-        return True
-
-    # ------------------------------------------------------------------ running
-    def _runMessages(self) -> RunMessages:
-        return RunMessages(
-            applyTooltip=_("Compute the organs-of-interest mask, the bowel wall and the body crop."),
-            preparing=_("Preparing inputs..."),
-            startFailed=_("Organ guidance could not start."),
-            runFailed=_("Organ guidance failed."),
-            applyFailed=_("The organ guidance result could not be added to the scene."),
-            overwriteQuestion=_("The output segmentation '{name}' already holds {count} segment(s). "
-                                "Write the organ guidance segments into it?\n\n"
-                                "Choose 'Create new segmentation' as output to leave it untouched."),
-            title=_("Organ Guidance"),
-        )
-
-    def _doneText(self, seconds: float, job: Any, result: Any, segmentation: Any) -> str:
-        return _("Done in {seconds:.1f} s: {count} segments in '{name}'.").format(
-            seconds=seconds,
-            count=segmentation.GetSegmentation().GetNumberOfSegments(),
-            name=segmentation.GetName(),
-        )

@@ -2,7 +2,7 @@
 
 Files are paired by case name, whatever their format (``<case>.nii.gz`` as nnU-Net
 writes them, or NRRD/MHA). Metrics are AG-CRC §IV-D's (Dice, NSD@4 mm, precision,
-recall, HD95), as defined in ``CRCSegmentationLib.metrics``. Outputs, each
+recall, HD95), as defined in ``CRCSegmentationLib.measurement.metrics``. Outputs, each
 written atomically into ``output``:
 
 - ``metrics.csv``: one row per case (and label, when several are evaluated);
@@ -24,7 +24,6 @@ fits every case:
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -36,13 +35,18 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from CRCSegmentationLib.metrics import CONVENTIONS, HD95_EMPTY_MM, NSD_TOLERANCE_MM, SegmentationMetrics, compute_metrics
+from CRCSegmentationLib.measurement.metrics import (
+    CONVENTIONS,
+    HD95_EMPTY_MM,
+    NSD_TOLERANCE_MM,
+    SegmentationMetrics,
+    compute_metrics,
+)
 from OrganGuidanceLib.atomic import atomic_path, write_text_atomic
-from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.case_folders import files_by_case, name_list
+from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.validation import InputError
-
 
 METRIC_NAMES = ("dice", "nsd", "precision", "recall", "hd95")
 METRICS_CSV, SUMMARY_JSON, BOXPLOT_PNG = "metrics.csv", "summary.json", "metrics_boxplot.png"
@@ -302,27 +306,3 @@ def evaluate_folder(
         output / SUMMARY_JSON, _summary_json(summary, predictions, references, nsd_tolerance_mm))
     summary.boxplot_png = save_boxplot(results, output / BOXPLOT_PNG, nsd_tolerance_mm, title=f"predictions: {predictions.name}")
     return summary
-
-
-# --- command line (for ``crcseg evaluate``, wired in CRCTraining.cli) ---------
-def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("predictions", type=Path, help="folder of predicted label maps (<case>.nii.gz, ...)")
-    parser.add_argument("references", type=Path, help="folder of reference label maps, same case names")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="folder for metrics.csv, summary.json, PNG")
-    parser.add_argument("--labels", type=int, nargs="+", default=[1], help="label values to evaluate (default: 1)")
-    parser.add_argument("--nsd-tolerance-mm", type=float, default=NSD_TOLERANCE_MM,
-                        help=f"NSD tolerance in mm (default {NSD_TOLERANCE_MM:g}, AG-CRC / MSD)")
-    parser.add_argument("--missing-predictions", choices=MISSING_PREDICTIONS, default="refuse",
-                        help="a reference without a prediction: refuse (default), empty (score it as an empty "
-                        "prediction), skip (evaluate only the predicted cases, e.g. one fold's validation set); a "
-                        "prediction without a reference is always refused")
-
-
-def evaluate_main(args: argparse.Namespace) -> int:
-    summary = evaluate_folder(args.predictions, args.references, args.output, args.labels, args.nsd_tolerance_mm,
-                              args.missing_predictions)
-    for label, per_metric in summary.statistics.items():
-        text = ", ".join(f"{name} {stats.mean:.4f}" for name, stats in per_metric.items())
-        print(f"label {label}, {summary.n_cases} cases, mean: {text}")
-    print(f"wrote {summary.metrics_csv}, {summary.summary_json}, {summary.boxplot_png}")
-    return 0

@@ -59,7 +59,7 @@ def _nnunet_default(plans_manager, configuration_manager, num_input_channels: in
 
 
 def _rcsegnext(plans_manager, configuration_manager, num_input_channels: int, num_output_channels: int) -> nn.Module:
-    from .rcsegnext_plans import rcsegnext_from_plans
+    from CRCSegmentationLib.networks.rcsegnext.plans import rcsegnext_from_plans
 
     return rcsegnext_from_plans(plans_manager, configuration_manager, num_input_channels, num_output_channels)
 

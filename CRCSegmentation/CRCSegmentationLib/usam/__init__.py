@@ -2,9 +2,9 @@
 
 The network itself is ``CRCSegmentationLib.networks.usam``.
 """
-from .checkpoint import load_usam_checkpoint, read_usam_checkpoint, save_usam_checkpoint
-from .preprocess import SliceTransform, slice_to_input
-from .sam_weights import LoadReport, usam_with_sam_weights
+from CRCSegmentationLib.usam.checkpoint import load_usam_checkpoint, read_usam_checkpoint, save_usam_checkpoint
+from CRCSegmentationLib.usam.preprocess import SliceTransform, slice_to_input
+from CRCSegmentationLib.usam.sam_weights import LoadReport, usam_with_sam_weights
 
 __all__ = [
     "LoadReport",

@@ -15,10 +15,9 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
+from CRCSegmentationLib.networks.usam import USAM, USAMConfig
 from OrganGuidanceLib.atomic import atomic_path
 from OrganGuidanceLib.validation import InputError
-
-from ..networks.usam import USAM, USAMConfig
 
 CHECKPOINT_FORMAT = "crcseg-usam"
 CHECKPOINT_VERSION = 1

@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from CRCSegmentationLib.networks.usam import USAM, USAMConfig, build_usam
+from CRCSegmentationLib.networks.usam.config import VIT_DEPTH, VIT_EMBED_DIM, VIT_GLOBAL_ATTN_INDEXES
 from OrganGuidanceLib.validation import InputError
-
-from ..networks.usam import USAM, USAMConfig, build_usam
-from ..networks.usam.config import VIT_DEPTH, VIT_EMBED_DIM, VIT_GLOBAL_ATTN_INDEXES
 
 logger = logging.getLogger(__name__)
 

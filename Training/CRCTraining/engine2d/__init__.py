@@ -6,12 +6,12 @@ PyTorch's ``DistributedDataParallel`` (NCCL on GPUs, gloo on CPU). Everything el
 the ``DistributedSampler`` batches, AMP on CUDA, resumable checkpoints, the learning-rate schedule,
 validation each epoch with early stopping, tqdm, the training log and curve, all on rank 0.
 """
-from .batches import EpochBatches, sample_seed
-from .distributed import DistributedContext, distributed_context, is_main_process
-from .engine import EngineResult, train
-from .schedules import SCHEDULES, learning_rate_factor
-from .settings import EngineSettings
-from .task import EngineTask
+from CRCTraining.engine2d.batches import EpochBatches, sample_seed
+from CRCTraining.engine2d.distributed import DistributedContext, distributed_context, is_main_process
+from CRCTraining.engine2d.engine import EngineResult, train
+from CRCTraining.engine2d.schedules import SCHEDULES, learning_rate_factor
+from CRCTraining.engine2d.settings import EngineSettings
+from CRCTraining.engine2d.task import EngineTask
 
 __all__ = [
     "DistributedContext", "EngineResult", "EngineSettings", "EngineTask", "EpochBatches", "SCHEDULES",

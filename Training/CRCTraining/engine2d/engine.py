@@ -25,16 +25,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from CRCTraining.engine2d.batches import EpochBatches
+from CRCTraining.engine2d.curves import write_curve, write_log
+from CRCTraining.engine2d.distributed import DistributedContext, distributed_context
+from CRCTraining.engine2d.schedules import learning_rate_factor
+from CRCTraining.engine2d.settings import RESUME_KEYS, EngineSettings
+from CRCTraining.engine2d.task import EngineTask
 from OrganGuidanceLib.atomic import write_text_atomic
 from OrganGuidanceLib.json_files import json_field, read_json
 from OrganGuidanceLib.validation import InputError
-
-from .batches import EpochBatches
-from .curves import write_curve, write_log
-from .distributed import DistributedContext, distributed_context
-from .schedules import learning_rate_factor
-from .settings import RESUME_KEYS, EngineSettings
-from .task import EngineTask
 
 LATEST = "checkpoint_latest.pt"
 BEST = "checkpoint_best.pt"

@@ -1,7 +1,7 @@
 """What a 2D training command prints when it ends (rank 0 only: one report per run, not one per process)."""
 from __future__ import annotations
 
-from .distributed import is_main_process
+from CRCTraining.engine2d.distributed import is_main_process
 
 
 def print_training_result(result, prefix: str = "", details: str = "") -> None:

@@ -5,9 +5,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
+from CRCTraining.engine2d.schedules import SCHEDULES
 from OrganGuidanceLib.validation import InputError
-
-from .schedules import SCHEDULES
 
 AMP_MODES = ("auto", "on", "off")
 

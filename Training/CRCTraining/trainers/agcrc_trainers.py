@@ -2,7 +2,7 @@
 
 nnU-Net imports the files of this folder as top-level modules, so they use
 absolute imports only. Each class composes mixins that change one thing
-(``CRCTraining.trainer_mixins``, ``CRCTraining.sampling``):
+(``CRCTraining.nnunet.mixins``, ``CRCTraining.agcrc.sampling``):
 
 | trainer | AG-CRC | what changes |
 |---|---|---|
@@ -15,8 +15,10 @@ absolute imports only. Each class composes mixins that change one thing
 """
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from CRCTraining.sampling import AGSamplingTrainerMixin
-from CRCTraining.trainer_mixins import AFLossTrainerMixin, ScheduleFromEnvironmentMixin, SSLPretrainingTrainerMixin
+from CRCTraining.agcrc.af_loss import AFLossTrainerMixin
+from CRCTraining.agcrc.nnunet_sampling import AGSamplingTrainerMixin
+from CRCTraining.agcrc.ssl import SSLPretrainingTrainerMixin
+from CRCTraining.nnunet.mixins import ScheduleFromEnvironmentMixin
 
 
 class nnUNetTrainerBaseline(ScheduleFromEnvironmentMixin, nnUNetTrainer):

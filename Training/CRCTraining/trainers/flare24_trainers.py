@@ -20,9 +20,10 @@ it only masks the prediction (the input must carry the OOI as channel 2, which `
 """
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from CRCTraining.class_first_sampling import ClassFirstSamplingTrainerMixin
-from CRCTraining.flare24_losses import PAPER_ALPHA, ClassWeightedLossTrainerMixin
-from CRCTraining.trainer_mixins import AFLossTrainerMixin, ScheduleFromEnvironmentMixin
+from CRCTraining.agcrc.af_loss import AFLossTrainerMixin
+from CRCTraining.flare24.class_first_sampling import ClassFirstSamplingTrainerMixin
+from CRCTraining.flare24.losses import PAPER_ALPHA, ClassWeightedLossTrainerMixin
+from CRCTraining.nnunet.mixins import ScheduleFromEnvironmentMixin
 
 
 class nnUNetTrainerOrganInterference(ScheduleFromEnvironmentMixin, ClassFirstSamplingTrainerMixin,

@@ -11,8 +11,8 @@ its own, as an ablation next to HCF's two-stage classifier + SANet pipeline.
 """
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from CRCTraining.cr_loss import CRLossTrainerMixin
-from CRCTraining.trainer_mixins import ScheduleFromEnvironmentMixin
+from CRCTraining.hcf.cr_loss import CRLossTrainerMixin
+from CRCTraining.nnunet.mixins import ScheduleFromEnvironmentMixin
 
 
 class nnUNetTrainerCRLoss(ScheduleFromEnvironmentMixin, CRLossTrainerMixin, nnUNetTrainer):

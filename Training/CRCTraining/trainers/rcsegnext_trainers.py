@@ -15,11 +15,12 @@ whose patch the network's poolings divide. The network comes from ``CRCSegmentat
 """
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from CRCTraining.class_first_sampling import ClassFirstSamplingTrainerMixin
-from CRCTraining.flare24_losses import ClassWeightedLossTrainerMixin
-from CRCTraining.rcsegnext_mixin import PaperScheduleMixin, RCSegNeXtNetworkMixin
-from CRCTraining.sampling import AGSamplingTrainerMixin
-from CRCTraining.trainer_mixins import AFLossTrainerMixin, ScheduleFromEnvironmentMixin
+from CRCTraining.agcrc.af_loss import AFLossTrainerMixin
+from CRCTraining.agcrc.nnunet_sampling import AGSamplingTrainerMixin
+from CRCTraining.flare24.class_first_sampling import ClassFirstSamplingTrainerMixin
+from CRCTraining.flare24.losses import ClassWeightedLossTrainerMixin
+from CRCTraining.nnunet.mixins import ScheduleFromEnvironmentMixin
+from CRCTraining.rcsegnext.mixins import PaperScheduleMixin, RCSegNeXtNetworkMixin
 
 
 class nnUNetTrainerRCSegNeXt(ScheduleFromEnvironmentMixin, RCSegNeXtNetworkMixin, nnUNetTrainer):

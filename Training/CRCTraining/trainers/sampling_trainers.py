@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from CRCTraining.sampling import AGSamplingTrainerMixin
-from CRCTraining.trainer_mixins import ScheduleFromEnvironmentMixin
+from CRCTraining.agcrc.nnunet_sampling import AGSamplingTrainerMixin
+from CRCTraining.nnunet.mixins import ScheduleFromEnvironmentMixin
 
 
 class nnUNetTrainerAGSampling(ScheduleFromEnvironmentMixin, AGSamplingTrainerMixin, nnUNetTrainer):

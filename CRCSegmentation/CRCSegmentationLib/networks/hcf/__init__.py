@@ -5,8 +5,8 @@ before its last layer. ``sanet``: the 2D Spatial Alignment Network (§3.2, Fig. 
 module (SAM, Eq. 1-3). ``build``: builders and the paper's parameter counts. Training (CR loss, balance
 sampling) lives in ``CRCTraining``.
 """
-from .alignment import SpatialAlignment, align_upsample, identity_grid
-from .build import (
+from CRCSegmentationLib.networks.hcf.alignment import SpatialAlignment, align_upsample, identity_grid
+from CRCSegmentationLib.networks.hcf.build import (
     PAPER_HCF_PARAMETERS_M,
     PAPER_SANET_PARAMETERS_M,
     PUBLIC_CODE_SANET_PARAMETERS_M,
@@ -15,8 +15,18 @@ from .build import (
     build_sanet,
     parameter_count,
 )
-from .sanet import OUTPUT_STRIDE, SANet, DilatedResNet18Encoder, PyramidPooling, dilate_stage
-from .slice_classifier import PUBLIC_FINAL_DROPOUT, DropoutLinear, build_slice_classifier
+from CRCSegmentationLib.networks.hcf.sanet import (
+    OUTPUT_STRIDE,
+    DilatedResNet18Encoder,
+    PyramidPooling,
+    SANet,
+    dilate_stage,
+)
+from CRCSegmentationLib.networks.hcf.slice_classifier import (
+    PUBLIC_FINAL_DROPOUT,
+    DropoutLinear,
+    build_slice_classifier,
+)
 
 __all__ = [
     "OUTPUT_STRIDE", "PAPER_HCF_PARAMETERS_M", "PAPER_SANET_PARAMETERS_M", "PUBLIC_CODE_SANET_PARAMETERS_M",

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .sanet import SANet
-from .slice_classifier import build_slice_classifier
+from CRCSegmentationLib.networks.hcf.sanet import SANet
+from CRCSegmentationLib.networks.hcf.slice_classifier import build_slice_classifier
 
 # Millions of parameters: paper Table 2 and what DESIGN.md measured from the public code.
 PAPER_SANET_PARAMETERS_M = 12.82

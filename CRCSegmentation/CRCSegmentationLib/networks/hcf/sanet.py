@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet18
 
-from .alignment import SpatialAlignment
+from CRCSegmentationLib.networks.hcf.alignment import SpatialAlignment
 
 OUTPUT_STRIDE = 16
 ENCODER_CHANNELS = (64, 128, 256, 512)  # layer1..layer4 of ResNet18

@@ -5,7 +5,7 @@ while spacing_z / spacing_xy >= 2, then isotropic IsoNeXt stages with the Scale-
 Module (SAIM). ``blocks`` also holds the Table 3 ablation blocks. nnU-Net integration lives in
 ``networks.nnunet_architectures``.
 """
-from .blocks import (
+from CRCSegmentationLib.networks.rcsegnext.blocks import (
     AniNeXtBlock,
     ConvNeXtBlock,
     HierarchicalScales,
@@ -19,7 +19,7 @@ from .blocks import (
     make_block,
     shuffle_permutation,
 )
-from .build import (
+from CRCSegmentationLib.networks.rcsegnext.build import (
     TABLE3_PARAMETERS_M,
     Table3Row,
     build_rcsegnext,
@@ -29,7 +29,7 @@ from .build import (
     public_code_parameter_count,
     table3_rows,
 )
-from .config import (
+from CRCSegmentationLib.networks.rcsegnext.config import (
     ANISOTROPIC_BLOCKS,
     ISOTROPIC_BLOCKS,
     RCSegNeXtConfig,
@@ -39,7 +39,7 @@ from .config import (
     level_pooling,
     total_downsampling,
 )
-from .network import RCSegNeXt
+from CRCSegmentationLib.networks.rcsegnext.network import RCSegNeXt
 
 __all__ = [
     "ANISOTROPIC_BLOCKS", "ISOTROPIC_BLOCKS", "TABLE3_PARAMETERS_M",

@@ -6,8 +6,8 @@ from typing import Dict, List, NamedTuple, Tuple
 
 from torch import nn
 
-from .config import RCSegNeXtConfig
-from .network import RCSegNeXt
+from CRCSegmentationLib.networks.rcsegnext.config import RCSegNeXtConfig
+from CRCSegmentationLib.networks.rcsegnext.network import RCSegNeXt
 
 # RCSegNeXt paper, Table 3 "#P(M)": (anisotropic-stage block, isotropic-stage block) -> millions.
 TABLE3_PARAMETERS_M: Dict[Tuple[str, str], float] = {

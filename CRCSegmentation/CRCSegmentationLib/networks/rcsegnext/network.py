@@ -7,8 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import ANISOTROPIC_KERNEL, ISOTROPIC_KERNEL, make_block
-from .config import RCSegNeXtConfig, level_channels, level_is_anisotropic, level_pooling, total_downsampling
+from CRCSegmentationLib.networks.rcsegnext.blocks import ANISOTROPIC_KERNEL, ISOTROPIC_KERNEL, make_block
+from CRCSegmentationLib.networks.rcsegnext.config import (
+    RCSegNeXtConfig,
+    level_channels,
+    level_is_anisotropic,
+    level_pooling,
+    total_downsampling,
+)
 
 
 class Stage(nn.Sequential):

@@ -5,8 +5,8 @@ from typing import List, Sequence, Tuple
 
 from torch import Tensor, nn
 
-from ..blocks.unet_2d import DoubleConv, DownBlock
-from .config import CNN_CHANNELS
+from CRCSegmentationLib.networks.blocks.unet_2d import DoubleConv, DownBlock
+from CRCSegmentationLib.networks.usam.config import CNN_CHANNELS
 
 
 class CNNEncoder(nn.Module):

@@ -8,8 +8,8 @@ from segment_anything.modeling import TwoWayTransformer
 from segment_anything.modeling.mask_decoder import MLP
 from torch import Tensor, nn
 
-from ..blocks.unet_2d import UpBlock
-from .config import CNN_CHANNELS, PROMPT_EMBED_DIM
+from CRCSegmentationLib.networks.blocks.unet_2d import UpBlock
+from CRCSegmentationLib.networks.usam.config import CNN_CHANNELS, PROMPT_EMBED_DIM
 
 
 class USAMMaskDecoder(nn.Module):

@@ -8,12 +8,11 @@ import torch
 from segment_anything.modeling import PromptEncoder
 from torch import Tensor, nn
 
+from CRCSegmentationLib.networks.usam.cnn_encoder import CNNEncoder
+from CRCSegmentationLib.networks.usam.config import PROMPT_EMBED_DIM, USAMConfig
+from CRCSegmentationLib.networks.usam.mask_decoder import USAMMaskDecoder
+from CRCSegmentationLib.networks.usam.vit_encoder import TokenViTEncoder
 from OrganGuidanceLib.validation import InputError
-
-from .cnn_encoder import CNNEncoder
-from .config import PROMPT_EMBED_DIM, USAMConfig
-from .mask_decoder import USAMMaskDecoder
-from .vit_encoder import TokenViTEncoder
 
 
 @dataclass

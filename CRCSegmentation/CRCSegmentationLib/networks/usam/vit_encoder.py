@@ -6,7 +6,7 @@ from functools import partial
 from segment_anything.modeling import ImageEncoderViT
 from torch import Tensor, nn
 
-from .config import (
+from CRCSegmentationLib.networks.usam.config import (
     PATCH_SIZE,
     PROMPT_EMBED_DIM,
     VIT_DEPTH,

@@ -1,0 +1,1 @@
+"""AG-CRC (anatomy-guided CRC segmentation): ``psm`` (patch sampling maps, §III-C), ``sampling`` (AG-sampling and the Table VI ablations), ``ssl`` (AG-SSL masking, §III-D), ``af_loss`` (the anatomy-focalized loss, §III-E Eq. 8, and its trainer mixin)."""

@@ -1,0 +1,1 @@
+"""Data preparation that belongs to no paper: source datasets (``sources``), nnU-Net raw datasets (``raw_dataset``), CT preparation with the organ-guidance channels (``prepare_ct``, AG-CRC §III-B), sagittal T2 MR preparation (``prepare_mr``, RCSegNeXt), the phantom datasets (``phantoms_ct``, ``phantoms_mr``)."""

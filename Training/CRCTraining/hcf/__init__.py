@@ -1,0 +1,1 @@
+"""HCF (hybrid slice classifier + SANet): ``slices`` (slice datasets), ``augment``, ``cr_loss`` (the CR loss), ``train`` (both stages), ``export`` (HCF bundles), ``table3`` (the HCF paper's Table 3)."""

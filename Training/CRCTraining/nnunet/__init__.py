@@ -1,0 +1,1 @@
+"""nnU-Net v2 glue that belongs to no paper: ``env`` (its folders), ``planning``, ``train``, ``predict``, ``export`` (model bundles), ``mixins`` (generic trainer hooks). The trainer classes are in ``trainers/``."""

@@ -1,0 +1,1 @@
+"""U-SAM (point-prompted rectal tumor refinement): ``data`` (slices from volumes), ``train``, ``evaluate`` (the CARE paper's Table 4)."""

@@ -1,0 +1,200 @@
+"""U-SAM training on 2D rectum slices (CARE paper, Implementation Details; public U-SAM code).
+
+- loss: 0.4 cross-entropy + 0.6 soft Dice over all classes (U-SAM's ``calc_loss``, dice_weight 0.6);
+- AdamW, learning rate 1e-3 for the mask decoder and 1e-4 for the ViT and the CNN encoder
+  (paper: "0.001 and 0.0001"), weight decay 1e-4, poly decay (1 - it / max_it)^0.9 per iteration;
+  the prompt encoder is frozen (paper) and has no parameters in the optimizer;
+- points: per_class (3) random ground-truth points per present class, all positive, + negatives;
+- augmentation: flips, rot90, +-15 degree rotations; points are drawn from the augmented label.
+
+Runs on the 2D training engine (``engine2d``): one device, or several processes under ``torchrun``
+(``batch_size`` is the global batch). Resumable: ``checkpoint_latest.pt`` (model, optimizer, iteration,
+loss history) is written atomically every ``checkpoint_every`` iterations; a rerun continues with the
+batches an uninterrupted run would see (``engine2d.batches``: epochs of shuffled slices, as the public
+code's DataLoader). The finished run leaves ``usam_final.pt`` (``save_usam_checkpoint`` format, loadable
+by ``load_usam_checkpoint``), ``training_curve.png`` and ``training_log.csv``; running it again is a no-op.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from CRCSegmentationLib.networks.usam import USAM, USAMConfig
+from CRCSegmentationLib.usam import save_usam_checkpoint, usam_with_sam_weights
+from CRCSegmentationLib.usam.checkpoint import read_usam_checkpoint
+from CRCTraining.engine2d import EngineSettings, EngineTask, learning_rate_factor, train
+from CRCTraining.engine2d.engine import CURVE, LATEST, LOG  # noqa: F401 - the run folder's file names, for callers
+from CRCTraining.usam.data import PromptSettings, USAMSliceDataset, collate, to_model_prompts
+from OrganGuidanceLib.validation import InputError
+
+FINAL = "usam_final.pt"
+LOSS_COLUMNS = ("loss", "ce", "dice_loss")
+POLY_POWER = 0.9  # public U-SAM code: (1 - iter / max_iter) ** 0.9
+DICE_SMOOTH = 1e-5  # public U-SAM DiceLoss
+# U-SAM settings that must match for a run to be continued (the engine adds its own: batches, schedule).
+RESUME_KEYS = ("lr_decoder", "lr_encoder", "weight_decay", "dice_weight", "per_class", "negatives", "augmentation",
+               "image_size", "intensity")
+
+
+@dataclass
+class USAMTrainingSettings:
+    slices: Path  # folder of CARE-layout .npz slices (``crcseg usam-slices``)
+    output: Path
+    iterations: Optional[int] = None  # None: ``epochs`` passes over the slices
+    epochs: int = 100  # public U-SAM code's default
+    batch_size: int = 24  # CARE paper; the global batch when several processes train (torchrun)
+    lr_decoder: float = 1e-3  # CARE paper: decoder 0.001
+    lr_encoder: float = 1e-4  # CARE paper: encoders 0.0001 (ViT and CNN, public code lr_vit / lr_backbone)
+    weight_decay: float = 1e-4  # public U-SAM code
+    dice_weight: float = 0.6  # public U-SAM calc_loss: 0.4 CE + 0.6 Dice
+    per_class: int = 3  # CARE Table 4: 3 points per class
+    negatives: int = 1  # ours (see usam_data.PromptSettings)
+    augmentation: bool = True
+    image_size: int = 224  # CARE paper
+    intensity: str = "hu"  # "unit" for slices already scaled to [0, 1] (CARE release)
+    seed: int = 0
+    checkpoint_every: int = 500
+    device: str = "auto"
+    threads: Optional[int] = None
+    workers: int = 0
+    sam_checkpoint: Optional[Path] = None  # sam_vit_b_01ec64.pth; None: random initialisation
+
+    def plain(self) -> Dict[str, object]:
+        """Checkpoint-safe dict (paths as strings)."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class TrainingResult:
+    final: Path
+    iterations: int
+    history: np.ndarray  # iterations x (iteration, loss, ce, dice_loss, lr of the decoder group)
+    skipped: bool = False  # the run had finished before
+    resumed_from: int = 0
+    warnings: List[str] = field(default_factory=list)
+
+
+def usam_loss(logits: Tensor, target: Tensor, dice_weight: float = 0.6) -> Tuple[Tensor, Tensor, Tensor]:
+    """(1 - w) CE + w soft Dice (public U-SAM ``calc_loss``); logits B x C x S x S, target B x S x S.
+
+    Soft Dice per class over the whole batch, background included, 1 - (2 sum(p t) + e) / (sum(p^2) + sum(t) + e),
+    averaged over classes (public ``DiceLoss``). Returns (loss, ce, dice_loss).
+    """
+    ce = F.cross_entropy(logits, target)
+    probabilities = torch.softmax(logits, dim=1)
+    one_hot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(probabilities.dtype)
+    intersection = (probabilities * one_hot).sum(dim=(0, 2, 3))
+    denominator = (probabilities * probabilities).sum(dim=(0, 2, 3)) + one_hot.sum(dim=(0, 2, 3))
+    dice_loss = (1.0 - (2.0 * intersection + DICE_SMOOTH) / (denominator + DICE_SMOOTH)).mean()
+    return (1.0 - dice_weight) * ce + dice_weight * dice_loss, ce, dice_loss
+
+
+def build_optimizer(model: USAM, lr_decoder: float, lr_encoder: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with named groups ``decoder`` (lr_decoder), ``vit`` and ``cnn_encoder`` (lr_encoder).
+
+    Frozen parameters (SAM's prompt encoder) are left out. Each group keeps its ``base_lr`` for the poly decay.
+    """
+    groups: Dict[str, List[torch.nn.Parameter]] = {"decoder": [], "vit": [], "cnn_encoder": []}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if name.startswith("image_encoder."):
+            groups["vit"].append(parameter)
+        elif name.startswith("cnn_encoder."):
+            groups["cnn_encoder"].append(parameter)
+        else:
+            groups["decoder"].append(parameter)
+    rates = {"decoder": lr_decoder, "vit": lr_encoder, "cnn_encoder": lr_encoder}
+    return torch.optim.AdamW(
+        [{"name": n, "params": p, "lr": rates[n]} for n, p in groups.items()],
+        weight_decay=weight_decay,
+    )
+
+
+def poly_factor(iteration: int, max_iterations: int) -> float:
+    """(1 - it / max_it)^0.9, the public U-SAM code's schedule, applied per iteration (the engine's ``poly``)."""
+    return learning_rate_factor("poly", iteration, max_iterations, 1, POLY_POWER)
+
+
+def _check_settings(settings: USAMTrainingSettings) -> None:
+    engine_settings(settings).check(USAMTask.name)  # batch size, checkpoints, epochs, workers
+    if not 0.0 <= settings.dice_weight <= 1.0:
+        raise InputError(f"U-SAM training: dice_weight must be in [0, 1], got {settings.dice_weight}")
+    if settings.per_class < 0 or settings.negatives < 0:
+        raise InputError("U-SAM training: per_class and negatives must be >= 0")
+
+
+class USAMTask(EngineTask):
+    """U-SAM on the engine: CARE slices with points, 0.4 CE + 0.6 Dice, two learning rates, its checkpoint format."""
+
+    name = "U-SAM"
+    final_name = FINAL
+    loss_columns = LOSS_COLUMNS
+
+    def __init__(self, settings: USAMTrainingSettings) -> None:
+        self.settings = settings
+        self.config = USAMConfig(image_size=settings.image_size)
+        self._dataset = USAMSliceDataset(settings.slices, self.config.image_size, self.config.hu_window,
+                                         PromptSettings(settings.per_class, settings.negatives),
+                                         settings.intensity, settings.augmentation)
+        self.warnings: List[str] = []
+
+    def dataset(self) -> USAMSliceDataset:
+        return self._dataset
+
+    def collate(self, samples):
+        return collate(samples)
+
+    def build_model(self) -> USAM:
+        model, report = usam_with_sam_weights(self.config, self.settings.sam_checkpoint)
+        self.warnings += report.warnings
+        return model
+
+    def build_optimizer(self, model: USAM) -> torch.optim.AdamW:
+        s = self.settings
+        return build_optimizer(model, s.lr_decoder, s.lr_encoder, s.weight_decay)
+
+    def loss(self, model, batch: dict, device: torch.device):
+        images, target = batch["image"].to(device), batch["label"].to(device)
+        coords, labels = to_model_prompts(batch, device)
+        loss, ce, dice = usam_loss(model(images, coords, labels), target, self.settings.dice_weight)
+        return loss, (loss, ce, dice)
+
+    def resume_settings(self) -> Dict[str, object]:
+        plain = self.settings.plain()
+        return {k: plain[k] for k in RESUME_KEYS}
+
+    def settings_record(self) -> Dict[str, object]:
+        return self.settings.plain()
+
+    def save(self, path: Path, model: USAM, extra: Dict[str, object]) -> None:
+        save_usam_checkpoint(path, model, extra=extra)
+
+    def load(self, path: Path, device: torch.device) -> Tuple[USAM, Dict[str, object]]:
+        return read_usam_checkpoint(path, device)
+
+
+def engine_settings(settings: USAMTrainingSettings) -> EngineSettings:
+    """The run's engine settings: U-SAM's poly schedule, ``epochs`` or ``iterations``, no validation."""
+    return EngineSettings(
+        output=Path(settings.output), iterations=settings.iterations, epochs=settings.epochs,
+        batch_size=settings.batch_size, seed=settings.seed, checkpoint_every=settings.checkpoint_every,
+        schedule="poly", poly_power=POLY_POWER, device=settings.device, threads=settings.threads,
+        workers=settings.workers)
+
+
+def train_usam(settings: USAMTrainingSettings, stop_after: Optional[int] = None, progress: bool = True) -> TrainingResult:
+    """Train (or resume, or skip a finished run); ``stop_after``: stop at that iteration as if interrupted.
+
+    Under ``torchrun`` every process calls this; rank 0 writes the files.
+    """
+    _check_settings(settings)
+    result = train(USAMTask(settings), engine_settings(settings), stop_after, progress)
+    return TrainingResult(result.final, result.iterations, result.history, result.skipped, result.resumed_from,
+                          result.warnings)
