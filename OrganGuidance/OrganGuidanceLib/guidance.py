@@ -8,7 +8,7 @@ structuring element.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -18,9 +18,8 @@ from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import image_from_sitk, image_to_sitk
 from OrganGuidanceLib.labels import DEFAULT_ORGAN_SET, ORGAN_SETS, LabelConvention
 from OrganGuidanceLib.morphology import bounding_box, dilate_mm, erode_mm, grow_box
+from OrganGuidanceLib.progress import ProgressCallback
 from OrganGuidanceLib.validation import InputError, check_ct, check_label_map, physical_overlap_fraction
-
-ProgressCallback = Callable[[str, float], None]  # (stage, fraction 0..1)
 
 
 @dataclass

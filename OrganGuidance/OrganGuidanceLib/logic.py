@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from OrganGuidanceLib.choices import DEVICES
 from OrganGuidanceLib.guidance import GuidanceParameters, GuidanceResult, MOSSource, run_guidance
@@ -31,7 +31,7 @@ from OrganGuidanceLib.mrml import (
     node_name,
     register_segmentation_converter_rules,
 )
-from OrganGuidanceLib.progress import RunCancelled
+from OrganGuidanceLib.progress import ProgressCallback, RunCancelled
 from OrganGuidanceLib.providers import (
     ImportedLabelMapProvider,
     MissingWeightsError,
@@ -39,8 +39,6 @@ from OrganGuidanceLib.providers import (
     check_totalsegmentator_weights,
 )
 from OrganGuidanceLib.validation import InputError, check_ct, check_label_map
-
-ProgressCallback = Callable[[str, Optional[float]], None]  # (stage, fraction 0..1, None while unknown)
 
 SOURCE_KINDS = ("totalsegmentator", "node", "file", "none")
 ORGAN_NODE_CLASSES = ("vtkMRMLLabelMapVolumeNode", "vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode")
