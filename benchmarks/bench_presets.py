@@ -16,6 +16,7 @@ import numpy as np
 
 from CRCSegmentationLib.core.segmentation import SegmentationParameters
 from CRCSegmentationLib.models.open import open_model
+from OrganGuidanceLib.choices import DEVICES
 from OrganGuidanceLib.guidance import MOSSource, run_guidance
 from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.labels import load_convention
@@ -30,7 +31,7 @@ def main() -> None:
     parser.add_argument("--ct", type=Path)
     parser.add_argument("--organs", type=Path)
     parser.add_argument("--convention", default="totalsegmentator")
-    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     args = parser.parse_args()
     ct = read_image(args.ct or data_file_or_exit("ts_example_ct.nii.gz"), name="CT")
     organs = read_image(args.organs or data_file_or_exit("ts_example_ct_seg_total_v2.nii.gz"), name="organs")
