@@ -86,7 +86,7 @@ def test_usam_evaluate_and_ablation_write_their_reports(run, tmp_path):
     evaluated = json.loads((tmp_path / "evaluation" / "usam_evaluation.json").read_text())
     direct = prompt_ablation({1: checkpoint}, test, negatives=0, batch_size=4, device=torch.device("cpu"),
                              progress=False)
-    assert evaluated == [e.as_dict() for e in direct]  # the options reached the evaluator
+    assert evaluated == [e.to_dict() for e in direct]  # the options reached the evaluator
     assert (evaluated[0]["points_per_class"], evaluated[0]["negatives"]) == (1, 0)
     assert evaluated[0]["slices"] == 4
     with open(tmp_path / "evaluation" / "usam_evaluation.csv") as stream:

@@ -82,7 +82,7 @@ def test_outputs_are_written_and_consistent(folders):
     assert [row["case"] for row in rows] == ["crc_001", "crc_002", "crc_003", "crc_004"]
     for row in rows:
         direct = compute_metrics(expected[row["case"]] == 1, expected["crc_003"] == 1, grid.spacing_zyx)
-        for name, value in direct.as_dict().items():
+        for name, value in direct.to_dict().items():
             assert float(row[name]) == pytest.approx(value, rel=1e-12, abs=1e-12), (row["case"], name)
     missing = rows[3]
     assert missing["prediction_missing"] == "1" and float(missing["dice"]) == 0.0

@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 from CRCSegmentationLib.networks.hcf import DropoutLinear
-from CRCTraining.hcf.train import HCFTrainingSettings, SliceClassifierTask, load_slices
+from CRCTraining.hcf.data import load_slices
+from CRCTraining.hcf.settings import HCFTrainingSettings
+from CRCTraining.hcf.tasks import SliceClassifierTask
 
 
 @pytest.fixture(scope="module")

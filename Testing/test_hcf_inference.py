@@ -27,11 +27,10 @@ from CRCSegmentationLib.core.segmentation import SegmentationParameters
 from CRCSegmentationLib.hcf.bundle import HCF_FILE, write_hcf_bundle
 from CRCSegmentationLib.hcf.preprocessing import (
     SliceDatasetConfig,
-    axial_axis,
     body_box,
     input_to_slice,
     label_to_input,
-    slice_to_input,
+    to_network_input,
 )
 from CRCSegmentationLib.hcf.segmenter import HCFSegmenter, majority_vote
 from CRCSegmentationLib.models.open import open_model
@@ -159,7 +158,7 @@ def copy(bundle, tmp_path) -> Path:
 def test_training_code_uses_the_lib_preprocessing():
     from CRCTraining.hcf import slices as hcf_slices
 
-    assert hcf_slices.slice_to_input is slice_to_input and hcf_slices.SliceDatasetConfig is SliceDatasetConfig
+    assert hcf_slices.to_network_input is to_network_input and hcf_slices.SliceDatasetConfig is SliceDatasetConfig
     assert hcf_slices.body_box is body_box and hcf_slices.label_to_input is label_to_input
 
 
@@ -176,11 +175,11 @@ def test_input_to_slice_inverts_label_to_input():
 
 
 def test_axial_axis_follows_the_direction():
-    assert axial_axis(Image(np.zeros((3, 4, 5)))) == 0
-    assert axial_axis(Image(np.zeros((3, 4, 5)), direction=np.diag([-1.0, -1.0, 1.0]))) == 0
+    assert Image(np.zeros((3, 4, 5))).axial_axis == 0
+    assert Image(np.zeros((3, 4, 5)), direction=np.diag([-1.0, -1.0, 1.0])).axial_axis == 0
     # index x points superior (a volume stored sagittal-first): array axis 2
-    assert axial_axis(Image(np.zeros((3, 4, 5)), direction=[[0, 0, 1], [0, 1, 0], [1, 0, 0]])) == 2
-    assert axial_axis(Image(np.zeros((3, 4, 5)), direction=[[1, 0, 0], [0, 0, 1], [0, -1, 0]])) == 1
+    assert Image(np.zeros((3, 4, 5)), direction=[[0, 0, 1], [0, 1, 0], [1, 0, 0]]).axial_axis == 2
+    assert Image(np.zeros((3, 4, 5)), direction=[[1, 0, 0], [0, 0, 1], [0, -1, 0]]).axial_axis == 1
 
 
 # --- the bundle -----------------------------------------------------------------------------------------------------
@@ -396,7 +395,7 @@ def test_slices_follow_the_superior_inferior_axis(segmenter, ct):
     """The same CT stored with x as the superior axis gives the same mask, moved with the array."""
     turned = Image(np.ascontiguousarray(np.moveaxis(ct.array, 0, 2)), spacing=(3.0, 1.0, 1.0),
                    direction=[[0, 0, 1], [0, 1, 0], [1, 0, 0]], name="sagittal-first CT")
-    assert axial_axis(turned) == 2
+    assert turned.axial_axis == 2
     result = segmenter.segment(turned)
     assert result.slice_counts == {"slices": 16, "abnormal": len(BRIGHT)}
     np.testing.assert_array_equal(result.mask.array, np.moveaxis(box_mask(BRIGHT), 0, 2))

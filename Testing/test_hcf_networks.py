@@ -24,6 +24,7 @@ from CRCSegmentationLib.networks.hcf import (
     identity_grid,
     parameter_count,
 )
+from CRCSegmentationLib.networks.hcf.sanet import OUTPUT_STRIDE, is_valid_input_size
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +154,20 @@ def test_sanet_refuses_shapes_it_cannot_take(sanet, shape):
     with pytest.raises(ValueError, match="multiples of 16; got shape " + re.escape(str(shape))):
         sanet(torch.randn(*shape))
 
+
+
+@pytest.mark.parametrize("size, valid", [(16, True), (48, True), (512, True), (0, False), (8, False), (50, False),
+                                         (-16, False), (True, False), (64.0, False), ("64", False)])
+def test_one_input_size_rule_from_the_output_stride(sanet, size, valid):
+    """The bundle and training check sizes with this rule; the network's own check agrees with it."""
+    assert OUTPUT_STRIDE == 16 and is_valid_input_size(size) is valid
+    if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
+        try:
+            sanet.check_input(torch.empty(1, 1, size, size))
+            accepted = True
+        except ValueError:
+            accepted = False
+        assert accepted is valid
 
 # --- Spatial Alignment Module (Eq. 1-3) -----------------------------------------------------------------------------
 def test_identity_grid_is_pixel_centres():

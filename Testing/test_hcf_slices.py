@@ -15,7 +15,7 @@ from CRCTraining.hcf.slices import (
     body_box,
     label_to_input,
     slice_records,
-    slice_to_input,
+    to_network_input,
 )
 from CRCTraining.usam.data import write_case_slices
 from OrganGuidanceLib.image import Image
@@ -44,7 +44,7 @@ def test_body_box_is_largest_region_plus_margin():
 def test_slice_and_label_to_input_shapes_and_range():
     config = SliceDatasetConfig(size=32, body_margin_px=2)
     slice_hu = disc_slice()
-    image, box = slice_to_input(slice_hu, config)
+    image, box = to_network_input(slice_hu, config)
     assert image.shape == (32, 32) and image.dtype == np.float32
     assert image.min() >= 0.0 and image.max() <= 1.0
     assert box == body_box(slice_hu, config.body_threshold_hu, config.body_margin_px)

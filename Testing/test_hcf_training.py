@@ -16,25 +16,17 @@ import numpy as np
 import pytest
 import torch
 
-from CRCSegmentationLib.hcf.preprocessing import axial_axis, slice_to_input
+from CRCSegmentationLib.hcf.preprocessing import to_network_input
 from CRCSegmentationLib.networks.hcf import build_slice_classifier
 from CRCTraining.cli import main as crcseg
 from CRCTraining.engine2d import train
 from CRCTraining.engine2d.engine import CURVE, LOG
 from CRCTraining.hcf.augment import AugmentationSettings, augment_slice
+from CRCTraining.hcf.data import fold_cases, load_slices, split_cases
 from CRCTraining.hcf.export import export_hcf_bundle
-from CRCTraining.hcf.train import (
-    FINAL_FILES,
-    HCFTrainingSettings,
-    SANetTask,
-    SliceClassifierTask,
-    classification_metrics,
-    engine_settings,
-    fold_cases,
-    load_slices,
-    split_cases,
-    train_stage,
-)
+from CRCTraining.hcf.settings import FINAL_FILES, HCFTrainingSettings
+from CRCTraining.hcf.tasks import SANetTask, SliceClassifierTask, classification_metrics
+from CRCTraining.hcf.train import engine_settings, train_stage
 from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.validation import InputError
 
@@ -262,8 +254,8 @@ def _direct_probabilities(classifier_final, ct, config):
     network = build_slice_classifier(1, 2)
     network.load_state_dict(weights(classifier_final)["state_dict"])
     network.eval()
-    volume = np.moveaxis(ct.array, axial_axis(ct), 0)
-    images = np.stack([slice_to_input(volume[k], config)[0] for k in range(volume.shape[0])])[:, None]
+    volume = np.moveaxis(ct.array, ct.axial_axis, 0)
+    images = np.stack([to_network_input(volume[k], config)[0] for k in range(volume.shape[0])])[:, None]
     with torch.inference_mode():
         return torch.softmax(network(torch.from_numpy(images)), dim=1)[:, 1].numpy()
 

@@ -19,7 +19,6 @@ from CRCTraining.cli import main as crcseg
 from CRCTraining.data.phantoms_ct import make_phantom_dataset
 from CRCTraining.data.prepare_ct import (
     PrepareError,
-    _inference_mos_values,
     _organ_setup,
     case_outputs,
     prepare_dataset,
@@ -27,6 +26,7 @@ from CRCTraining.data.prepare_ct import (
 from CRCTraining.flare24.labels import (
     FLARE22_ORGANS,
     check_organ_list,
+    inference_mos_values,
     match_organs,
     merge_labels,
     organ_voxel_counts,
@@ -244,5 +244,5 @@ def test_totalsegmentator_source_also_segments_the_organs_but_the_mos_channel_st
                                                           "cpu", True, FLARE22_ORGANS)
     assert folder is None and set(FLARE22_ORGANS) <= set(provider.roi_subset)  # TotalSegmentator runs them
     assert set(plain.roi_subset) < set(provider.roi_subset) and settings["roi_subset"] == provider.roi_subset
-    kept = _inference_mos_values(provider, parameters.organ_set)  # what an inference run's MOS holds
+    kept = inference_mos_values(provider, parameters.organ_set)  # what an inference run's MOS holds
     assert sorted(convention.labels[v] for v in kept) == sorted(plain.roi_subset)

@@ -381,20 +381,19 @@ def test_wrapper_defaults_and_ranges_match_the_engine():
 
 
 def test_wrapper_choices_are_values_the_logic_accepts():
-    from OrganGuidanceLib import logic
+    from OrganGuidanceLib import choices, logic
     from OrganGuidanceLib.labels import ORGAN_SETS
 
-    constants = {k: v for k, v in module_constants(parse(WIDGET_FILE)).items() if isinstance(v, ast.Tuple)}
-    values = {name: ast.literal_eval(node) for name, node in constants.items()}
-    assert set(values["PRIMARY_KINDS"]) <= set(logic.SOURCE_KINDS) - {"none"}
-    assert set(values["SECONDARY_KINDS"]) <= set(logic.SOURCE_KINDS)
-    assert "none" in values["SECONDARY_KINDS"]
-    assert {"totalsegmentator", "word"} <= set(values["CONVENTIONS"])
+    assert set(choices.PRIMARY_KINDS) <= set(logic.SOURCE_KINDS) - {"none"}
+    assert set(choices.SECONDARY_KINDS) <= set(logic.SOURCE_KINDS)
+    assert "none" in choices.SECONDARY_KINDS
+    assert {"totalsegmentator", "word"} <= set(choices.CONVENTIONS)
+    literal_tuples = {k for k, v in module_constants(parse(WIDGET_FILE)).items() if isinstance(v, ast.Tuple)}
+    assert not literal_tuples, f"widget.py writes choices of its own: {literal_tuples}"
     wrapper_source = ast.unparse(wrapper_class(parse(WIDGET_FILE)))
-    from OrganGuidanceLib.choices import DEVICES
-
-    assert set(DEVICES) == set(logic.DEVICES) and "Choice(DEVICES)" in wrapper_source
-    assert "DEVICES" not in values  # imported from OrganGuidanceLib.choices, not written here
+    assert set(choices.DEVICES) == set(logic.DEVICES)
+    for name in ("PRIMARY_KINDS", "SECONDARY_KINDS", "CONVENTIONS", "DEVICES"):
+        assert f"Choice({name})" in wrapper_source, name  # the parameter node offers the registry's tuples
     assert "Choice(tuple(ORGAN_SETS))" in wrapper_source and ORGAN_SETS
 
 

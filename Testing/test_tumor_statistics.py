@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from CRCSegmentationLib.measurement.statistics import axial_axis, tumor_statistics
+from CRCSegmentationLib.measurement.statistics import tumor_statistics
 from OrganGuidanceLib.image import Image
 
 SPACING_XYZ = (0.8, 0.7, 2.5)
@@ -60,7 +60,7 @@ def test_sagittal_grid_uses_the_direction_matrix():
     # ... on a grid whose index axis z points left-right and index axis x points superior-inferior.
     direction = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # columns: x->S, y->P, z->L
     image = Image(mask.astype(np.uint8), SPACING_XYZ, (0, 0, 0), direction)
-    assert axial_axis(image) == 2  # axial slices are slices along array axis x
+    assert image.axial_axis == 2  # axial slices are slices along array axis x
     statistics = tumor_statistics(image)
     columns = np.flatnonzero(mask.any(axis=(0, 1)))
     assert statistics.craniocaudal_extent_mm == pytest.approx((columns[-1] - columns[0] + 1) * SPACING_XYZ[0])

@@ -1,6 +1,6 @@
 """Training throughput (images/s) of the 2D engine: the HCF slice classifier on 1 and on N processes.
 
-Each process count runs the real training path (``hcf_train.SliceClassifierTask`` on ``engine2d.train``:
+Each process count runs the real training path (``hcf.tasks.SliceClassifierTask`` on ``engine2d.train``:
 the ``DistributedSampler`` batches, DDP, the optimiser step, checkpoints) on phantom slices held in memory
 (``phantom_dataset``; body crop, window and resize to ``--size`` per sample, augmentation on). One
 process is a plain ``python``; N > 1 are ``torchrun --standalone --nproc_per_node N`` (gloo on the CPU,
@@ -37,8 +37,10 @@ def worker(args: argparse.Namespace) -> int:
 
     from CRCTraining.data.phantoms_ct import make_phantom_case
     from CRCTraining.engine2d import distributed_context, train
+    from CRCTraining.hcf.settings import HCFTrainingSettings
     from CRCTraining.hcf.slices import SliceDataset
-    from CRCTraining.hcf.train import HCFTrainingSettings, SliceClassifierTask, engine_settings
+    from CRCTraining.hcf.tasks import SliceClassifierTask
+    from CRCTraining.hcf.train import engine_settings
 
     cases = {f"case{k}": make_phantom_case(k, seed=0) for k in range(2)}
     settings_base = dict(fold=None, size=args.size, batch_size=args.batch_size, ratio="n", seed=0, device=args.device,

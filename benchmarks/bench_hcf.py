@@ -30,7 +30,7 @@ import torch
 
 from CRCSegmentationLib.core.segmentation import SegmentationParameters
 from CRCSegmentationLib.hcf.bundle import write_hcf_bundle
-from CRCSegmentationLib.hcf.preprocessing import SliceDatasetConfig, axial_axis, input_to_slice, slice_to_input
+from CRCSegmentationLib.hcf.preprocessing import SliceDatasetConfig, input_to_slice, to_network_input
 from CRCSegmentationLib.hcf.segmenter import majority_vote
 from CRCSegmentationLib.models.open import open_model
 from CRCSegmentationLib.networks.hcf import build_sanet, build_slice_classifier
@@ -38,7 +38,7 @@ from CRCSegmentationLib.networks.hcf import build_sanet, build_slice_classifier
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import median_seconds
 
-BATCH = 16  # hcf_segmenter.DEFAULT_BATCH_SIZE
+BATCH = 16  # hcf.segmenter.DEFAULT_BATCH_SIZE
 
 
 def random_bundle(folder: Path, size: int) -> Path:
@@ -67,12 +67,12 @@ def threshold_for(probabilities: np.ndarray, fraction: float) -> float:
 
 def sanet_every_slice(sanet: torch.nn.Module, ct, config: SliceDatasetConfig, device: torch.device) -> np.ndarray:
     """SANet alone: every axial slice preprocessed, segmented in batches and put back on the slice grid."""
-    volume = np.moveaxis(ct.array, axial_axis(ct), 0)
+    volume = np.moveaxis(ct.array, ct.axial_axis, 0)
     mask = np.zeros(volume.shape, np.uint8)
     with torch.inference_mode():
         for start in range(0, volume.shape[0], BATCH):
             indices = range(start, min(start + BATCH, volume.shape[0]))
-            inputs = [slice_to_input(volume[k], config) for k in indices]
+            inputs = [to_network_input(volume[k], config) for k in indices]
             x = torch.from_numpy(np.stack([image for image, _ in inputs])[:, None]).to(device)
             tumor = (torch.softmax(sanet(x).float(), dim=1)[:, 1] > 0.5).cpu().numpy().astype(np.uint8)
             for k, (_, box), prediction in zip(indices, inputs, tumor):

@@ -26,7 +26,6 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -107,25 +106,24 @@ def write_bundle(model_folder: Path, destination: Path, name: str = "demo_phanto
     """Export, strip the checkpoint, rewrite the metadata's SHA-256 through ``CRCSegmentationLib.core.bundle``."""
     from CRCSegmentationLib.core.bundle import METADATA_FILE, read_metadata, verify_bundle
     from CRCTraining.nnunet.export import export_bundle
+    from OrganGuidanceLib.atomic import new_folder
     from OrganGuidanceLib.checksum import sha256_of
 
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-demo-", dir=destination.parent)) / destination.name
-    export_bundle(model_folder, staging, folds=("all",), name=name, description=description)
-    dataset_file = staging / "dataset.json"
-    dataset_file.write_text(json.dumps(portable_dataset_json(json.loads(dataset_file.read_text()), note), indent=4)
-                            + "\n")
-    metadata = read_metadata(staging)
-    metadata.guidance = portable_dataset_json({"agcrc": metadata.guidance}, note)["agcrc"]
-    for relative in metadata.checkpoint_sha256:
-        strip_checkpoint(staging / relative, note)
-        metadata.checkpoint_sha256[relative] = sha256_of(staging / relative)
-    (staging / METADATA_FILE).write_text(metadata.to_json() + "\n")
-    verify_bundle(staging)
-    os.chmod(staging, 0o755)  # mkdtemp makes it private; the bundle is shipped
-    if destination.exists():
-        shutil.rmtree(destination)
-    os.replace(staging, destination)
-    shutil.rmtree(staging.parent, ignore_errors=True)
+    with new_folder(destination, replace=True) as staging:  # the earlier model stays until the new one is whole
+        exported = export_bundle(model_folder, staging / "export", folds=("all",), name=name, description=description)
+        for entry in list(exported.iterdir()):
+            os.replace(entry, staging / entry.name)
+        exported.rmdir()
+        dataset_file = staging / "dataset.json"
+        dataset_file.write_text(json.dumps(portable_dataset_json(json.loads(dataset_file.read_text()), note),
+                                           indent=4) + "\n")
+        metadata = read_metadata(staging)
+        metadata.guidance = portable_dataset_json({"agcrc": metadata.guidance}, note)["agcrc"]
+        for relative in metadata.checkpoint_sha256:
+            strip_checkpoint(staging / relative, note)
+            metadata.checkpoint_sha256[relative] = sha256_of(staging / relative)
+        (staging / METADATA_FILE).write_text(metadata.to_json() + "\n")
+        verify_bundle(staging)
     return destination
 
 

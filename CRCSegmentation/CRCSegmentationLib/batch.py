@@ -2,7 +2,7 @@
 
 Per case: read the CT -> organ masks (a folder of label maps ``<case>.nii.gz``, or
 TotalSegmentator) -> organ guidance with the parameters the model was trained with
-(``dataset.json["agcrc"]``) -> ``TumorSegmenter.segment`` -> ``<case>_tumor.nii.gz``
+(``dataset.json["agcrc"]``) -> the model's ``Segmenter.segment`` -> ``<case>_tumor.nii.gz``
 -> statistics, and AG-CRC metrics against ``<case>.nii.gz`` in a reference folder.
 A case that fails is reported in the summary and skipped; the model is loaded once.
 Models that take no organ guidance (MR, HCF) get none. ``slice_filter``: an HCF bundle whose slice
@@ -51,7 +51,7 @@ SLICE_COLUMNS = ("slices", "sanet_slices", "filter_removed_voxels", "filter_reje
 
 
 @dataclass
-class CaseResult:
+class SegmentedCase:
     case: str
     image: Path
     status: str  # "ok" | "failed"
@@ -72,7 +72,7 @@ class CaseResult:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("image", "reused")}
 
     @classmethod
-    def from_record(cls, record: Dict[str, object], image: Path) -> "CaseResult":
+    def from_record(cls, record: Dict[str, object], image: Path) -> "SegmentedCase":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in record.items() if k in known}, image=image, reused=True)
 
@@ -81,18 +81,18 @@ class CaseResult:
 class BatchReport:
     output_dir: Path
     summary_csv: Path
-    cases: List[CaseResult] = field(default_factory=list)
+    cases: List[SegmentedCase] = field(default_factory=list)
 
     @property
-    def failed(self) -> List[CaseResult]:
+    def failed(self) -> List[SegmentedCase]:
         return [c for c in self.cases if c.status != "ok"]
 
     @property
-    def succeeded(self) -> List[CaseResult]:
+    def succeeded(self) -> List[SegmentedCase]:
         return [c for c in self.cases if c.status == "ok"]
 
     @property
-    def reused(self) -> List[CaseResult]:
+    def reused(self) -> List[SegmentedCase]:
         return [c for c in self.cases if c.reused]
 
     def summary(self) -> str:
@@ -121,7 +121,7 @@ def guidance_parameters_for(model: ModelSource) -> GuidanceParameters:
     return parameters
 
 
-def case_files(given: Optional[Union[str, Path]], files: Sequence[Path], what: str) -> Optional[Path]:
+def case_folder_or_file(given: Optional[Union[str, Path]], files: Sequence[Path], what: str) -> Optional[Path]:
     """``given`` as a folder of ``<case>`` files, or as the one file of a one-CT run; None when not given."""
     if given is None:
         return None
@@ -176,7 +176,7 @@ def _owned(name: str) -> bool:
         or name.startswith(".tmp-case-")
 
 
-def _case_files(folder: Path, case: str) -> List[Path]:
+def _result_files(folder: Path, case: str) -> List[Path]:
     return [p for p in (folder / f"{case}{TUMOR_ENDING}", folder / f"{case}{LABELS_ENDING}") if p.exists()]
 
 
@@ -185,7 +185,7 @@ def _refuse_earlier_results(results: ResultFolder, cases: Sequence[Tuple[str, Pa
     if results.overwrite:
         return
     foreign = [p for case, _ in cases if results.record(case, complete_only=False) is None
-               for p in _case_files(results.folder, case)]
+               for p in _result_files(results.folder, case)]
     if not foreign and (results.folder / SUMMARY_FILE).exists() and not (results.folder / RECORDS).is_dir():
         foreign = [results.folder / SUMMARY_FILE]  # a summary of a run that kept no records
     if foreign:
@@ -222,8 +222,8 @@ def segment_files(
     """
     cases = [(found.case, found.path) for found in find_cases(inputs)]
     files = [path for _, path in cases]
-    organ_maps = case_files(organs, files, "--organs")
-    reference_folder = case_files(references, files, "--references")
+    organ_maps = case_folder_or_file(organs, files, "--organs")
+    reference_folder = case_folder_or_file(references, files, "--references")
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"output: {output_dir} is a file, not a folder")
@@ -255,7 +255,7 @@ def segment_files(
         bar = tqdm(cases, desc="segment", unit="case")
         for case, path in bar:
             bar.set_postfix_str(printable(case))
-            result = CaseResult(case, path, "failed")
+            result = SegmentedCase(case, path, "failed")
             start = time.perf_counter()
             try:
                 organ_map = _find(organ_maps, case) if organ_maps is not None else None
@@ -266,7 +266,7 @@ def segment_files(
                 key = run_key(parts)
                 finished = results.finished(case, key)
                 if finished is not None:
-                    result = CaseResult.from_record(finished.result, path)
+                    result = SegmentedCase.from_record(finished.result, path)
                 else:
                     if results.record(case) is not None:  # same model and settings (checked above): new files
                         result.warnings.append("redone: its image, organ map or reference changed since the earlier run")
@@ -317,7 +317,7 @@ class _Batch:
             self._segmenter = self.source.segmenter(self.parameters)
         return self._segmenter
 
-    def segment_case(self, result: CaseResult, organ_source: Optional["_OrganSource"], staging: Path) -> None:
+    def segment_case(self, result: SegmentedCase, organ_source: Optional["_OrganSource"], staging: Path) -> None:
         case, source = result.case, self.source
         ct = read_image(result.image, name=case)
         source.check_image(ct)  # before organ masks: TotalSegmentator on a non-CT would waste minutes

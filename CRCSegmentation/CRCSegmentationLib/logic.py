@@ -94,11 +94,11 @@ class SegmentationJob:
     ct: Image
     ct_node_id: str
     settings: CRCSegmentationSettings
-    model: Any  # model_source.ModelSource
+    model: Any  # core.model.ModelSource
     guidance: Optional[GuidanceResult] = None  # read from the scene
     guidance_job: Optional[GuidanceJob] = None  # organ guidance to compute first
     messages: List[str] = field(default_factory=list)  # warnings for the user
-    slice_filter_model: Any = None  # model_source.ModelSource of the slice filter, when one is chosen
+    slice_filter_model: Any = None  # core.model.ModelSource of the slice filter, when one is chosen
 
 
 class CRCSegmentationLogic:

@@ -2,8 +2,15 @@
 
 ``DEVICES``: where a network runs (DESIGN.md: GPU when present, the CPU always works); ``auto`` takes CUDA when
 present. Every ``--device`` option, parameter dataclass and panel combo box reads this tuple.
+
+The OrganGuidance panel's organ sources (the values ``logic.OrganSourceChoice`` takes) and label conventions
+are here too, so the panel writes no choice of its own and a test checks them against the logic.
 """
 from __future__ import annotations
 
 DEVICES = ("auto", "cuda", "cpu")
 DEFAULT_DEVICE = "auto"
+
+PRIMARY_KINDS = ("totalsegmentator", "node", "file")
+SECONDARY_KINDS = ("none", "node", "file")  # TotalSegmentator twice would add nothing
+CONVENTIONS = ("totalsegmentator", "word", "json")  # "json": the mapping file field gives the path

@@ -10,13 +10,11 @@ from typing import Dict, Tuple
 import cc3d
 import numpy as np
 
-from OrganGuidanceLib.image import Image
+from OrganGuidanceLib.image import Image, Index3, as_index3
 from OrganGuidanceLib.morphology import bounding_box, grow_box
 from OrganGuidanceLib.validation import InputError
 
 BODY_THRESHOLD_HU = 50.0  # FLARE24 §3: "thresholding the original CT voxel values greater than 50"
-
-Index3 = Tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -29,11 +27,12 @@ class CropBox:
 
     @property
     def slices(self) -> Tuple[slice, slice, slice]:
-        return tuple(slice(a, b) for a, b in zip(self.start, self.stop))  # type: ignore[return-value]
+        (z0, y0, x0), (z1, y1, x1) = self.start, self.stop
+        return slice(z0, z1), slice(y0, y1), slice(x0, x1)
 
     @property
     def shape(self) -> Index3:
-        return tuple(b - a for a, b in zip(self.start, self.stop))  # type: ignore[return-value]
+        return as_index3([b - a for a, b in zip(self.start, self.stop)])
 
     def apply(self, image: Image) -> Image:
         """Crop ``image`` (any channel on the full grid); the origin moves so geometry stays exact."""
@@ -67,11 +66,11 @@ class CropBox:
 
     @classmethod
     def from_dict(cls, data: Dict) -> "CropBox":
-        return cls(tuple(data["start"]), tuple(data["stop"]), tuple(data["full_shape"]))  # type: ignore[arg-type]
+        return cls(as_index3(data["start"]), as_index3(data["stop"]), as_index3(data["full_shape"]))
 
     @classmethod
     def full(cls, shape: Index3) -> "CropBox":
-        return cls((0, 0, 0), tuple(shape), tuple(shape))  # type: ignore[arg-type]
+        return cls((0, 0, 0), as_index3(shape), as_index3(shape))
 
 
 CONNECTIVITIES = (6, 18, 26)  # 6: FLARE24's public code (scipy's default structure); 26: ours, joins more
@@ -94,9 +93,7 @@ def body_crop_box(ct: Image, threshold_hu: float = BODY_THRESHOLD_HU, margin_mm:
     box = bounding_box(mask)
     margin = tuple(int(np.ceil(margin_mm / spacing)) for spacing in ct.spacing_zyx)
     box = grow_box(box, margin, mask.shape)
-    return CropBox(
-        tuple(s.start for s in box), tuple(s.stop for s in box), tuple(mask.shape)  # type: ignore[arg-type]
-    )
+    return CropBox(as_index3([s.start for s in box]), as_index3([s.stop for s in box]), as_index3(mask.shape))
 
 
 def crop_box_containing(box: CropBox, keep: np.ndarray) -> CropBox:
@@ -108,6 +105,6 @@ def crop_box_containing(box: CropBox, keep: np.ndarray) -> CropBox:
     inside = bounding_box(keep)
     if inside is None:
         return box
-    start = tuple(min(a, s.start) for a, s in zip(box.start, inside))
-    stop = tuple(max(b, s.stop) for b, s in zip(box.stop, inside))
-    return CropBox(start, stop, box.full_shape)  # type: ignore[arg-type]
+    start = as_index3([min(a, s.start) for a, s in zip(box.start, inside)])
+    stop = as_index3([max(b, s.stop) for b, s in zip(box.stop, inside)])
+    return CropBox(start, stop, box.full_shape)

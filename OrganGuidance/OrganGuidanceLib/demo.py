@@ -128,8 +128,8 @@ def _finish(report: DemoReport, ct: Image, result: GuidanceResult, parameters: G
         tumor_mask = tumor.array > 0
         report.volumes_ml["tumor"] = float(tumor_mask.sum()) * voxel_ml
         report.tumor_coverage = float(np.logical_and(tumor_mask, result.ooi.array).sum()) / max(int(tumor_mask.sum()), 1)
-    report.full_shape = tuple(ct.shape)  # type: ignore[assignment]
-    report.crop_shape = tuple(result.crop_box.shape) if result.crop_box is not None else None  # type: ignore[assignment]
+    report.full_shape = ct.shape
+    report.crop_shape = result.crop_box.shape if result.crop_box is not None else None
     report.timings_s["total"] = sum(report.timings_s.values())
     report.files["text"] = report.output_dir / PHANTOM_FILES["text"]  # listed in its own text
     report.summary = _summary(report, ct, result, tumor, title)

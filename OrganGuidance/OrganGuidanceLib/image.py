@@ -8,11 +8,13 @@ physical directions of the x, y and z index axes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence, Tuple
+from typing import Sequence, Tuple, cast
 
 import numpy as np
 
 Vector3 = Tuple[float, float, float]
+Index3 = Tuple[int, int, int]  # an array shape or voxel index in (z, y, x) order
+SUPERIOR_INFERIOR = 2  # the LPS physical axis (x L, y P, z S) along which axial slices follow each other
 
 
 def _identity() -> np.ndarray:
@@ -31,18 +33,29 @@ class Image:
 
     def __post_init__(self) -> None:
         self.array = np.asarray(self.array)
-        self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
-        self.origin = tuple(float(o) for o in self.origin)  # type: ignore[assignment]
-        self.direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
         if len(self.spacing) != 3 or len(self.origin) != 3:
             raise ValueError(f"{self.name}: spacing and origin need 3 values, got {self.spacing} and {self.origin}")
+        self.spacing = as_tuple3(self.spacing)
+        self.origin = as_tuple3(self.origin)
+        self.direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
         if any(s <= 0 or not np.isfinite(s) for s in self.spacing):
             raise ValueError(f"{self.name}: spacing must be positive and finite, got {self.spacing}")
 
     # --- geometry helpers -------------------------------------------------
     @property
-    def shape(self) -> Tuple[int, ...]:
-        return tuple(self.array.shape)
+    def shape(self) -> Index3:
+        # a 3-tuple for every image a computation sees: ``validation.check_image`` refuses the others first
+        return cast(Index3, tuple(self.array.shape))
+
+    @property
+    def axial_axis(self) -> int:
+        """The array axis (of ``array``, ``(z, y, x)``) closest to the patient's superior-inferior axis.
+
+        ``direction`` holds the LPS directions of the x, y, z index axes as columns; the index axis whose
+        direction has the largest S component wins (the first of equals), and index axis i is array axis 2 - i.
+        For the usual axial LPS/RAS volumes this is array axis 0.
+        """
+        return 2 - int(np.argmax(np.abs(self.direction[SUPERIOR_INFERIOR])))
 
     @property
     def spacing_zyx(self) -> Vector3:
@@ -106,7 +119,13 @@ def grid_like(reference: Image, array: np.ndarray, name: str) -> Image:
 
 
 def as_tuple3(values: Sequence[float]) -> Vector3:
-    values = tuple(float(v) for v in values)
     if len(values) != 3:
-        raise ValueError(f"expected 3 values, got {values}")
-    return values  # type: ignore[return-value]
+        raise ValueError(f"expected 3 values, got {tuple(values)}")
+    return float(values[0]), float(values[1]), float(values[2])
+
+
+def as_index3(values: Sequence[int]) -> Index3:
+    """Three integers (a shape, a voxel index, a box corner) as a typed 3-tuple."""
+    if len(values) != 3:
+        raise ValueError(f"expected 3 integers, got {tuple(values)}")
+    return int(values[0]), int(values[1]), int(values[2])

@@ -30,7 +30,7 @@ from OrganGuidanceLib.labels import (
     load_convention,
     totalsegmentator_convention,
 )
-from OrganGuidanceLib.progress import RunCancelled, run_cancellable  # noqa: F401 - re-exported: their old home
+from OrganGuidanceLib.progress import RunCancelled, run_cancellable  # noqa: F401 - their old home, kept until 0.2.0
 from OrganGuidanceLib.validation import InputError
 
 TASK = "total"

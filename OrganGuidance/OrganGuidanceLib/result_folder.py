@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from OrganGuidanceLib.atomic import process_alive, remove_dead_stagings, write_text_atomic
+from OrganGuidanceLib.atomic import new_folder, recover_interrupted_swaps, remove_dead_stagings, write_text_atomic
 from OrganGuidanceLib.checksum import sha256_of
 from OrganGuidanceLib.image_files import printable
 from OrganGuidanceLib.run_lock import output_lock
@@ -143,39 +143,6 @@ class ResultFolder:
         return write_text_atomic(self.work / name, text)
 
 
-def _restore_foreign(old: Path, new: Path, owned: Callable[[str], bool]) -> None:
-    """Move the entries of ``old`` that no run of ours wrote into ``new`` (where ``new`` has no such name)."""
-    for entry in sorted(old.iterdir()):
-        if not owned(entry.name) and not (new / entry.name).exists():
-            os.replace(entry, new / entry.name)
-
-
-def _recover_interrupted_swaps(folder: Path, owned: Callable[[str], bool]) -> None:
-    """A run killed while it swapped in its result: put the earlier result (or its foreign files) back."""
-    for old in folder.parent.glob(f".tmp-{folder.name}-*-old-*"):
-        pid = old.name[len(f".tmp-{folder.name}-"):].split("-", 1)[0]
-        if not pid.isdigit() or process_alive(int(pid)):
-            continue
-        if not folder.exists():
-            os.replace(old, folder)  # killed between the two renames: the earlier result is back whole
-        else:
-            _restore_foreign(old, folder, owned)
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _swap_in(staging: Path, folder: Path, owned: Callable[[str], bool]) -> None:
-    """Replace ``folder`` by ``staging``: two renames, then the foreign files carried over."""
-    if not folder.exists():
-        os.replace(staging, folder)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-{os.getpid()}-old-", dir=folder.parent))
-    os.rmdir(old)
-    os.replace(folder, old)
-    os.replace(staging, folder)
-    _restore_foreign(old, folder, owned)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 @contextmanager
 def open_result_folder(folder: Path, overwrite: bool, owned: Callable[[str], bool],
                        command: str = "") -> Iterator[ResultFolder]:
@@ -187,15 +154,17 @@ def open_result_folder(folder: Path, overwrite: bool, owned: Callable[[str], boo
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"output: {folder} is a file, not a folder")
+
+    def foreign(name: str) -> bool:
+        return not owned(name)
+
     with ExitStack() as stack:
         stack.enter_context(output_lock(folder, command))
-        _recover_interrupted_swaps(folder, owned)
+        recover_interrupted_swaps(folder, foreign)
         remove_dead_stagings(folder)
-        if overwrite:
-            staging = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-{os.getpid()}-", dir=folder.parent))
-            stack.callback(shutil.rmtree, staging, True)  # after a failure: the earlier result stays
+        if overwrite:  # after a failure the earlier result stays; the user's own files are carried over
+            staging = stack.enter_context(new_folder(folder, replace=True, keep=foreign))
             yield ResultFolder(folder, staging, overwrite=True)
-            _swap_in(staging, folder, owned)
         else:  # the folder is made by the first file written: a run refused or failed before leaves none
             for leftover in folder.glob(".tmp-case-*"):  # a killed run's case staging (we hold the lock)
                 shutil.rmtree(leftover, ignore_errors=True)

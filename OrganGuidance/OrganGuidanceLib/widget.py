@@ -17,18 +17,13 @@ import slicer
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
-from OrganGuidanceLib.choices import DEVICES
+from OrganGuidanceLib.choices import CONVENTIONS, DEVICES, PRIMARY_KINDS, SECONDARY_KINDS
 from OrganGuidanceLib.labels import DEFAULT_ORGAN_SET, ORGAN_SETS
 from OrganGuidanceLib.panel_state import OrganGuidanceController, enabledGroups, visibleRows
 from OrganGuidanceLib.run_panel import RunPanelBase, installShowingStatus, singletonParameterNode, slicerDialogs
 
 MODULE_NAME = "OrganGuidance"
 RESOURCES = pathlib.Path(__file__).resolve().parent.parent / "Resources"
-
-# Values stored in the parameter node; they are the strings OrganSourceChoice expects.
-PRIMARY_KINDS = ("totalsegmentator", "node", "file")
-SECONDARY_KINDS = ("none", "node", "file")  # TotalSegmentator twice would add nothing
-CONVENTIONS = ("totalsegmentator", "word", "json")  # "json": the mapping file field gives the path
 
 OrganNode = Union[slicer.vtkMRMLLabelMapVolumeNode, slicer.vtkMRMLSegmentationNode, None]
 

@@ -58,7 +58,7 @@ class EvaluationError(InputError):
 
 
 @dataclass
-class CaseResult:
+class CaseMetrics:
     case: str
     label: int
     metrics: SegmentationMetrics
@@ -75,7 +75,7 @@ class MetricStatistics:
 
 @dataclass
 class EvaluationSummary:
-    results: List[CaseResult]
+    results: List[CaseMetrics]
     statistics: Dict[int, Dict[str, MetricStatistics]]  # label -> metric -> statistics
     missing_predictions: List[str] = field(default_factory=list)  # references without a prediction
     missing_policy: str = "refuse"  # how they were evaluated: MISSING_PREDICTIONS
@@ -89,7 +89,7 @@ class EvaluationSummary:
 
 
 # --- pairing and reading --------------------------------------------------
-def case_files(folder: Path, role: str) -> Dict[str, Path]:
+def image_files_by_case(folder: Path, role: str) -> Dict[str, Path]:
     """Image files of ``folder`` by case name; hidden and other files (nnU-Net's JSON, .npz) are ignored."""
     return files_by_case(folder, role, error=EvaluationError)
 
@@ -151,13 +151,13 @@ def _statistics(values: Sequence[float]) -> MetricStatistics:
     )
 
 
-def _csv_text(results: Sequence[CaseResult]) -> str:
+def _csv_text(results: Sequence[CaseMetrics]) -> str:
     fields = ["case", "label", *SegmentationMetrics.__dataclass_fields__, "prediction_missing"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for result in results:
-        writer.writerow({"case": result.case, "label": result.label, **result.metrics.as_dict(),
+        writer.writerow({"case": result.case, "label": result.label, **result.metrics.to_dict(),
                          "prediction_missing": int(result.prediction_missing)})
     return buffer.getvalue()
 
@@ -183,7 +183,7 @@ def _summary_json(summary: EvaluationSummary, predictions: Path, references: Pat
     return json.dumps(document, indent=2) + "\n"
 
 
-def save_boxplot(results: Sequence[CaseResult], path: Path, nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
+def save_boxplot(results: Sequence[CaseMetrics], path: Path, nsd_tolerance_mm: float = NSD_TOLERANCE_MM,
                  title: str = "") -> Path:
     """One row per label: Dice/NSD/precision/recall on a 0-1 axis, HD95 (mm) on its own axis."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -273,8 +273,8 @@ def evaluate_folder(
     labels = tuple(int(label) for label in labels)
     if not labels:
         raise EvaluationError("no labels to evaluate; pass e.g. labels=(1,)")
-    reference_files = case_files(references, "references")
-    prediction_files = case_files(predictions, "predictions")
+    reference_files = image_files_by_case(references, "references")
+    prediction_files = image_files_by_case(predictions, "predictions")
     if not reference_files:
         raise EvaluationError(f"references folder {references} holds no image files (.nii.gz, .nrrd, .mha, ...)")
     missing = check_pairs(prediction_files, reference_files, predictions, references, missing_predictions)
@@ -284,7 +284,7 @@ def evaluate_folder(
                       + name_list(missing), stacklevel=2)
     evaluated = [case for case in sorted(reference_files) if missing_predictions != "skip" or case not in missing]
 
-    results: List[CaseResult] = []
+    results: List[CaseMetrics] = []
     for case in tqdm(evaluated, desc="evaluate", unit="case", disable=None):
         reference, prediction = _read_pair(case, reference_files[case], prediction_files.get(case))
         # A missing prediction is an all-background label map (empty for every label but 0).
@@ -292,7 +292,7 @@ def evaluate_folder(
         for label in labels:
             reference_mask, prediction_mask = reference.array == label, predicted_labels == label
             metrics = compute_metrics(prediction_mask, reference_mask, reference.spacing_zyx, nsd_tolerance_mm)
-            results.append(CaseResult(case, label, metrics, prediction_missing=prediction is None))
+            results.append(CaseMetrics(case, label, metrics, prediction_missing=prediction is None))
 
     statistics = {
         label: {name: _statistics([getattr(r.metrics, name) for r in results if r.label == label])

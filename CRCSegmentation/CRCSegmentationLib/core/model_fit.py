@@ -109,7 +109,7 @@ def _ct_range(plans: dict, channels: List[str]) -> Optional[Tuple[float, float]]
 
 
 def model_expectation(model) -> ModelExpectation:
-    """What ``model`` (a ``model_source.ModelSource`` of kind ``nnunet``) expects; ``ModelFitError`` naming a bad file."""
+    """What ``model`` (a ``core.model.ModelSource`` of kind ``nnunet``) expects; ``ModelFitError`` naming a bad file."""
     plans = _read(Path(model.folder) / "plans.json")
     thick, source = _recorded_thick_axis(model) if model.modality == "MR" else (None, "")
     forward = plans.get("transpose_forward") or [0, 1, 2]

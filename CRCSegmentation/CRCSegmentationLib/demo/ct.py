@@ -4,7 +4,7 @@ The organ-guidance demo (``OrganGuidanceLib.demo.run_demo``: phantom CT, organ l
 MOS, OOI, bowel wall, body crop, QA picture, ``summary.txt``) runs first; then the shipped
 demonstration model (``CRCSegmentation/Resources/Models/demo_phantom``, trained on other phantoms by
 ``scripts/train_demo_model.py``) segments the tumor through the inference engine
-(``inference.TumorSegmenter``, the same call the Slicer module makes). The prediction is
+(``open_model(...).segmenter(...)``, the same call the Slicer module makes). The prediction is
 compared with the phantom's known tumor (AG-CRC metrics: Dice, NSD@4mm, HD95) and drawn
 over the CT. The demo model is a demonstration trained on synthetic phantoms, not a
 clinical model: its Dice says the pipeline works end to end, nothing about real CTs.

@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -42,6 +39,9 @@ from CRCSegmentationLib.core.checkpoints import load_weights_only
 from CRCSegmentationLib.core.errors import ModelError
 from CRCSegmentationLib.core.model import ModelSource
 from CRCSegmentationLib.hcf.preprocessing import SliceDatasetConfig
+from CRCSegmentationLib.networks.hcf import build_sanet, build_slice_classifier
+from CRCSegmentationLib.networks.hcf.sanet import OUTPUT_STRIDE, is_valid_input_size
+from OrganGuidanceLib.atomic import new_folder
 from OrganGuidanceLib.checksum import sha256_of
 from OrganGuidanceLib.json_files import read_json
 
@@ -53,7 +53,6 @@ NETWORKS = {CLASSIFIER: "slice_classifier", SANET: "sanet"}  # stage -> builder 
 BUILDER_ARGS = {CLASSIFIER: {"in_channels": 1, "num_classes": 2}, SANET: {"num_classes": 2, "in_channels": 1}}
 ABNORMAL_CLASS = 1  # the slice classifier's output class of an abnormal (tumor-holding) slice; 0 = normal
 HCF_LABELS = {"background": 0, "tumor": 1}
-SANET_STRIDE = 16  # SANet needs inputs whose sides are multiples of its output stride (networks.hcf.sanet)
 
 
 @dataclass
@@ -74,8 +73,6 @@ class HCFStage:
 
     def build(self) -> nn.Module:
         """A randomly initialised network of this stage (weights are loaded by the caller)."""
-        from CRCSegmentationLib.networks.hcf import build_sanet, build_slice_classifier
-
         builder = build_slice_classifier if self.network == NETWORKS[CLASSIFIER] else build_sanet
         return builder(**self.builder)
 
@@ -178,7 +175,7 @@ def write_hcf_bundle(folder: Path, classifier_states: Sequence[Dict[str, torch.T
     (``FileExistsError``).
     """
     folder = Path(folder)
-    if folder.exists():
+    if folder.exists():  # before the work; new_folder checks again
         raise FileExistsError(f"{folder}: exists already; choose another folder or remove it first")
     if not classifier_states:
         raise ValueError("write_hcf_bundle: at least one slice-classifier fold is needed")
@@ -186,9 +183,9 @@ def write_hcf_bundle(folder: Path, classifier_states: Sequence[Dict[str, torch.T
         raise ValueError(f"write_hcf_bundle: classifier_threshold {classifier_threshold} is outside (0, 1)")
     if int(keep_components) < 0:
         raise ValueError(f"write_hcf_bundle: keep_components {keep_components} is negative (0 keeps all)")
-    if int(slice_config.size) < SANET_STRIDE or int(slice_config.size) % SANET_STRIDE:
+    if not is_valid_input_size(int(slice_config.size)):
         raise ValueError(f"write_hcf_bundle: slice size {slice_config.size} must be a positive multiple of "
-                         f"{SANET_STRIDE} (SANet's output stride)")
+                         f"{OUTPUT_STRIDE} (SANet's output stride)")
     stages = {key: HCFStage(key, NETWORKS[key], dict(BUILDER_ARGS[key]), [str(k) for k in range(len(states))])
               for key, states in ((CLASSIFIER, classifier_states), (SANET, sanet_states))}
     config = HCFConfig(SliceDatasetConfig(tuple(float(v) for v in slice_config.hu_window), int(slice_config.size),
@@ -201,12 +198,7 @@ def write_hcf_bundle(folder: Path, classifier_states: Sequence[Dict[str, torch.T
             checked[key] = [_check_state(stages[key], network, state, str(k)) for k, state in enumerate(states)]
         else:
             checked[key] = []
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle is meant to be shared
-    try:
+    with new_folder(folder) as staging:
         checksums = {}
         for key, states in checked.items():
             stage = stages[key]
@@ -225,10 +217,6 @@ def write_hcf_bundle(folder: Path, classifier_states: Sequence[Dict[str, torch.T
             software=dict(software) if software is not None else software_versions(("torch", "torchvision", "slicercrc")),
         )
         (staging / METADATA_FILE).write_text(metadata.to_json())
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
 
 
@@ -273,8 +261,9 @@ def read_hcf_config(folder: Path, metadata: BundleMetadata) -> HCFConfig:
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in window) or not window[1] > window[0]):
         raise ModelError(f"{path}: slice_config hu_window {window!r} must be [low, high] HU with high > low")
     size = raw.get("size")
-    if isinstance(size, bool) or not isinstance(size, int) or size < SANET_STRIDE or size % SANET_STRIDE:
-        raise ModelError(f"{path}: slice_config size {size!r} must be a positive multiple of {SANET_STRIDE}")
+    if not is_valid_input_size(size):
+        raise ModelError(f"{path}: slice_config size {size!r} must be a positive multiple of {OUTPUT_STRIDE} "
+                         "(SANet's output stride)")
     margin = raw.get("body_margin_px")
     if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
         raise ModelError(f"{path}: slice_config body_margin_px {margin!r} must be a whole number >= 0")

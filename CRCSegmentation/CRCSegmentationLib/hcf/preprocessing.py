@@ -4,9 +4,9 @@ Paper: Shi et al., "Automatic GTV segmentation with a heterogeneous cascade fram
 (/work/shared/papers/HCF_SANet_GTV_decoupling.txt), Sec. 4.2: foreground mask by thresholding, keep the
 largest connected region, crop to its bounding box (the public code adds a margin), resize to 512 x 512.
 
-``slice_to_input`` / ``label_to_input`` take a slice to the network's ``size x size`` grid;
+``to_network_input`` / ``label_to_input`` take a slice to the network's ``size x size`` grid;
 ``input_to_slice`` takes a prediction on that grid back onto the slice, inside the box it was cut from
-(nearest neighbour for masks, bilinear for probabilities; zero outside the box). ``axial_axis`` names the
+(nearest neighbour for masks, bilinear for probabilities; zero outside the box). ``Image.axial_axis`` names the
 array axis along which an ``Image`` is cut into axial slices.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ import numpy as np
 from scipy import ndimage
 
 Box = Tuple[int, int, int, int]  # (r0, r1, c0, c1), half-open: slice_hu[r0:r1, c0:c1]
-SUPERIOR_INFERIOR = 2  # the LPS physical axis (x L, y P, z S) along which axial slices follow each other
 
 
 @dataclass
@@ -37,18 +36,6 @@ class SliceDatasetConfig:
     size: int = 512
     body_threshold_hu: float = -300
     body_margin_px: int = 10
-
-
-def axial_axis(image) -> int:
-    """The array axis (of ``image.array``, ``(z, y, x)``) closest to the patient's superior-inferior axis.
-
-    ``image.direction`` holds the LPS directions of the x, y, z index axes as columns; the index axis whose
-    direction has the largest S component wins (the first of equals), and index axis i is array axis 2 - i.
-    For the usual axial LPS/RAS volumes this is array axis 0.
-    """
-    direction = np.asarray(image.direction, dtype=float).reshape(3, 3)
-    index_axis = int(np.argmax(np.abs(direction[SUPERIOR_INFERIOR])))
-    return 2 - index_axis
 
 
 def body_box(slice_hu: np.ndarray, threshold: float, margin: int) -> Box:
@@ -86,7 +73,7 @@ def _resize(array: np.ndarray, size: int, order: int) -> np.ndarray:
     return _resize_to(array, (int(size), int(size)), order)
 
 
-def slice_to_input(slice_hu: np.ndarray, config: SliceDatasetConfig) -> Tuple[np.ndarray, Box]:
+def to_network_input(slice_hu: np.ndarray, config: SliceDatasetConfig) -> Tuple[np.ndarray, Box]:
     """HU slice -> network input: window to [0, 1], crop to the body box, bilinear resize (Sec. 4.2).
 
     Returns the ``(size, size)`` float32 image in [0, 1] and the box used (for ``label_to_input``).
@@ -103,7 +90,7 @@ def slice_to_input(slice_hu: np.ndarray, config: SliceDatasetConfig) -> Tuple[np
 
 
 def label_to_input(label: np.ndarray, box: Box, size: int) -> np.ndarray:
-    """The label slice on the input grid of ``slice_to_input``: same crop, nearest-neighbour resize."""
+    """The label slice on the input grid of ``to_network_input``: same crop, nearest-neighbour resize."""
     r0, r1, c0, c1 = box
     return _resize(np.asarray(label)[r0:r1, c0:c1], int(size), order=0)
 

@@ -2,7 +2,7 @@
 
 For one CT (``HCFSegmenter.segment``):
 
-1. every axial slice (along ``hcf_preprocessing.axial_axis``) -> ``slice_to_input`` (HU window, body box,
+1. every axial slice (along ``Image.axial_axis``) -> ``to_network_input`` (HU window, body box,
    resize to ``size x size``);
 2. each slice-classifier fold gives the softmax p(abnormal) of every slice; a fold votes "abnormal" when
    p >= ``classifier_threshold``, and a slice is abnormal when at least half of the folds vote so
@@ -39,7 +39,7 @@ from CRCSegmentationLib.core.model import ModelSource
 from CRCSegmentationLib.core.running import remove_small_components, with_cpu_fallback
 from CRCSegmentationLib.core.segmentation import SegmentationParameters, TumorSegmentation
 from CRCSegmentationLib.hcf.bundle import HCFConfig, HCFStage, load_stage_weights
-from CRCSegmentationLib.hcf.preprocessing import Box, axial_axis, input_to_slice, slice_to_input
+from CRCSegmentationLib.hcf.preprocessing import Box, input_to_slice, to_network_input
 from OrganGuidanceLib.crop import CropBox
 from OrganGuidanceLib.device import resolve_device
 from OrganGuidanceLib.guidance import GuidanceResult
@@ -56,7 +56,7 @@ Report = Callable[[str, float], None]
 class SliceDecisions:
     """What the classifier folds said about each axial slice (index along ``axis``)."""
 
-    axis: int  # the array axis slices were taken along (``axial_axis``)
+    axis: int  # the array axis slices were taken along (``Image.axial_axis``)
     probabilities: np.ndarray  # (folds, slices) float32 softmax p(abnormal) of each fold
     abnormal: np.ndarray  # (slices,) bool: the majority vote (ties abnormal)
     indices: np.ndarray  # (slices,) int: the slices asked about (all of them unless a subset was given)
@@ -105,7 +105,7 @@ class SliceInputs:
     """
 
     def __init__(self, ct: Image, config: HCFConfig) -> None:
-        self.axis = axial_axis(ct)
+        self.axis = ct.axial_axis
         self.volume = np.moveaxis(ct.array, self.axis, 0)  # a view: slices along axis 0
         self.config = config.slice_config
         self.boxes: Dict[int, Box] = {}
@@ -130,7 +130,7 @@ class SliceInputs:
             if kept is not None:
                 images.append(kept[0])
                 continue
-            image, box = slice_to_input(self.volume[int(k)], self.config)
+            image, box = to_network_input(self.volume[int(k)], self.config)
             self.boxes[int(k)] = box
             images.append(image)
         return np.stack(images)[:, None]  # (B, 1, S, S)
@@ -314,5 +314,5 @@ class HCFSegmenter:
         if progress is not None:
             progress("done", 1.0)
         counts = {"slices": len(inputs), "abnormal": len(decisions.abnormal_slices)}
-        return TumorSegmentation(mask_image, probability_image, CropBox.full(ct.shape), self.device.type,  # type: ignore[arg-type]
+        return TumorSegmentation(mask_image, probability_image, CropBox.full(ct.shape), self.device.type,
                                  warnings, timings, (0, 0), monitor.measures(), slice_counts=counts)

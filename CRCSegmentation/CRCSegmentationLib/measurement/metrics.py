@@ -79,7 +79,7 @@ class SegmentationMetrics:
     volume_reference_ml: float
     volume_prediction_ml: float
 
-    def as_dict(self) -> Dict[str, float]:
+    def to_dict(self) -> Dict[str, float]:
         return asdict(self)
 
 

@@ -40,12 +40,6 @@ class TumorStatistics:
         return asdict(self)
 
 
-def axial_axis(image: Image) -> int:
-    """Array axis (0 = z, 1 = y, 2 = x) whose physical direction is closest to the S-I axis."""
-    xyz_axis = int(np.argmax(np.abs(image.direction[2, :])))  # direction columns are the x, y, z index axes
-    return 2 - xyz_axis
-
-
 def _voxel_axes_mm(image: Image) -> np.ndarray:
     """3 x 3: row a is the physical step (LPS mm) of one voxel along array axis a (z, y, x)."""
     steps_xyz = (image.direction @ np.diag(image.spacing)).T  # row k: step along index axis k (x, y, z)
@@ -68,7 +62,7 @@ def _slice_diameter(points_2d: np.ndarray) -> float:
 
 def largest_axial_diameter_mm(mask: np.ndarray, image: Image) -> float:
     """Largest in-plane Feret diameter of the voxel boxes over the axial slices (0 for an empty mask)."""
-    axis = axial_axis(image)
+    axis = image.axial_axis
     steps = _voxel_axes_mm(image)
     in_plane = [a for a in range(3) if a != axis]
     # An orthonormal basis of the slice plane keeps distances exact for sheared grids too.

@@ -10,8 +10,6 @@ fetch, before anything is unpacked, and the unpacked bundle is checked again by
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import List, Optional, Union
 
 from CRCSegmentationLib.core.errors import ModelError
 from CRCSegmentationLib.core.resources import catalogue_file
+from OrganGuidanceLib.atomic import new_folder
 from OrganGuidanceLib.download import ChecksumMismatch, DownloadUnavailable, download_verified
 from OrganGuidanceLib.json_files import read_json
 
@@ -117,21 +116,16 @@ def fetch_model(name: str, cache_dir: Union[str, Path] = DEFAULT_CACHE, catalogu
 
 
 def _unpack(archive: Path, target: Path) -> None:
-    """Unpack into a staging folder, then rename: an interrupted unpack leaves no half model."""
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    """Unpack into a staging folder that becomes ``target`` in one rename: an interrupted unpack leaves no half model."""
     try:
-        with zipfile.ZipFile(archive) as bundle:
+        with new_folder(target) as staging, zipfile.ZipFile(archive) as bundle:
             for member in bundle.namelist():  # no absolute paths or ".." escaping the folder
                 resolved = (staging / member).resolve()
                 if staging.resolve() not in resolved.parents and resolved != staging.resolve():
                     raise ModelError(f"{archive}: member {member!r} would unpack outside the model folder")
             bundle.extractall(staging)
-        os.replace(staging, target)
     except zipfile.BadZipFile as error:
         raise ModelError(f"{archive}: not a zip archive ({error})") from error
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _bundle_root(folder: Path) -> Path:

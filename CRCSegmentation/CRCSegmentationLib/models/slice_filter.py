@@ -2,13 +2,13 @@
 
 Beyond the paper. HCF (Sec. 3.1) observes that false positives lie mainly on normal slices next to the
 GTV, and lets only the slices its classifier calls abnormal reach SANet. Here the same classifier
-cleans another model's tumor mask: on every axial slice (``hcf_preprocessing.axial_axis``) that holds
-tumor, the classifier folds vote (``hcf_segmenter.majority_vote``: p(abnormal) >= the bundle's
+cleans another model's tumor mask: on every axial slice (``Image.axial_axis``) that holds
+tumor, the classifier folds vote (``hcf.segmenter.majority_vote``: p(abnormal) >= the bundle's
 threshold, at least half of the folds, ties abnormal); the tumor is cleared on the slices called
 normal. Slices without tumor cannot change and are not classified.
 
 The classifier comes from an HCF bundle (its classifier folds) or a classifier-only HCF bundle
-(``hcf_bundle.write_hcf_bundle`` with no SANet folds). ``SliceFilter`` loads it once; ``filter`` cleans a
+(``hcf.bundle.write_hcf_bundle`` with no SANet folds). ``SliceFilter`` loads it once; ``filter`` cleans a
 mask, ``apply`` a ``TumorSegmentation`` (its probabilities are zeroed on the rejected slices too, and
 ``slice_filter`` holds the report). Errors about the filter's model start with ``what``, the name the caller
 gave it (``--slice-filter`` on the command line), never with another option's name.

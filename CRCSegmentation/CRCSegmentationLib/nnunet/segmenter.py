@@ -42,7 +42,7 @@ from CRCSegmentationLib.core.segmentation import SegmentationParameters, TumorSe
 from OrganGuidanceLib.crop import BODY_THRESHOLD_HU, CropBox, body_crop_box
 from OrganGuidanceLib.device import resolve_device
 from OrganGuidanceLib.guidance import GuidanceResult
-from OrganGuidanceLib.image import Image
+from OrganGuidanceLib.image import Image, as_index3
 from OrganGuidanceLib.labels import LabelConvention
 from OrganGuidanceLib.morphology import bounding_box
 from OrganGuidanceLib.mos_codes import compact_mos
@@ -144,13 +144,13 @@ class NNUNetSegmenter:
         region = self.region(ct, guidance, warnings)
         # Default: the whole grid goes to nnU-Net (its tile grid stays the full-volume one) and only
         # the tiles touching ``region`` run (restricted_predictor.py).
-        given = region if self.parameters.crop_input else CropBox.full(ct.shape)  # type: ignore[arg-type]
+        given = region if self.parameters.crop_input else CropBox.full(ct.shape)
         channels = build_input_channels(self.model.input_channels, ct, guidance, given)
         timings["inputs"] = time.perf_counter() - start
 
         step("tumor model", 0.1)
         tick = time.perf_counter()
-        window = CropBox.full(given.shape) if self.parameters.crop_input else region  # type: ignore[arg-type]
+        window = CropBox.full(given.shape) if self.parameters.crop_input else region
         focus_channel = self._focus_channel(guidance)
         from CRCSegmentationLib.core.efficiency import EfficiencyMonitor
 
@@ -196,7 +196,7 @@ class NNUNetSegmenter:
         """Body crop ∩ (OOI bounding box + margin), in CT array indices: where tiles are run.
 
         MR: the whole grid (the body crop thresholds Hounsfield units; an MR model has no OOI)."""
-        full = CropBox.full(ct.shape)  # type: ignore[arg-type]
+        full = CropBox.full(ct.shape)
         if self.model.modality == "MR":
             return full
         box = full
@@ -224,7 +224,7 @@ class NNUNetSegmenter:
         if any(a >= b for a, b in zip(start, stop)):
             warnings.append("the OOI lies outside the body crop: predicting on the whole body crop")
             return box
-        return CropBox(start, stop, tuple(ct.shape))  # type: ignore[arg-type]
+        return CropBox(as_index3(start), as_index3(stop), ct.shape)
 
     def _focus_channel(self, guidance: Optional[GuidanceResult]) -> Optional[int]:
         """The OOI input channel when tiles are chosen by the OOI (``min_tile_weight`` > 0), else None."""

@@ -24,7 +24,7 @@ def _fold(value: str):
 
 
 def _ratio(value: str):
-    from CRCTraining.hcf.train import parse_ratio
+    from CRCTraining.hcf.settings import parse_ratio
     from OrganGuidanceLib.validation import InputError
 
     try:
@@ -120,7 +120,7 @@ def add_hcf_commands(commands) -> None:
 
 
 def _settings(args: argparse.Namespace, **fields):
-    from CRCTraining.hcf.train import HCFTrainingSettings
+    from CRCTraining.hcf.settings import HCFTrainingSettings
 
     values = dict(
         output=args.output, tumor_label=args.tumor_label, fold=args.fold, folds=args.folds,

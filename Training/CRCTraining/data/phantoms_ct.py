@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from OrganGuidanceLib.atomic import write_text_atomic
 from OrganGuidanceLib.crop import CropBox
+from OrganGuidanceLib.image import as_index3
 from OrganGuidanceLib.io import write_image
 from OrganGuidanceLib.phantom import ANATOMY_CENTER_Z_MM, Phantom, make_abdominal_phantom
 
@@ -75,7 +76,7 @@ def make_phantom_case(
         )
     z0 = int(rng.integers(low, high + 1))
     y0, x0 = int(rng.integers(0, 2 * pad_y + 1)), int(rng.integers(0, 2 * pad_x + 1))
-    box = CropBox((z0, y0, x0), (z0 + nz, y0 + ny, x0 + nx), full_shape)  # type: ignore[arg-type]
+    box = CropBox(as_index3((z0, y0, x0)), as_index3((z0 + nz, y0 + ny, x0 + nx)), as_index3(full_shape))
     cropped = Phantom(
         ct=box.apply(phantom.ct), labels=box.apply(phantom.labels), tumor=box.apply(phantom.tumor),
     )
@@ -104,7 +105,8 @@ def make_tumor_free_case(index: int, seed: int = 0, shape_zyx: Tuple[int, int, i
     if not above:
         raise ValueError(f"tumor-free phantom case {index}: {nz} slices cannot avoid the tumor; use fewer slices")
     z0, y0, x0 = above[0], int(rng.integers(0, 2 * pad_y + 1)), int(rng.integers(0, 2 * pad_x + 1))
-    box = CropBox((z0, y0, x0), (z0 + nz, y0 + int(shape_zyx[1]), x0 + int(shape_zyx[2])), full_shape)  # type: ignore[arg-type]
+    box = CropBox(as_index3((z0, y0, x0)), as_index3((z0 + nz, y0 + int(shape_zyx[1]), x0 + int(shape_zyx[2]))),
+                  as_index3(full_shape))
     tumor = box.apply(phantom.tumor)
     if tumor.array.any():
         raise ValueError(f"tumor-free phantom case {index}: the crop holds tumor voxels")

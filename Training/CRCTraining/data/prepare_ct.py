@@ -39,6 +39,7 @@ from CRCTraining.data.raw_dataset import (
     FILE_ENDING,
     TEMPORARY_PREFIX,
     CaseReport,
+    PrepareError,
     RawDatasetLayout,
     failure_message,
     read_json,
@@ -47,8 +48,9 @@ from CRCTraining.data.raw_dataset import (
 from CRCTraining.data.sources import SourceCase, SourceDataset, find_case_map, read_source_dataset
 from CRCTraining.flare24.labels import (
     FLARE22_ORGANS,
-    LABEL_MODES,
     InterferenceLabels,
+    inference_mos_values,
+    interference_labels,
     match_organs,
     merge_labels,
     organ_voxel_counts,
@@ -80,10 +82,6 @@ CHANNEL_DESCRIPTIONS = {"0": "CT", "1": "MOS", "2": "OOI"}  # AG-CRC Table V: CT
 # WORD-style map (or the next TotalSegmentator release) without depending on their label ids.
 # Conventions without a rectum class (TotalSegmentator v2: rectum inside "colon") give 4, never 5.
 Organs = Union[str, Path]  # "totalsegmentator" or a folder of label maps named <case>.nii.gz
-
-
-class PrepareError(InputError):
-    """Dataset preparation cannot start, or every case failed; the message says why."""
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -187,7 +185,7 @@ class _Setup:
     settings: dict  # hashed with every case
     # FLARE24 §2.2 organ interference: organ pseudo-labels from the MOS + tumor; None: AG-CRC's tumor 0/1
     interference: Optional[InterferenceLabels] = None
-    # MOS values kept in the MOS channel (None: all); see _inference_mos_values
+    # MOS values kept in the MOS channel (None: all); see flare24.labels.inference_mos_values
     mos_channel_values: Optional[Tuple[int, ...]] = None
 
 
@@ -398,30 +396,6 @@ def _failure_summary(failed: Dict[str, str], most: int = 5) -> str:
     return "; ".join(parts) + more
 
 
-def _inference_mos_values(provider: "TotalSegmentatorProvider", organ_set: str) -> Tuple[int, ...]:
-    """TotalSegmentator values of the organs an inference run segments (CRCSegmentationLib's default provider).
-
-    With organ interference TotalSegmentator also segments the FLARE22 organs for the labels; the MOS
-    input channel keeps only these values, so it is the channel a trained model later sees.
-    """
-    from OrganGuidanceLib.providers import TotalSegmentatorProvider
-
-    default = set(TotalSegmentatorProvider(organ_set=organ_set).roi_subset)
-    return tuple(sorted(v for v, name in provider.convention.labels.items() if name in default))
-
-
-def _interference_labels(labels: str, organs: Sequence[str], convention: LabelConvention,
-                         ssl: bool) -> Optional[InterferenceLabels]:
-    """None for AG-CRC's tumor labels; the organ-interference layout (FLARE24 §2.2) otherwise."""
-    if labels not in LABEL_MODES:
-        raise PrepareError(f"labels {labels!r}: choose one of {list(LABEL_MODES)}")
-    if labels == "tumor":
-        return None
-    if ssl:
-        raise PrepareError("labels 'organ-interference' need tumor labels; an AG-SSL dataset's label is the bowel wall")
-    return match_organs(convention, organs)  # matched by name; a convention without an organ leaves it absent
-
-
 def prepare_dataset(
     source: Path,
     dataset_id: int,
@@ -458,7 +432,7 @@ def prepare_dataset(
     provider, organ_convention, organ_settings, organ_folder = _organ_setup(
         organs, convention, parameters, device, fast, wants_organs)
     organ_convention.ooi_label_values(parameters.organ_set)  # a convention without OOI organs stops here
-    interference = _interference_labels(labels, interference_organs, organ_convention, ssl)
+    interference = interference_labels(labels, interference_organs, organ_convention, ssl)
     second_folder = Path(second_organs) if second_organs is not None else None
     if second_folder is not None and not second_folder.is_dir():
         raise PrepareError(f"second organ maps: no such folder: {second_folder}")
@@ -482,7 +456,7 @@ def prepare_dataset(
     run_parameters = GuidanceParameters(**{**asdict(parameters), "body_crop": False})
     setup = _Setup(folder, run_parameters, organ_convention, second, second_folder, provider, ssl,
                    tuple(int(v) for v in tumor_labels) if tumor_labels else None, settings, interference,
-                   _inference_mos_values(provider, parameters.organ_set) if provider and interference else None)
+                   inference_mos_values(provider, parameters.organ_set) if provider and interference else None)
     report = PrepareReport(folder)
     LAYOUT.prepare_cases(folder, dataset.cases, lambda case: _prepare_case(case, setup, report), report,
                          _failure_summary)

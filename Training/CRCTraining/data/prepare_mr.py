@@ -49,11 +49,12 @@ import numpy as np
 
 from CRCSegmentationLib.core.mr_checks import ThickAxis, TrainingThickAxis, check_mr, thick_axis, training_thick_axis
 from CRCTraining import __version__
-from CRCTraining.data.prepare_ct import PrepareError, dataset_folder_name, input_hash
+from CRCTraining.data.prepare_ct import dataset_folder_name, input_hash
 from CRCTraining.data.raw_dataset import (
     FILE_ENDING,
     TEMPORARY_PREFIX,
     CaseReport,
+    PrepareError,
     RawDatasetLayout,
     failure_message,
     write_if_changed,

@@ -1,4 +1,4 @@
-"""What the CT (``prepare.py``) and MR (``prepare_mr.py``) preparations share about the nnU-Net raw dataset.
+"""What the CT (``prepare_ct.py``) and MR (``prepare_mr.py``) preparations share about the nnU-Net raw dataset.
 
 Both write ``DatasetNNN_Name`` under nnU-Net's raw folder, one case at a time, and cache each case
 in a sidecar ``<cache folder>/<case>.json`` that holds a SHA-256 over its inputs, written after
@@ -24,6 +24,10 @@ from OrganGuidanceLib.validation import InputError
 FILE_ENDING = ".nii.gz"
 REPORT_FILE = "prepare_report.json"
 TEMPORARY_PREFIX = ".tmp-"  # OrganGuidanceLib.atomic's temporary files; left over only after a hard kill
+
+
+class PrepareError(InputError):
+    """Dataset preparation cannot start, or every case failed; the message says why."""
 
 
 class CaseReport:

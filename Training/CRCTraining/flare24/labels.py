@@ -22,13 +22,17 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Dict, FrozenSet, Iterable, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from CRCTraining.data.raw_dataset import PrepareError
 from OrganGuidanceLib.case_folders import name_list
 from OrganGuidanceLib.labels import ORGAN_ALIASES, WORD_LABELS, LabelConvention
 from OrganGuidanceLib.validation import InputError
+
+if TYPE_CHECKING:
+    from OrganGuidanceLib.providers import TotalSegmentatorProvider
 
 LABEL_MODES = ("tumor", "organ-interference")  # prepare's ``labels=``: "tumor" is AG-CRC's 0/1 label
 TUMOR_LABEL = "tumor"
@@ -207,3 +211,27 @@ def organ_voxel_counts(merged: np.ndarray, labels: InterferenceLabels) -> Dict[s
     """Voxels per label name in a merged label map (for prepare's per-case statistics)."""
     counts = np.bincount(merged.ravel(), minlength=labels.tumor_value + 1)
     return {name: int(counts[value]) for name, value in labels.dataset_labels().items() if value}
+
+
+def inference_mos_values(provider: "TotalSegmentatorProvider", organ_set: str) -> Tuple[int, ...]:
+    """TotalSegmentator values of the organs an inference run segments (CRCSegmentationLib's default provider).
+
+    With organ interference TotalSegmentator also segments the FLARE22 organs for the labels; the MOS
+    input channel keeps only these values, so it is the channel a trained model later sees.
+    """
+    from OrganGuidanceLib.providers import TotalSegmentatorProvider
+
+    default = set(TotalSegmentatorProvider(organ_set=organ_set).roi_subset)
+    return tuple(sorted(v for v, name in provider.convention.labels.items() if name in default))
+
+
+def interference_labels(labels: str, organs: Sequence[str], convention: LabelConvention,
+                         ssl: bool) -> Optional[InterferenceLabels]:
+    """prepare's ``labels`` mode: None for AG-CRC's tumor labels, the organ-interference layout (FLARE24 §2.2)."""
+    if labels not in LABEL_MODES:
+        raise PrepareError(f"labels {labels!r}: choose one of {list(LABEL_MODES)}")
+    if labels == "tumor":
+        return None
+    if ssl:
+        raise PrepareError("labels 'organ-interference' need tumor labels; an AG-SSL dataset's label is the bowel wall")
+    return match_organs(convention, organs)  # matched by name; a convention without an organ leaves it absent

@@ -1,1 +1,1 @@
-"""HCF (hybrid slice classifier + SANet): ``slices`` (slice datasets), ``augment``, ``cr_loss`` (the CR loss), ``train`` (both stages), ``export`` (HCF bundles), ``table3`` (the HCF paper's Table 3)."""
+"""HCF (hybrid slice classifier + SANet): ``slices`` (slice datasets), ``augment``, ``cr_loss`` (the CR loss), ``settings`` (a run's settings), ``data`` (volumes to slices, the case split), ``tasks`` (both stages and their metrics), ``train`` (runs a stage), ``export`` (HCF bundles), ``table3`` (the HCF paper's Table 3)."""

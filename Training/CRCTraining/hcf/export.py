@@ -1,7 +1,7 @@
 """``crcseg hcf-export``: finished HCF runs (one per fold and stage) -> an ``hcf`` model bundle.
 
-Reads the final files of ``hcf_train`` (weights + the ``hcf`` record: stage, slice preprocessing, fold)
-and calls the Lib's ``hcf_bundle.write_hcf_bundle``, which the module, the console and ``crcseg segment`` open.
+Reads the final files of ``hcf.train`` (weights + the ``hcf`` record: stage, slice preprocessing, fold)
+and calls the Lib's ``hcf.bundle.write_hcf_bundle``, which the module, the console and ``crcseg segment`` open.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from CRCSegmentationLib.hcf.preprocessing import SliceDatasetConfig
-from CRCTraining.hcf.train import CLASSIFIER, FINAL_FILES, HCF_RECORD, SANET, STAGES
+from CRCTraining.hcf.settings import CLASSIFIER, FINAL_FILES, HCF_RECORD, SANET, STAGES
 from OrganGuidanceLib.validation import InputError
 
 
@@ -64,7 +64,7 @@ def read_hcf_run(path: Path, stage: Optional[str] = None) -> HCFRun:
 def export_hcf_bundle(classifier_runs: Sequence[Path], sanet_runs: Sequence[Path], output: Path, name: str,
                       description: str = "", version: str = "1", classifier_threshold: float = 0.5,
                       keep_components: int = 1) -> Path:
-    """Write an HCF model bundle (``hcf_bundle.write_hcf_bundle``) from finished runs, one per fold.
+    """Write an HCF model bundle (the Lib's ``hcf.bundle.write_hcf_bundle``) from finished runs, one per fold.
 
     Every run must have been trained with the same slice preprocessing (it is the bundle's); a mix is an
     ``InputError`` listing the runs and their settings.

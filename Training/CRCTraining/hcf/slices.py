@@ -12,7 +12,7 @@ SANet" (/work/shared/papers/HCF_SANet_GTV_decoupling.txt).
   theta_n: all slices (the original ratio).
 
 Arrays are numpy ``(z, y, x)``; an axial slice is ``volume[k]`` (array axis 0). The preprocessing
-(``SliceDatasetConfig``, ``body_box``, ``slice_to_input``, ``label_to_input``) is inference code too and
+(``SliceDatasetConfig``, ``body_box``, ``to_network_input``, ``label_to_input``) is inference code too and
 lives in ``CRCSegmentationLib.hcf.preprocessing``; it is imported from there and re-exported here.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from CRCSegmentationLib.hcf.preprocessing import (  # noqa: F401 - re-exported: 
     body_box,
     input_to_slice,
     label_to_input,
-    slice_to_input,
+    to_network_input,
 )
 from OrganGuidanceLib.io import image_suffix, read_image
 from OrganGuidanceLib.validation import InputError
@@ -227,7 +227,7 @@ class SliceDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         record = self.records[int(i)]
         hu, mask = self.slice(int(i))
-        image, box = slice_to_input(hu, self.config)
+        image, box = to_network_input(hu, self.config)
         label = label_to_input(mask, box, self.config.size)
         return {"image": torch.from_numpy(image[None].copy()),
                 "label": torch.from_numpy(label.astype(np.int64)),

@@ -3,11 +3,11 @@
 For every classifier ratio (rows: theta_1, theta_2, theta_4, theta_n) one slice classifier is trained,
 for every SANet ratio (columns: theta_0 .. theta_n) one SANet, all on the same training cases and with
 the same settings otherwise (``hcf_train``); every pair is then run as the cascade it makes on the test
-volumes, through the model bundle a user would get (``hcf_bundle.write_hcf_bundle`` + ``open_model``
+volumes, through the model bundle a user would get (``hcf.bundle.write_hcf_bundle`` + ``open_model``
 + ``HCFSegmenter``; the inference code is the Lib's, not repeated here). Per cell:
 
 - the classifier's **recall** of abnormal (tumor-holding) test slices, pooled over the test cases, from
-  the bundle's own slice decisions (``hcf_segmenter.SliceClassifierEnsemble``; the paper's Table 3
+  the bundle's own slice decisions (``hcf.segmenter.SliceClassifierEnsemble``; the paper's Table 3
   column; precision and specificity too);
 - **DSC**, **JI** (Jaccard, |P & R| / |P | R|) and **HD95** (mm) of the cascade's 3D tumor mask per test case,
   on the CT grid, then the mean over cases (``CRCSegmentationLib.measurement.metrics``: HD95 = 1000 mm when the
@@ -30,18 +30,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from CRCTraining.hcf.data import load_slices, paired_volume_files
 from CRCTraining.hcf.export import export_hcf_bundle
+from CRCTraining.hcf.settings import CLASSIFIER, SANET, HCFTrainingSettings, parse_ratio
 from CRCTraining.hcf.slices import Ratio
-from CRCTraining.hcf.train import (
-    CLASSIFIER,
-    SANET,
-    HCFTrainingSettings,
-    classification_metrics,
-    load_slices,
-    paired_volume_files,
-    parse_ratio,
-    train_stage,
-)
+from CRCTraining.hcf.tasks import classification_metrics
+from CRCTraining.hcf.train import train_stage
 from OrganGuidanceLib.atomic import write_text_atomic
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import read_image
@@ -116,7 +110,6 @@ def evaluate_cascade(bundle: Path, cases: Sequence[TestCase],
                      device: str = "auto") -> Tuple[Dict[str, float], List[Dict[str, float]]]:
     """(classifier slice metrics pooled over ``cases``, per-case DSC / JI / HD95) of an HCF bundle."""
     from CRCSegmentationLib.core.segmentation import SegmentationParameters
-    from CRCSegmentationLib.hcf.preprocessing import axial_axis
     from CRCSegmentationLib.measurement.metrics import compute_metrics
     from CRCSegmentationLib.models.open import open_model
 
@@ -124,7 +117,7 @@ def evaluate_cascade(bundle: Path, cases: Sequence[TestCase],
     truth, called, per_case = [], [], []
     for case in cases:
         decisions = segmenter.classifier.classify(case.ct)
-        tumor_slices = np.moveaxis(case.tumor, axial_axis(case.ct), 0).any(axis=(1, 2))
+        tumor_slices = np.moveaxis(case.tumor, case.ct.axial_axis, 0).any(axis=(1, 2))
         truth.append(tumor_slices[decisions.indices])
         called.append(decisions.abnormal)
         result = segmenter.segment(case.ct)

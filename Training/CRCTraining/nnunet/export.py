@@ -1,9 +1,7 @@
 """``crcseg export``: a trained nnU-Net model -> a model bundle for the CRCSegmentation module."""
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -13,6 +11,7 @@ from CRCSegmentationLib.core.mr_checks import TrainingThickAxis
 from CRCSegmentationLib.networks.nnunet_architectures import TRAINER_ARCHITECTURES
 from CRCTraining import __version__
 from CRCTraining.nnunet.planning import CONFIGURATION, PLANS
+from OrganGuidanceLib.atomic import new_folder
 from OrganGuidanceLib.checksum import sha256_of
 from OrganGuidanceLib.json_files import read_json
 from OrganGuidanceLib.validation import InputError
@@ -46,18 +45,11 @@ def export_bundle(
     if missing:
         raise FileNotFoundError(f"{model_folder}: cannot export, missing {', '.join(missing)}")
     read_json(model_folder / "plans.json")  # a cut-short plans file is refused here, not in every user's Slicer
-    if output.exists():
-        raise FileExistsError(f"{output}: exists already; choose another folder or remove it first")
     dataset_json = read_json(model_folder / "dataset.json")
     labels = {str(k): int(v) for k, v in dataset_json["labels"].items()}
     tumor_labels, organ_labels = label_roles(model_folder, dataset_json)
     thick_axis = training_thick_axis_record(model_folder, dataset_json)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-bundle-", dir=output.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle is meant to be shared
-    try:
+    with new_folder(output) as staging:
         for file in NNUNET_FILES:
             if (model_folder / file).is_file():
                 shutil.copy2(model_folder / file, staging / file)
@@ -87,10 +79,6 @@ def export_bundle(
             thick_axis=thick_axis,  # MR: the training images' thick axis (prepare_mr), so a wrong plane is flagged
         )
         (staging / METADATA_FILE).write_text(metadata.to_json())
-        os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output
 
 

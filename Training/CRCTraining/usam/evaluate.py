@@ -105,7 +105,7 @@ class USAMEvaluation:
     def mean_iou(self) -> float:
         return _foreground_mean(self.iou)
 
-    def as_dict(self) -> dict:
+    def to_dict(self) -> dict:
         def number(value: float) -> Optional[float]:
             return None if math.isnan(value) else float(value)
 
@@ -205,7 +205,7 @@ def write_reports(evaluations: Sequence[USAMEvaluation], folder: Path, stem: str
                          e.slices, e.checkpoint])
     csv_path = write_text_atomic(folder / f"{stem}.csv", buffer.getvalue())
     json_path = write_text_atomic(folder / f"{stem}.json",
-                                  json.dumps([e.as_dict() for e in evaluations], indent=2) + "\n")
+                                  json.dumps([e.to_dict() for e in evaluations], indent=2) + "\n")
     return csv_path, json_path
 
 

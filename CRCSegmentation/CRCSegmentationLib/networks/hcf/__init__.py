@@ -13,7 +13,6 @@ from CRCSegmentationLib.networks.hcf.build import (
     SLICE_CLASSIFIER_PARAMETERS_M,
     build_hcf,
     build_sanet,
-    parameter_count,
 )
 from CRCSegmentationLib.networks.hcf.sanet import (
     OUTPUT_STRIDE,
@@ -21,17 +20,19 @@ from CRCSegmentationLib.networks.hcf.sanet import (
     PyramidPooling,
     SANet,
     dilate_stage,
+    is_valid_input_size,
 )
 from CRCSegmentationLib.networks.hcf.slice_classifier import (
     PUBLIC_FINAL_DROPOUT,
     DropoutLinear,
     build_slice_classifier,
 )
+from CRCSegmentationLib.networks.parameter_count import parameter_count
 
 __all__ = [
     "OUTPUT_STRIDE", "PAPER_HCF_PARAMETERS_M", "PAPER_SANET_PARAMETERS_M", "PUBLIC_CODE_SANET_PARAMETERS_M",
     "PUBLIC_FINAL_DROPOUT", "SLICE_CLASSIFIER_PARAMETERS_M",
     "DilatedResNet18Encoder", "DropoutLinear", "PyramidPooling", "SANet", "SpatialAlignment",
     "align_upsample", "build_hcf", "build_sanet", "build_slice_classifier", "dilate_stage", "identity_grid",
-    "parameter_count",
+    "is_valid_input_size", "parameter_count",
 ]

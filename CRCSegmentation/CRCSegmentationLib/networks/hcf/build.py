@@ -1,7 +1,5 @@
-"""Builders and parameter counts of HCF's two networks (paper Table 2), reading no files."""
+"""Builders and the paper's parameter counts of HCF's two networks (paper Table 2), reading no files."""
 from __future__ import annotations
-
-from torch import nn
 
 from CRCSegmentationLib.networks.hcf.sanet import SANet
 from CRCSegmentationLib.networks.hcf.slice_classifier import build_slice_classifier
@@ -22,7 +20,3 @@ def build_hcf(num_classes: int = 2, in_channels: int = 1):
     """HCF's two stages: (slice classifier (abnormal vs normal slice), SANet), both randomly initialised."""
     return build_slice_classifier(in_channels, 2), build_sanet(num_classes, in_channels)
 
-
-def parameter_count(module: nn.Module) -> int:
-    """Number of parameters (all trainable, all used in forward)."""
-    return sum(p.numel() for p in module.parameters())

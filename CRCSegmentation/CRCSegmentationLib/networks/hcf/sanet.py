@@ -51,6 +51,12 @@ PPM_BINS = (1, 2, 3, 6)  # §3.2.2, PSPNet's default
 DECODER_CHANNELS = 128  # §3.2.4
 
 
+def is_valid_input_size(size: object) -> bool:
+    """Whether ``size`` can be a side of SANet's input: an int (not a bool), a positive multiple of
+    ``OUTPUT_STRIDE``. The one rule the bundle, training and the network itself check."""
+    return isinstance(size, int) and not isinstance(size, bool) and size >= OUTPUT_STRIDE and size % OUTPUT_STRIDE == 0
+
+
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
     """CBR of Fig. 3: conv (no bias, "same" padding) -> BN -> ReLU. (B, C_in, H, W) -> (B, C_out, H, W)."""
     return nn.Sequential(
@@ -180,8 +186,8 @@ class SANet(nn.Module):
 
     def check_input(self, x: Tensor) -> None:
         """ValueError unless ``x`` is (B, in_channels, H, W) with H and W positive multiples of 16."""
-        if (x.ndim != 4 or x.shape[1] != self.in_channels or x.shape[-2] < OUTPUT_STRIDE
-                or x.shape[-1] < OUTPUT_STRIDE or x.shape[-2] % OUTPUT_STRIDE or x.shape[-1] % OUTPUT_STRIDE):
+        if (x.ndim != 4 or x.shape[1] != self.in_channels or not is_valid_input_size(int(x.shape[-2]))
+                or not is_valid_input_size(int(x.shape[-1]))):
             raise ValueError(f"SANet needs an input (B, {self.in_channels}, H, W) with H and W multiples of "
                              f"{OUTPUT_STRIDE}; got shape {tuple(x.shape)}")
 

@@ -6,6 +6,7 @@ from typing import Dict, List, NamedTuple, Tuple
 
 from torch import nn
 
+from CRCSegmentationLib.networks.parameter_count import parameter_count
 from CRCSegmentationLib.networks.rcsegnext.config import RCSegNeXtConfig
 from CRCSegmentationLib.networks.rcsegnext.network import RCSegNeXt
 
@@ -24,11 +25,6 @@ PAPER_CONFIG = RCSegNeXtConfig()  # §3.1: 1 input channel (T2), 3 classes, spac
 def build_rcsegnext(config: RCSegNeXtConfig = PAPER_CONFIG) -> RCSegNeXt:
     """An RCSegNeXt with PyTorch's default initialisation (as the public code); reads no files."""
     return RCSegNeXt(config)
-
-
-def parameter_count(module: nn.Module) -> int:
-    """Number of parameters (all of them are trainable and used in forward)."""
-    return sum(p.numel() for p in module.parameters())
 
 
 def dead_shortcut_parameters(model: nn.Module) -> int:
