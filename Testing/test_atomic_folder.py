@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from OrganGuidanceLib.atomic import new_folder, recover_interrupted_swaps
+from OrganGuidanceLib.atomic import atomic_path, new_folder, recover_interrupted_swaps, remove_dead_temporary_files
 
 
 def _hidden_leftovers(parent: Path) -> list:
@@ -83,3 +83,14 @@ def test_a_killed_runs_staging_is_removed_by_the_next_write(tmp_path):
     with new_folder(tmp_path / "bundle") as staging:
         (staging / "whole.pt").write_bytes(b"w")
     assert _hidden_leftovers(tmp_path) == []
+
+
+def test_a_killed_writers_temporary_file_is_removed_and_a_live_ones_kept(tmp_path):
+    with atomic_path(tmp_path / "summary.json") as temporary:
+        assert temporary.name.startswith(f".tmp-file-{os.getpid()}-")  # the pid tells a dead writer's file
+        temporary.write_text("{}")
+        dead = tmp_path / f".tmp-file-{_dead_pid()}-abc"
+        dead.write_text("half")
+        remove_dead_temporary_files(tmp_path)
+        assert temporary.exists() and not dead.exists()
+    assert _hidden_leftovers(tmp_path) == [] and (tmp_path / "summary.json").read_text() == "{}"

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+TEMPORARY_FILE_PREFIX = ".tmp-file-"  # + pid: a killed writer's file is known by its dead process
+
 
 def _umask() -> int:
     umask = os.umask(0)
@@ -35,7 +37,7 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(suffix=suffix, prefix=".tmp-", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(suffix=suffix, prefix=f"{TEMPORARY_FILE_PREFIX}{os.getpid()}-", dir=path.parent)
     os.close(handle)
     try:
         yield Path(temporary)
@@ -147,6 +149,14 @@ def remove_dead_stagings(target: Path) -> None:
             continue
         if not process_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def remove_dead_temporary_files(folder: Path) -> None:
+    """Temporary files of ``atomic_path`` in ``folder`` left by writers that were killed before their rename."""
+    for leftover in Path(folder).glob(f"{TEMPORARY_FILE_PREFIX}*"):
+        pid = leftover.name[len(TEMPORARY_FILE_PREFIX):].split("-", 1)[0]
+        if leftover.is_file() and pid.isdigit() and not process_alive(int(pid)):
+            leftover.unlink(missing_ok=True)
 
 
 def process_alive(pid: int) -> bool:

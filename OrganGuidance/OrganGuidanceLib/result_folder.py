@@ -30,7 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from OrganGuidanceLib.atomic import new_folder, recover_interrupted_swaps, remove_dead_stagings, write_text_atomic
+from OrganGuidanceLib.atomic import (
+    TEMPORARY_FILE_PREFIX,
+    new_folder,
+    recover_interrupted_swaps,
+    remove_dead_stagings,
+    remove_dead_temporary_files,
+    write_text_atomic,
+)
 from OrganGuidanceLib.checksum import sha256_of
 from OrganGuidanceLib.image_files import printable
 from OrganGuidanceLib.run_lock import output_lock
@@ -155,8 +162,8 @@ def open_result_folder(folder: Path, overwrite: bool, owned: Callable[[str], boo
     if folder.exists() and not folder.is_dir():
         raise InputError(f"output: {folder} is a file, not a folder")
 
-    def foreign(name: str) -> bool:
-        return not owned(name)
+    def foreign(name: str) -> bool:  # a killed writer's temporary file is no user's
+        return not owned(name) and not name.startswith(TEMPORARY_FILE_PREFIX)
 
     with ExitStack() as stack:
         stack.enter_context(output_lock(folder, command))
@@ -168,4 +175,5 @@ def open_result_folder(folder: Path, overwrite: bool, owned: Callable[[str], boo
         else:  # the folder is made by the first file written: a run refused or failed before leaves none
             for leftover in folder.glob(".tmp-case-*"):  # a killed run's case staging (we hold the lock)
                 shutil.rmtree(leftover, ignore_errors=True)
+            remove_dead_temporary_files(folder)  # a file write killed before its rename (e.g. the summary)
             yield ResultFolder(folder, folder, overwrite=False)
