@@ -54,7 +54,7 @@ def test_format_2_metadata_is_read_as_written(bundle):
 
 
 @pytest.mark.parametrize("changes, words", [
-    ({"kind": "usam"}, ["kind 'usam'", "cannot run yet"]),
+    ({"kind": "usam"}, ["a U-SAM bundle's checkpoint", "usam.pt"]),  # an nnU-Net bundle relabelled
     ({"kind": "hcf"}, ["hcf.json is missing"]),  # an nnU-Net bundle relabelled: HCF's own file is asked for
     ({"kind": "unet2000"}, ["kind 'unet2000'", "not one of"]),
     ({"modality": "PET"}, ["modality 'PET'"]),
@@ -71,6 +71,18 @@ def test_bad_metadata_is_refused_with_the_reason(bundle, changes, words):
     message = str(raised.value)
     assert all(w in message for w in words), message
     assert str(bundle) in message
+
+
+def test_a_usam_bundle_opens_but_is_no_3d_segmenter(tmp_path):
+    from CRCSegmentationLib.networks.usam import USAM, USAMConfig
+    from CRCSegmentationLib.usam.bundle import write_usam_bundle
+
+    folder = write_usam_bundle(tmp_path / "usam", USAM(USAMConfig.preset("small")), "tiny", "0.0.1",
+                               "test model; not for clinical use", demonstration=True)
+    model = open_model(folder)
+    assert (model.kind, model.tumor_labels, model.weight_files) == ("usam", [2], [folder / "usam.pt"])
+    with pytest.raises(ModelError, match="a U-SAM checkpoint is for point prompts"):
+        model.segmenter()
 
 
 def test_metadata_that_is_not_an_object_is_refused(bundle):

@@ -2,7 +2,7 @@
 
 ``OrganGuidanceController`` and ``CRCSegmentationController`` are what the panels' Apply,
 Cancel, progress bar and status line are bound to; ``RefinementController`` is the
-point-refinement section. Inputs are the abdominal phantom's CT and its organ label map
+refinement section (prompt modes and Slicer's place mode, prompts, to 3D, undo / redo, shortcuts). Inputs are the abdominal phantom's CT and its organ label map
 (imported, so no TotalSegmentator weights are needed) and the shipped ``demo_phantom``
 model. The parameter objects have exactly the fields of the panels' parameter-node
 wrappers, read from widget.py, so a field the controllers use and the wrapper lacks fails here.
@@ -17,13 +17,20 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
+from CRCSegmentationLib.choices import DEFAULT_USAM_MODEL, PROMPT_MODES, REFINEMENT_SHORTCUTS
 from CRCSegmentationLib.panel_state import (
     CRCSegmentationController,
-    RefinementController,
     catalogueChoices,
     statisticsTable,
     visibleRows,
+)
+from CRCSegmentationLib.refinement_controller import (
+    PROMPT_NODE_CLASSES,
+    RefinementController,
+    usamModelChoices,
+    usamModelSource,
 )
 from OrganGuidanceLib import install
 from OrganGuidanceLib.image import Image
@@ -386,50 +393,194 @@ def test_crc_apply_reasons_and_rows(mrml_scene, ct_node):
     assert rows["guidanceNode"] and not rows["organSource"] and rows["modelName"] and not rows["modelFolder"]
 
 
-# ---------------------------------------------------------------------------- point refinement
-def test_refinement_points_undo_and_propagation(mrml_scene, phantom, ct_node):
+# ---------------------------------------------------------------------------- interactive refinement
+def refinement(scene, logic: Any = None, user: Optional[User] = None, **values: Any):
+    """The refinement section over a CRC panel whose parameters have ``values``; (section, run, parameters)."""
+    run, parameters = crc_segmentation(scene, user or User(), modelName="demo_phantom", **values)
+    return RefinementController(run, logic), run, parameters
+
+
+def disc_logic(scene, radius: float = 8.0):
     from usam_stand_ins import DiscModel
 
     from CRCSegmentationLib.refinement_logic import PointRefinementLogic
 
-    user = User()
-    run, parameters = crc_segmentation(mrml_scene, user, modelName="demo_phantom", propagationMm=10.0)
-    section = RefinementController(run, PointRefinementLogic(mrml_scene, DiscModel(radius=8.0)))
-    placed: List[str] = []
-    section.onPointPlaced = placed.append
-    assert not section.canPropagate and not section.canUndo
-    section.observePointLists(create=True)
-    positive = section.pointLists["positive"]
-    assert positive is not None and section.pointLists["negative"] is not None
+    return PointRefinementLogic(scene, DiscModel(radius=radius))
 
+
+def slice_ras(image: Image, i: float, j: float, k: float) -> np.ndarray:
+    """RAS of the voxel (i, j, k) of ``image`` (column, row, slice)."""
+    return (image.index_to_ras @ np.array([i, j, k, 1.0]))[:3]
+
+
+def segment_voxels(segmentation, image: Image) -> np.ndarray:
+    """The "Tumor" segment on ``image``'s grid, slice by slice (k x rows x cols, bool)."""
+    from CRCSegmentationLib.mrml import tumor_segment_id
+    from CRCSegmentationLib.mrml_points import read_segment_slices
+
+    masks = read_segment_slices(segmentation, tumor_segment_id(segmentation), image, range(image.shape[0]))
+    return np.stack([masks[k] for k in range(image.shape[0])])
+
+
+def place_box(node, image: Image, k: int, centre_ij: Tuple[float, float], half: float) -> None:
+    """An axial box of ``2 * half`` voxels around ``centre_ij`` on slice ``k``, as the ROI placement leaves it."""
+    node.AddControlPoint(*slice_ras(image, centre_ij[0] - half, centre_ij[1] - half, k))
+    node.AddControlPoint(*slice_ras(image, centre_ij[0] + half, centre_ij[1] + half, k))
+
+
+def test_each_prompt_mode_starts_place_mode_for_its_markups_type(mrml_scene, ct_node):
+    section, run, parameters = refinement(mrml_scene, disc_logic(mrml_scene))
+    section.observePointLists(create=True)
+    interaction, selection = section.interactionNode(), section.selectionNode()
+    for mode in PROMPT_MODES:
+        assert section.setMode(mode), section.status
+        node = mrml_scene.GetNodeByID(selection.GetActivePlaceNodeID())
+        assert node.GetClassName() == PROMPT_NODE_CLASSES[mode] == selection.GetActivePlaceNodeClassName()
+        assert interaction.GetCurrentInteractionMode() == interaction.Place and section.placing() == mode
+        # Points are placed click after click; a shape once, then Slicer leaves place mode and it is applied.
+        assert interaction.GetPlaceModePersistence() == (mode in ("positive", "negative"))
+        if mode in ("positive", "negative"):
+            assert node is section.pointLists[mode]
+        assert section.status == f"Placing: {section.modeName(mode)}."
+    # A shape left empty (the user chose another mode before drawing it) does not stay in the scene.
+    boxes = mrml_scene.GetNodesByClass("vtkMRMLMarkupsROINode").GetNumberOfItems()
+    closed = mrml_scene.GetNodesByClass("vtkMRMLMarkupsClosedCurveNode").GetNumberOfItems()
+    assert boxes == 0 and closed == 1  # the lasso being placed
+    section.stopPlacing()
+    assert section.placing() is None and interaction.GetCurrentInteractionMode() == interaction.ViewTransform
+    assert mrml_scene.GetNodesByClass("vtkMRMLMarkupsClosedCurveNode").GetNumberOfItems() == 0
+    # A scribble follows the last point mode: after N it removes (a red, negative curve).
+    assert section.setMode("negative") and section.setMode("scribble")
+    scribble = mrml_scene.GetNodeByID(selection.GetActivePlaceNodeID())
+    assert section.modeName("scribble") == "negative scribble" and "(-)" in scribble.GetName()
+    # The user leaving place mode (Escape, the toolbar) is seen: no mode is shown as active.
+    interaction.SetCurrentInteractionMode(interaction.ViewTransform)
+    assert section.mode is None and section.placing() is None
+    # A curve half drawn when another mode is chosen is abandoned: it leaves the scene, nothing is prompted.
+    prompted: List[Any] = []
+    section.onPromptPlaced = prompted.append
+    assert section.setMode("lasso")
+    section.pending.AddControlPoint(0.0, 0.0, 0.0)
+    assert section.setMode("positive") and not prompted
+    assert mrml_scene.GetNodesByClass("vtkMRMLMarkupsClosedCurveNode").GetNumberOfItems() == 0
+
+
+def test_prompting_is_refused_with_the_reason(mrml_scene, phantom, labels_node):
+    section, run, parameters = refinement(mrml_scene)
+    assert parameters.inputVolume is None and section.promptReason() == "Select a CT volume (Inputs)."
+    assert not section.setMode("positive") and section.status == "Select a CT volume (Inputs)."
+    parameters.inputVolume = add_volume_node(mrml_scene, phantom.ct, "Phantom CT")
+    parameters.usamModelName = ""
+    assert section.promptReason().startswith("Choose a U-SAM model")
+    parameters.usamModelSource = "file"
+    assert section.promptReason().startswith("Choose a U-SAM model file") and not section.canPrompt
+    parameters.usamCheckpoint = Path("/no/such/usam.pt")
+    assert section.canPrompt  # the file is opened with the first prompt
+    assert not section.applyPrompt() and "/no/such/usam.pt" in section.status and section.logic.segmenter is None
+
+
+def test_model_choices_offer_the_catalogues_usam_models(tmp_path):
+    choices, problem = usamModelChoices()
+    assert problem == ""
+    segmentation_models = [name for name, _ in catalogueChoices()[0]]
+    assert not set(segmentation_models) & {name for name, _ in choices}  # each panel row offers its own kind
+    if DEFAULT_USAM_MODEL not in [name for name, _ in choices]:
+        pytest.skip(f"the shipped {DEFAULT_USAM_MODEL} is not in the catalogue yet")
+    assert "not for clinical use" in dict(choices)[DEFAULT_USAM_MODEL]
+
+
+def test_the_model_source_is_a_catalogue_name_a_file_or_a_bundle_folder(mrml_scene, ct_node, tmp_path):
+    section, run, parameters = refinement(mrml_scene)
+    section.chooseModel(["another_usam", DEFAULT_USAM_MODEL])
+    assert parameters.usamModelName == DEFAULT_USAM_MODEL and usamModelSource(parameters) == DEFAULT_USAM_MODEL
+    section.chooseModel(["another_usam"])  # a choice is kept
+    assert parameters.usamModelName == DEFAULT_USAM_MODEL
+    parameters.usamModelSource = "file"
+    parameters.usamCheckpoint = tmp_path / "usam.pt"
+    assert usamModelSource(parameters) == str(tmp_path / "usam.pt")
+    parameters.usamCheckpoint = tmp_path / "bundle" / "crcseg_model.json"  # a bundle is chosen by its metadata
+    assert usamModelSource(parameters) == str(tmp_path / "bundle")
+
+
+def test_a_box_is_applied_when_its_placement_ends_and_undo_redo_follow(mrml_scene, phantom, ct_node):
+    section, run, parameters = refinement(mrml_scene, disc_logic(mrml_scene), promptTo3d=False)
+    section.observePointLists(create=True)
+    assert not section.canUndo and not section.canRedo
     ct = phantom.ct
     k = ct.shape[0] // 2
-    ras = (ct.index_to_ras @ np.array([64.0, 64.0, float(k), 1.0]))[:3]  # (i, j, k): the middle of slice k
-    positive.AddControlPoint(*ras)
-    assert placed == ["positive"]  # the section hears each placed point
-    assert section.refine("positive")
-    assert section.status == f"Refinement: slices {k} replaced." and section.canUndo and section.canPropagate
-    node = parameters.outputSegmentation
-    assert node is not None and "Tumor" in segment_names(node)
+    assert section.setMode("box")
+    box = section.pending
+    place_box(box, ct, k, (64.0, 64.0), 6.0)
+    assert parameters.outputSegmentation is None  # nothing runs while the box is drawn
+    interaction = section.interactionNode()
+    interaction.SetCurrentInteractionMode(interaction.ViewTransform)  # Slicer ends a single placement so
+    assert section.status == f"Prompt: slices {k} replaced.", section.status
+    assert section.mode is None and box.GetScene() is mrml_scene  # the box stays: later points on k join it
+    segmentation = parameters.outputSegmentation
+    after = segment_voxels(segmentation, ct)
+    assert after[k].any() and not np.delete(after, k, axis=0).any()  # that slice only
+    rows, cols = np.nonzero(after[k])
+    assert abs(cols.mean() - 64) <= 1.5 and abs(rows.mean() - 64) <= 1.5  # the box's place
 
-    assert section.propagate() and run.running
-    assert not section.canPropagate and not section.canUndo  # nothing else runs meanwhile
+    assert section.canUndo and not section.canRedo
+    assert REFINEMENT_SHORTCUTS["Ctrl+Z"] == "undo"
+    section.shortcutActions()["Ctrl+Z"]()
+    assert section.status == "Undone." and not segment_voxels(segmentation, ct).any()
+    assert section.canRedo and not section.canUndo
+    section.shortcutActions()["Ctrl+Y"]()
+    assert section.status == "Redone." and np.array_equal(segment_voxels(segmentation, ct), after)
+    assert not section.redo() and section.status == "Nothing to redo."
+
+
+def test_a_point_prompts_to_3d_in_the_worker_and_undo_restores_every_voxel(mrml_scene, phantom, ct_node):
+    section, run, parameters = refinement(mrml_scene, disc_logic(mrml_scene), propagationMm=10.0)
+    assert parameters.promptTo3d  # one prompt to 3D is the default
+    placed: List[Any] = []
+    section.onPromptPlaced = placed.append  # the Qt binding defers the prompt until the click is over
+    section.observePointLists(create=True)
+    ct = phantom.ct
+    k = ct.shape[0] // 2
+    first = section.pointLists["positive"]
+    assert section.setMode("positive")
+    first.AddControlPoint(*slice_ras(ct, 40.0, 40.0, k))
+    assert placed == [first]
+    assert section.applyPrompt(first) and run.running  # in the worker, with progress and Cancel
+    assert not section.canPrompt and not section.canUndo and not section.applyPrompt(first)
     run_to_end(run)
-    assert run.status == "Propagation done." and section.status.startswith("Propagation: slices ")
-    assert str(k - 1) in section.status and str(k + 1) in section.status
-    depth = len(section.logic.undo_stack)
-    assert section.undo() and section.status == "Last refinement undone." and len(section.logic.undo_stack) == depth - 1
+    assert run.status == "Prompt in 3D done." and section.status.startswith("Prompt in 3D: slices ")
+    segmentation = parameters.outputSegmentation
+    once = segment_voxels(segmentation, ct)
+    changed = [int(s) for s in np.nonzero(once.any(axis=(1, 2)))[0]]
+    assert k in changed and len(changed) > 1, changed  # carried up and down from one click
 
+    # A second click (2D this time) on top of the first result, then undo it: every voxel as before.
+    parameters.promptTo3d = False
+    first.AddControlPoint(*slice_ras(ct, 90.0, 90.0, k))
+    assert section.applyPrompt(first) and not run.running
+    twice = segment_voxels(segmentation, ct)
+    assert twice[k].sum() > once[k].sum() and np.array_equal(np.delete(twice, k, 0), np.delete(once, k, 0))
+    assert section.undo() and np.array_equal(segment_voxels(segmentation, ct), once)
+    assert section.undo() and not segment_voxels(segmentation, ct).any()
+    assert section.redo() and section.redo() and np.array_equal(segment_voxels(segmentation, ct), twice)
+
+    section.clearPrompts()
+    assert first.GetNumberOfControlPoints() == 0 and np.array_equal(segment_voxels(segmentation, ct), twice)
     section.sceneClosed()
-    assert not section.canUndo and not section.canPropagate and section.pointLists == {}
+    assert not section.canUndo and not section.canRedo and section.pointLists == {}
 
 
-def test_refinement_without_a_checkpoint_says_what_to_choose(mrml_scene, ct_node):
-    run, parameters = crc_segmentation(mrml_scene, User(), modelName="demo_phantom")
-    section = RefinementController(run)
-    assert not section.refine("positive")
-    assert section.status.startswith("U-SAM checkpoint: no file chosen")
-    assert not section.propagate() and not run.running
+def test_shortcuts_map_to_the_controllers_actions(mrml_scene, ct_node):
+    section, run, parameters = refinement(mrml_scene, disc_logic(mrml_scene))
+    actions = section.shortcutActions()
+    assert set(actions) == set(REFINEMENT_SHORTCUTS) and all(callable(a) for a in actions.values())
+    for key, action in REFINEMENT_SHORTCUTS.items():
+        if action in PROMPT_MODES:
+            actions[key]()
+            assert section.placing() == action, key
+    actions["Ctrl+Z"]()
+    assert section.status == "Nothing to undo."
+    with pytest.raises(KeyError, match="not a prompt mode"):
+        section.action("erase")
 
 
 class RefinementNeedsAMissingPackage(RefinementController):
@@ -441,8 +592,69 @@ def test_refinement_offers_missing_packages_through_the_same_flow(mrml_scene, ct
     user = User(agrees=False)
     installed: List[Sequence[install.Requirement]] = []
     run = CRCSegmentationController(mrml_scene, dialogs=user.dialogs(), installer=installed.append)
-    run.setParameters(parameters_like(CRC_WIDGET, modelName="demo_phantom"))
+    run.setParameters(parameters_like(CRC_WIDGET, modelName="demo_phantom", usamModelName=DEFAULT_USAM_MODEL))
     section = RefinementNeedsAMissingPackage(run)
-    assert not section.refine("positive") and section.logic is None  # nothing loaded
+    assert not section.applyPrompt() and section.logic is None  # nothing loaded
     assert len(user.questions) == 1 and user.questions[0].startswith("Point refinement needs Python packages")
     assert section.status == "Not started: required Python packages are not installed." and not installed
+
+
+def test_the_shipped_model_is_loaded_by_name_and_prompts_the_phantoms_tumor(mrml_scene):
+    """The path of a fresh install: the catalogue's demonstration model, three clicks on the tumor, to 3D."""
+    if DEFAULT_USAM_MODEL not in [name for name, _ in usamModelChoices()[0]]:
+        pytest.skip(f"the shipped {DEFAULT_USAM_MODEL} is not in the catalogue yet")
+    from CRCTraining.data.phantoms_ct import make_phantom_case
+
+    case = make_phantom_case(0, seed=20260)  # not a training seed
+    ct_node = add_volume_node(mrml_scene, case.ct, "Phantom CT")
+    section, run, parameters = refinement(mrml_scene, inputVolume=ct_node, device="cpu")
+    section.chooseModel([name for name, _ in usamModelChoices()[0]])
+    assert parameters.usamModelName == DEFAULT_USAM_MODEL and section.canPrompt
+    tumor = case.tumor.array > 0
+    k = int(np.argmax(tumor.sum(axis=(1, 2))))
+    depth = ndimage.distance_transform_edt(tumor[k])
+    rows, cols = np.nonzero(depth >= 0.5 * depth.max())  # well inside, as a user clicks
+    section.onPromptPlaced = lambda node: None  # the three clicks are applied together below
+    assert section.setMode("positive")
+    points = section.pointLists["positive"]
+    for n in np.linspace(0, len(rows) - 1, 3).astype(int):  # three clicks inside the tumor
+        points.AddControlPoint(*slice_ras(case.ct, float(cols[n]), float(rows[n]), k))
+    assert section.applyPrompt(points) and run.running
+    run_to_end(run)
+    assert section.logic.segmenter is not None and section.status.startswith("Prompt in 3D: slices "), section.status
+    mask = segment_voxels(parameters.outputSegmentation, case.ct)
+    dice = 2 * (mask & tumor).sum() / (mask.sum() + tumor.sum())
+    print(f"\nshipped {DEFAULT_USAM_MODEL} through the panel: 3 clicks on slice {k}, to 3D: Dice {dice:.3f}")
+    assert dice >= 0.6, dice
+
+
+def test_a_catalogue_usam_model_is_offered_and_loaded_by_name(mrml_scene, phantom, ct_node, tmp_path, monkeypatch):
+    """Catalogue name -> bundle -> network, through the section (random weights: the path, not the quality)."""
+    import json
+
+    import torch
+
+    from CRCSegmentationLib.networks.usam import USAM, USAMConfig
+    from CRCSegmentationLib.usam.bundle import write_usam_bundle
+
+    torch.manual_seed(0)
+    write_usam_bundle(tmp_path / "Models" / "tiny_usam", USAM(USAMConfig.preset("small")), "tiny_usam", "0.1.0",
+                      "A random U-SAM for the panel test.", demonstration=True)
+    catalogue = tmp_path / "models.json"
+    catalogue.write_text(json.dumps({"models": [
+        {"name": "tiny_usam", "version": "0.1.0", "path": "Models/tiny_usam", "input_channels": ["CT"],
+         "kind": "usam", "description": "A random U-SAM.", "demonstration": True},
+    ]}), encoding="utf-8")
+    monkeypatch.setenv("SLICERCRC_MODEL_CATALOGUE", str(catalogue))
+    choices, problem = usamModelChoices()
+    assert problem == "" and [name for name, _ in choices] == ["tiny_usam"] and catalogueChoices()[0] == []
+    assert "not for clinical use" in choices[0][1]
+
+    section, run, parameters = refinement(mrml_scene, promptTo3d=False, device="cpu")
+    section.chooseModel(["tiny_usam"])
+    assert parameters.usamModelName == "tiny_usam"
+    section.observePointLists(create=True)
+    ct = phantom.ct
+    section.pointLists["positive"].AddControlPoint(*slice_ras(ct, 64.0, 64.0, ct.shape[0] // 2))
+    assert section.logic is not None and section.logic.segmenter is not None  # loaded on the first prompt
+    assert section.status.startswith("Prompt: "), section.status

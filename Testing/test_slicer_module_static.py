@@ -54,12 +54,14 @@ CRC_UI_FILE = CRC / "Resources" / "UI" / "CRCSegmentation.ui"
 CRC_WIDGET_FILE = CRC_LIB / "widget.py"
 CRC_REFINEMENT_PANEL_FILE = CRC_LIB / "refinement_panel.py"
 CRC_PANEL_STATE_FILE = CRC_LIB / "panel_state.py"
+CRC_REFINEMENT_CONTROLLER_FILE = CRC_LIB / "refinement_controller.py"  # the refinement section's decisions
 CRC_CHOICES_FILE = CRC_LIB / "choices.py"
 # The Qt-free halves of the panels: what they decide runs under slicer-core (Testing/test_panel_controllers.py).
-QT_FREE_PANEL_FILES = (RUN_CONTROLLER_FILE, PANEL_STATE_FILE, CRC_PANEL_STATE_FILE, CRC_CHOICES_FILE)
+QT_FREE_PANEL_FILES = (RUN_CONTROLLER_FILE, PANEL_STATE_FILE, CRC_PANEL_STATE_FILE, CRC_REFINEMENT_CONTROLLER_FILE,
+                       CRC_CHOICES_FILE)
 CRC_MODULE_FILE = CRC / "CRCSegmentation.py"
 CRC_SECTION_TITLES = {"Inputs", "Model", "Advanced", "Output", "Point refinement", "Results"}
-CRC_UNBOUND_FIELDS = {"modelName"}  # set from the model combo box, whose items come from the catalogue
+CRC_UNBOUND_FIELDS = {"modelName", "usamModelName"}  # set from their combo boxes, whose items come from the catalogue
 # Parameter-node field -> SegmentationParameters field, for the defaults and ranges checks.
 SEGMENTATION_FIELDS = {
     "device": "device",
@@ -198,6 +200,7 @@ class Panel:
     panel_state_file: Path  # its Qt-free decisions (settings, rows, controller)
     unbound_fields: FrozenSet[str] = frozenset()  # parameter-node fields set by code, not by a widget
     section_files: Tuple[Path, ...] = ()  # further Qt files binding sections of the same .ui
+    controller_files: Tuple[Path, ...] = ()  # further Qt-free files deciding for those sections
 
     @property
     def gui_files(self) -> Tuple[Path, ...]:
@@ -210,7 +213,7 @@ PANELS = (
           frozenset({"applyButton", "cancelButton"}), PANEL_STATE_FILE),
     Panel("CRCSegmentation", CRC_UI_FILE, CRC_WIDGET_FILE, CRC_MODULE_FILE, frozenset(CRC_SECTION_TITLES),
           frozenset({"applyButton", "cancelButton", "exportButton"}), CRC_PANEL_STATE_FILE,
-          frozenset(CRC_UNBOUND_FIELDS), (CRC_REFINEMENT_PANEL_FILE,)),
+          frozenset(CRC_UNBOUND_FIELDS), (CRC_REFINEMENT_PANEL_FILE,), (CRC_REFINEMENT_CONTROLLER_FILE,)),
 )
 per_panel = pytest.mark.parametrize("panel", PANELS, ids=lambda p: p.name)
 
@@ -454,7 +457,8 @@ def test_widget_imports_only_dependency_free_lib_modules_at_load_time():
     if not hasattr(sys, "stdlib_module_names"):
         pytest.skip("the standard-library check needs Python 3.10+ (sys.stdlib_module_names)")
     own = {"OrganGuidanceLib", "CRCSegmentationLib"}
-    files = [OG_LIB / f"{module}.py" for module in sorted(DEPENDENCY_FREE_LIB_MODULES)] + [CRC_PANEL_STATE_FILE, CRC_CHOICES_FILE]
+    files = [OG_LIB / f"{module}.py" for module in sorted(DEPENDENCY_FREE_LIB_MODULES)] + [
+        CRC_PANEL_STATE_FILE, CRC_REFINEMENT_CONTROLLER_FILE, CRC_CHOICES_FILE]
     for path in files:
         names = {n.split(".")[0] for n, level in top_level_imports(parse(path)) if not level}
         non_stdlib = sorted(n for n in names if n not in sys.stdlib_module_names and n != "__future__" and n not in own)
@@ -465,7 +469,7 @@ def test_widget_imports_only_dependency_free_lib_modules_at_load_time():
         own_modules = {lib_module(name) for name, level in top_level_imports(parse(path))
                        if not level and name.split(".")[0] in own and "." in name}
         allowed = {f"OrganGuidanceLib.{m}" for m in DEPENDENCY_FREE_LIB_MODULES} | {
-            "CRCSegmentationLib.choices", "CRCSegmentationLib.panel_state"}
+            "CRCSegmentationLib.choices", "CRCSegmentationLib.panel_state", "CRCSegmentationLib.refinement_controller"}
         assert own_modules <= allowed, f"{path.name} imports {sorted(own_modules - allowed)} at load time"
 
 
@@ -550,6 +554,7 @@ def test_crc_spin_box_ranges_and_defaults_match_the_wrapper():
 def test_crc_wrapper_choices_are_values_the_logic_accepts():
     from CRCSegmentationLib import choices, logic, mrml_points
     from CRCSegmentationLib.core import segmentation
+    from CRCSegmentationLib.usam import bundle as usam_bundle
     from OrganGuidanceLib import choices as guidance_choices
     from OrganGuidanceLib import logic as guidance_logic
 
@@ -560,8 +565,9 @@ def test_crc_wrapper_choices_are_values_the_logic_accepts():
     assert set(choices.CONVENTIONS) == {"totalsegmentator", "word"}
     assert set(choices.PRESETS) == set(segmentation.PRESETS)
     assert set(choices.POINT_ROLES) == set(mrml_points.POINT_ROLES)
+    assert choices.USAM_KIND == usam_bundle.KIND
     wrapper = ast.unparse(wrapper_class(parse(CRC_WIDGET_FILE)))
-    for name in ("GUIDANCE_SOURCES", "ORGAN_SOURCES", "CONVENTIONS", "MODEL_SOURCES", "DEVICES"):
+    for name in ("GUIDANCE_SOURCES", "ORGAN_SOURCES", "CONVENTIONS", "MODEL_SOURCES", "DEVICES", "USAM_MODEL_SOURCES"):
         assert f"Choice({name})" in wrapper, name  # the parameter node offers the registry's tuples
     literal_tuples = {k for k, v in module_constants(parse(CRC_WIDGET_FILE)).items() if isinstance(v, ast.Tuple)}
     assert not literal_tuples, f"widget.py writes choices of its own: {literal_tuples}"
@@ -569,11 +575,12 @@ def test_crc_wrapper_choices_are_values_the_logic_accepts():
 
 CRC_LOAD_TIME_MODULES = {  # what the CRC panel's files may import when Slicer loads the module
     "OrganGuidanceLib": {"run_panel", "run_controller", "install", "choices"},
-    "CRCSegmentationLib": {"choices", "panel_state", "refinement_panel"},
+    "CRCSegmentationLib": {"choices", "panel_state", "refinement_panel", "refinement_controller"},
 }
 
 
-@pytest.mark.parametrize("path", [CRC_WIDGET_FILE, CRC_REFINEMENT_PANEL_FILE, CRC_PANEL_STATE_FILE, CRC_CHOICES_FILE],
+@pytest.mark.parametrize("path", [CRC_WIDGET_FILE, CRC_REFINEMENT_PANEL_FILE, CRC_PANEL_STATE_FILE,
+                                  CRC_REFINEMENT_CONTROLLER_FILE, CRC_CHOICES_FILE],
                          ids=lambda p: p.name)
 def test_crc_panel_imports_no_engine_module_at_load_time(path):
     """The engine imports torch and nnU-Net; the panel's files must load before they are installed."""
@@ -644,7 +651,7 @@ def test_the_install_flow_is_written_once():
                 if name in ("unsupported_python_message", "pip_install", "askInstall", "installTorch"):
                     callers.setdefault(name, set()).add(path.name)
     assert callers == {name: {"run_controller.py"} for name in callers} and len(callers) == 4, callers
-    assert "self.run.installFlow.ensure(" in CRC_PANEL_STATE_FILE.read_text()  # the refinement section's install
+    assert "self.run.installFlow.ensure(" in CRC_REFINEMENT_CONTROLLER_FILE.read_text()  # the refinement's install
 
 
 PARAMETER_OBJECTS = {"p", "parameters", "parameterNode"}  # the names the panel files give the parameter node
@@ -669,7 +676,8 @@ def test_panel_state_reads_only_fields_of_the_parameter_node(panel):
     """The Qt-free files read the wrapper's fields by name; a field it lacks would fail only inside Slicer."""
     fields = set(wrapper_fields(parse(panel.widget_file)))
     node_methods = {"disconnectGui", "RemoveObserver", "AddObserver", "connectParametersToGui"}
-    for path in (panel.panel_state_file, panel.widget_file, *panel.section_files, RUN_CONTROLLER_FILE):
+    for path in (panel.panel_state_file, panel.widget_file, *panel.section_files, *panel.controller_files,
+                 RUN_CONTROLLER_FILE):
         used = parameter_fields_read(path) - node_methods
         unknown = sorted(used - fields)
         assert not unknown, f"{path.name} reads {unknown}, which {panel.widget_file.name}'s parameter node lacks"

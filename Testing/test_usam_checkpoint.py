@@ -177,3 +177,65 @@ def test_checkpoint_errors(small_model, sam_file, tmp_path):
     assert payload["format"] == CHECKPOINT_FORMAT
     with pytest.raises(InputError, match="U-SAM checkpoint; load it with load_usam_checkpoint"):
         usam_with_sam_weights(sam_checkpoint=good)
+
+
+# --- sizes in checkpoints, bundles and load_usam_model ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_preset():
+    torch.manual_seed(1)
+    return usam_with_sam_weights(USAMConfig.preset("small"))[0].eval()
+
+
+def test_sizes_round_trip_and_a_version_1_checkpoint_reads_as_vit_b(small_preset, small_model, tmp_path):
+    path = tmp_path / "small.pt"
+    save_usam_checkpoint(path, small_preset)
+    payload = torch.load(path, weights_only=True)
+    assert payload["version"] == 2 and payload["config"]["vit_depth"] == 2
+    loaded = load_usam_checkpoint(path)
+    assert loaded.config == small_preset.config and len(loaded.image_encoder.blocks) == 2
+    # Version 1 (before the size fields): a ViT-B config without them.
+    old = tmp_path / "v1.pt"
+    save_usam_checkpoint(old, small_model)
+    payload = torch.load(old, weights_only=True)
+    config = {k: v for k, v in payload["config"].items() if k in ("image_size", "num_classes", "class_names",
+                                                                   "hu_window")}
+    torch.save({**payload, "version": 1, "config": config}, old)
+    assert load_usam_checkpoint(old).config == small_model.config and small_model.config.is_vit_b
+    torch.save({**payload, "version": 1}, old)  # a version 1 file cannot hold size fields
+    with pytest.raises(InputError, match="does not have the fields"):
+        load_usam_checkpoint(old)
+
+
+def test_sam_weights_fit_vit_b_only(sam_file):
+    with pytest.raises(InputError, match=r"not ViT-B.*vit_embed_dim.*preset\('vit-b'\)"):
+        usam_with_sam_weights(USAMConfig.preset("small"), sam_checkpoint=sam_file[0])
+
+
+def test_bundle_and_load_usam_model(small_preset, tmp_path):
+    from CRCSegmentationLib.core.bundle import read_metadata
+    from CRCSegmentationLib.core.errors import ModelError
+    from CRCSegmentationLib.models.usam import load_usam_model
+    from CRCSegmentationLib.usam.bundle import load_usam_bundle, write_usam_bundle
+
+    folder = write_usam_bundle(tmp_path / "bundle", small_preset, "tiny", "0.1.0", "test; not for clinical use",
+                               demonstration=True)
+    metadata = read_metadata(folder)
+    assert (metadata.kind, metadata.checkpoint, metadata.tumor_labels) == ("usam", "usam.pt", ["tumor"])
+    assert read_usam_checkpoint(folder / "usam.pt")[1]["demonstration"] is True
+    images = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        expected = small_preset(images)
+        for model in (load_usam_bundle(folder), load_usam_model(folder), load_usam_model(str(folder / "usam.pt"))):
+            torch.testing.assert_close(model(images), expected, rtol=0, atol=0)
+    with pytest.raises(FileExistsError):
+        write_usam_bundle(folder, small_preset, "tiny", "0.1.0", "", demonstration=True)
+    for source, words in ((tmp_path / "none.pt", "no such checkpoint file"),
+                          ("no_such_model", "neither a model folder nor a catalogue model"),
+                          ("demo_phantom", "not a U-SAM"), (tmp_path, "not a model bundle")):
+        with pytest.raises(ModelError, match=words):
+            load_usam_model(source)
+    (folder / "usam.pt").write_bytes(b"changed")
+    with pytest.raises(ModelError, match="SHA-256"):
+        load_usam_model(folder)

@@ -211,3 +211,175 @@ def test_propagation_reports_progress_and_cancels_between_slices(phantom):
     with pytest.raises(RunCancelled, match=f"before slice {k - 2}"):
         engine.propagate(phantom.ct, k, tumor[k], PropagationSettings(max_distance_mm=8.0),
                          progress=cancel_after_the_first_slice, cancel=cancel)
+
+
+# --- prompts with boxes and existing masks (engine) -------------------------------------
+def test_slice_points_validate_and_order_the_box():
+    from CRCSegmentationLib.usam.refinement import SlicePoints
+
+    prompt = SlicePoints(3, box=[40.0, 30.0, 10.0, 20.0])  # corners in any order
+    assert prompt.box.tolist() == [10.0, 20.0, 40.0, 30.0] and prompt.has_target and len(prompt.labels) == 0
+    assert not SlicePoints(3, [[1.0, 2.0]], [0]).has_target
+    with pytest.raises(InputError, match="labels must be 1"):
+        SlicePoints(3, [[1.0, 2.0]], [2])
+    with pytest.raises(InputError, match="1 points but 2 labels"):
+        SlicePoints(3, [[1.0, 2.0]], [1, 0])
+    with pytest.raises(InputError, match=r"slice 3 box: need 4 finite numbers"):
+        SlicePoints(3, box=[0.0, 1.0, np.nan, 2.0])
+
+
+def test_box_reaches_the_model_in_input_pixels_like_points():
+    """A box's corners scale like points (SAM's apply_boxes); a box off the slice is refused by name."""
+    from usam_stand_ins import DiscModel
+
+    from CRCSegmentationLib.usam.preprocess import SliceTransform
+    from CRCSegmentationLib.usam.refinement import SlicePoints
+
+    image = Image(np.zeros((3, 60, 90), np.int16), (1.0, 1.0, 3.0))  # 60 rows x 90 columns: not square
+    model = DiscModel()
+    engine = InteractiveSegmenter(model)
+    mask = engine.segment_prompt(image, SlicePoints(1, [[45.0, 30.0]], [1], box=[20.0, 10.0, 70.0, 50.0]))
+    transform = SliceTransform(60, 90, model.config.image_size)
+    expected = transform.to_input_xy(np.array([[20.0, 10.0], [70.0, 50.0]])).reshape(4)
+    np.testing.assert_allclose(model.boxes[0][0].numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(transform.to_slice_xy(model.points[0][0][0].numpy()), [[45.0, 30.0]], atol=1e-4)
+    rows, cols = np.nonzero(mask)  # the stand-in's tumor = the box, back on the slice's pixels (resampled: +-1 px)
+    np.testing.assert_allclose([rows.min(), rows.max(), cols.min(), cols.max()], [10, 50, 20, 70], atol=1)
+    engine.segment_prompt(image, SlicePoints(1, box=[-30.0, -5.0, 200.0, 20.0]))  # clipped to the slice
+    np.testing.assert_allclose(model.boxes[-1][0].numpy()[[0, 2]], [-0.5, 223.5], atol=1e-5)
+    with pytest.raises(InputError, match=r"slice 1 box \(100.0, 10.0, 120.0, 20.0\) px lies outside"):
+        engine.segment_prompt(image, SlicePoints(1, box=[100.0, 10.0, 120.0, 20.0]))
+    with pytest.raises(InputError, match="no positive point or box"):
+        engine.segment_prompt(image, SlicePoints(1, [[45.0, 30.0]], [0]))
+
+
+def blob(shape, centre, radius):
+    rows, cols = np.mgrid[:shape[0], :shape[1]]
+    return np.hypot(rows - centre[0], cols - centre[1]) <= radius
+
+
+def test_existing_mask_rules_add_remove_and_redraw():
+    from CRCSegmentationLib.usam.existing_mask import refine_existing
+
+    shape = (60, 80)
+    tumor = blob(shape, (30, 30), 8)
+    leak = np.zeros(shape, bool)
+    leak[28:33, 38:60] = True  # attached to the tumor
+    far = blob(shape, (10, 70), 4)
+    none = np.zeros((0, 2))
+    # the model draws the tumor only: a negative on the leak cuts it off along the model's boundary
+    result = refine_existing(tumor | leak | far, tumor, none, np.array([[55.0, 30.0]]))
+    assert np.array_equal(result, tumor | far)
+    # the model still calls the clicked pixel tumor: the user's word wins, that component goes
+    assert np.array_equal(refine_existing(tumor | far, tumor | far, none, np.array([[70.0, 10.0]])), tumor)
+    # a positive adds the model's component under it, and nothing the model drew elsewhere
+    extra = blob(shape, (45, 60), 5)
+    assert np.array_equal(refine_existing(tumor, extra | far, np.array([[60.0, 45.0]]), none), tumor | extra)
+    # a box redraws its inside, keeps the outside
+    box = np.array([20.0, 20.0, 45.0, 40.0])  # columns 20..45, rows 20..40
+    smaller = blob(shape, (30, 30), 5)
+    result = refine_existing(tumor | leak | far, smaller, none, none, box)
+    inside = np.zeros(shape, bool)
+    inside[20:41, 20:46] = True
+    assert np.array_equal(result[inside], smaller[inside]) and np.array_equal(result[~inside], (tumor | leak | far)[~inside])
+
+
+def test_negative_click_on_an_existing_false_region_removes_it(phantom):
+    """Negatives only: the engine gives the network context positives inside the kept tumor."""
+    from CRCSegmentationLib.usam.refinement import SlicePoints
+
+    tumor = phantom.tumor.array > 0
+    k, _ = seed_click(phantom)
+    engine = InteractiveSegmenter(GroundTruthSliceModel(phantom.ct.array, tumor))
+    false = blob(tumor.shape[1:], (10, 10), 4) & ~tumor[k]
+    row, col = 10, 10
+    mask = engine.segment_prompt(phantom.ct, SlicePoints(k, [[col, row]], [0]), tumor[k] | false)
+    assert np.array_equal(mask, tumor[k])
+
+
+def test_one_prompt_to_3d_returns_only_changed_slices(phantom):
+    from CRCSegmentationLib.usam.existing_mask import ExistingMask
+    from CRCSegmentationLib.usam.refinement import SlicePoints
+
+    tumor = phantom.tumor.array > 0
+    first, last = tumor_extent(tumor)
+    k, _ = seed_click(phantom)
+    row, col = deepest_pixel(tumor[k])
+    engine = InteractiveSegmenter(GroundTruthSliceModel(phantom.ct.array, tumor))
+    settings = PropagationSettings(max_distance_mm=200.0)
+
+    result = engine.prompt_to_3d(phantom.ct, SlicePoints(k, [[col, row]], [1]), None, settings)
+    assert result.slice_indices == list(range(first, last + 1)) and result.seed_slice == k
+    volume = np.zeros_like(tumor)
+    for index, mask in result.slices.items():
+        volume[index] = mask
+    assert dice(volume, tumor) > 0.95
+
+    # an existing segment that already holds the middle of the tumor: only the ends change
+    existing = tumor.copy()
+    existing[: k - 2] = False
+    existing[k + 3:] = False
+    result = engine.prompt_to_3d(phantom.ct, SlicePoints(k, [[col, row]], [1]), existing, settings)
+    assert result.slice_indices == list(range(first, k - 2)) + list(range(k + 3, last + 1))
+    for index, mask in result.slices.items():
+        assert dice(mask, tumor[index]) > 0.9 and np.all(mask[existing[index]]), index
+    # the same as a slab (what the Slicer logic reads): the same answer
+    slab = ExistingMask(tumor.shape, existing[k - 5:k + 6], k - 5)
+    assert engine.prompt_to_3d(phantom.ct, SlicePoints(k, [[col, row]], [1]), slab, settings).slice_indices \
+        == result.slice_indices
+    # nothing new (the segment is this prompt's own answer): nothing returned
+    assert engine.prompt_to_3d(phantom.ct, SlicePoints(k, [[col, row]], [1]), volume, settings).slices == {}
+
+    # a box alone finds the tumor too
+    rows, cols = np.nonzero(tumor[k])
+    box = SlicePoints(k, box=[cols.min(), rows.min(), cols.max(), rows.max()])
+    assert engine.prompt_to_3d(phantom.ct, box, None, settings).slice_indices == list(range(first, last + 1))
+
+    # negatives only: removes on its slice, not carried
+    false = np.zeros_like(tumor)
+    false[k - 1:k + 2, 5:12, 5:12] = True
+    result = engine.prompt_to_3d(phantom.ct, SlicePoints(k, [[8.0, 8.0]], [0]), tumor | false, settings)
+    assert result.slice_indices == [k] and np.array_equal(result.slices[k], tumor[k])
+    assert "stays on its slice" in result.stop_reasons["up"]
+    with pytest.raises(InputError, match="does not match the CT"):
+        engine.prompt_to_3d(phantom.ct, SlicePoints(k, [[col, row]], [1]), tumor[:-1], settings)
+
+
+def test_embedding_cache_is_bounded_by_bytes():
+    from CRCSegmentationLib.usam.embedding_cache import CachedEncoding, EmbeddingCache, EncodingKey
+
+    cache = EmbeddingCache(capacity=10, max_bytes=3 * 4000)
+    for k in range(5):
+        cache.get_or_compute(EncodingKey("ct", 0, k, (0.0, 1.0)), lambda: CachedEncoding([torch.zeros(1000)], None))
+    assert len(cache) == 3 and cache.nbytes == 12000 and cache.misses == 5
+    assert EncodingKey("ct", 0, 4, (0.0, 1.0)) in cache and EncodingKey("ct", 0, 1, (0.0, 1.0)) not in cache
+
+
+def test_real_small_usam_takes_a_box_with_and_without_points(phantom):
+    from CRCSegmentationLib.networks.usam import USAM, USAMConfig
+    from CRCSegmentationLib.usam.refinement import SlicePoints
+
+    torch.manual_seed(0)
+    model = CountingModel(USAM(USAMConfig.preset("small")).eval())
+    engine = InteractiveSegmenter(model)
+    k, _ = seed_click(phantom)
+    box = [20.0, 25.0, 60.0, 70.0]
+    for prompt in (SlicePoints(k, box=box), SlicePoints(k, [[40.0, 45.0], [10.0, 10.0]], [1, 0], box=box)):
+        assert engine.segment_slice(phantom.ct, prompt).shape == phantom.ct.shape[1:]
+    assert (model.encodes, model.decodes) == (1, 2)
+
+
+def test_next_slice_prompt_on_the_mask_box_equals_the_whole_slice():
+    """Propagation samples on the mask's box grown by the negatives' reach: the same points, less work."""
+    from CRCSegmentationLib.usam.prompts import sample_points
+    from CRCSegmentationLib.usam.propagation import next_slice_prompt
+
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        mask = np.zeros((int(rng.integers(20, 160)), int(rng.integers(20, 160))), bool)
+        for _ in range(int(rng.integers(1, 4))):  # blobs anywhere, the slice's border included
+            mask |= blob(mask.shape, rng.integers(0, mask.shape), int(rng.integers(1, 15)))
+        whole = sample_points(mask.astype(np.uint8), classes=(1,), per_class=3, negatives=3, rng=None)
+        xy, labels = next_slice_prompt(mask, PropagationSettings())
+        np.testing.assert_array_equal(xy, whole.coords_xy)
+        assert labels.tolist() == whole.labels.tolist()

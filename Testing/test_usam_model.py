@@ -115,6 +115,86 @@ def test_bad_inputs_are_named(model224, encoding224):
         USAMConfig(num_classes=2)
 
 
+# --- sizes (presets) and boxes ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small() -> USAM:
+    torch.manual_seed(0)
+    return USAM(USAMConfig.preset("small")).eval()
+
+
+def test_presets_set_the_network_sizes(small):
+    assert USAMConfig.preset("vit-b") == USAMConfig() and USAMConfig().is_vit_b
+    config = small.config
+    assert not config.is_vit_b and config.image_size == 128 and config.vit_depth == 2
+    assert len(small.image_encoder.blocks) == 2 and small.image_encoder.blocks[0].attn.num_heads == 4
+    assert small.mask_decoder.transformer.layers[0].mlp.lin1.out_features == 8 * 128
+    with torch.no_grad():
+        encoding = small.encode_image(torch.rand(1, 3, 128, 128))
+        logits = small.decode(encoding, torch.tensor([[[60.0, 60.0]]]), torch.tensor([[1]]))
+    assert tuple(encoding.embedding.shape) == (1, 128, 8, 8)
+    assert [s.shape[1] for s in encoding.skips] == [16, 32, 64, 128] and tuple(logits.shape) == (1, 3, 128, 128)
+    assert USAMConfig.preset("small", num_classes=2, class_names=("background", "tumor")).num_classes == 2
+    assert sum(p.numel() for p in small.parameters()) < 3_000_000  # a few MB shipped
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"vit_num_heads": 3}, "vit_num_heads: 3 does not divide"),
+    ({"cnn_channels": (16, 32, 64, 128, 256)}, "must equal vit_embed_dim"),
+    ({"vit_global_attn_indexes": (5,)}, "not block indexes"),
+    ({"prompt_embed_dim": 40}, "prompt_embed_dim"),
+    ({"cnn_channels": (16, 32, 64)}, "5 positive integers"),
+])
+def test_bad_sizes_are_named(changes, words):
+    with pytest.raises(InputError, match=words):
+        USAMConfig.preset("small", **changes)
+    with pytest.raises(InputError, match="'huge' is not one of"):
+        USAMConfig.preset("huge")
+
+
+def test_boxes_reach_sams_prompt_encoder_as_boxes(small):
+    """A batch of boxes is SAM's own encoding (points + 2 corner tokens, no padding point); NaN rows mean no box."""
+    coords, labels = torch.tensor([[[40.0, 50.0]], [[70.0, 20.0]]]), torch.tensor([[1], [1]])
+    boxes = torch.tensor([[10.0, 20.0, 90.0, 100.0], [0.0, 0.0, 127.0, 60.0]])
+    sparse, _ = small.embed_prompts(2, coords, labels, boxes)
+    expected, _ = small.prompt_encoder(points=(coords, labels), boxes=boxes, masks=None)
+    torch.testing.assert_close(sparse, expected)
+    assert sparse.shape[1] == 3
+    box_only, _ = small.embed_prompts(2, None, None, boxes)
+    torch.testing.assert_close(box_only, small.prompt_encoder(points=None, boxes=boxes, masks=None)[0])
+    no_box = torch.full((2, 4), float("nan"))
+    torch.testing.assert_close(small.embed_prompts(2, coords, labels, no_box)[0], small.embed_points(2, coords, labels)[0])
+
+
+def test_a_batch_can_mix_samples_with_and_without_a_box(small):
+    torch.manual_seed(3)
+    with torch.no_grad():
+        encoding = small.encode_image(torch.rand(2, 3, 128, 128))
+        coords, labels = torch.tensor([[[40.0, 50.0]], [[70.0, 20.0]]]), torch.tensor([[1], [1]])
+        boxes = torch.tensor([[10.0, 20.0, 90.0, 100.0], [float("nan")] * 4])
+        mixed = small.decode(encoding, coords, labels, boxes)
+        first = small.decode(encoding.select(torch.tensor([0])), coords[:1], labels[:1], boxes[:1])
+        second_boxed = small.decode(encoding.select(torch.tensor([1])), coords[1:], labels[1:],
+                                    torch.tensor([[0.0, 0.0, 127.0, 127.0]]))
+    torch.testing.assert_close(mixed[:1], first, rtol=1e-4, atol=1e-4)  # the boxed sample: exactly SAM's tokens
+    assert not torch.allclose(mixed[1:], second_boxed, atol=1e-3)  # the NaN row got no box
+    sparse, _ = small.embed_prompts(2, coords, labels, boxes)
+    assert torch.equal(sparse[1, 1:], small.prompt_encoder.not_a_point_embed.weight.expand(2, -1))  # padding
+
+
+@pytest.mark.parametrize("boxes, words", [
+    (torch.zeros(1, 4), "expected 2 x 4"),
+    (torch.zeros(2, 4, dtype=torch.long), "expected floats"),
+    (torch.tensor([[1.0, float("nan"), 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]]), "partly NaN"),
+    (torch.tensor([[1.0, 2.0, 300.0, 4.0], [1.0, 2.0, 3.0, 4.0]]), "outside the 128 x 128"),
+    (torch.tensor([[50.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]]), "x0 <= x1"),
+])
+def test_bad_boxes_are_named(small, boxes, words):
+    with pytest.raises(InputError, match=words):
+        small.embed_prompts(2, None, None, boxes)
+
+
 # --- slice <-> input geometry ---------------------------------------------------------------
 
 

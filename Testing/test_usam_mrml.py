@@ -152,8 +152,10 @@ def test_bad_inputs_get_clear_errors(mrml_scene, ct, ct_node, points, tmp_path):
         logic.refine(ct_node, None, positive, negative)
     with pytest.raises(InputError, match="no file chosen"):
         logic.load_model("")
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(InputError, match="no such checkpoint file or bundle folder"):
         logic.load_model(str(tmp_path / "usam.pt"))
+    with pytest.raises(InputError, match="not_a_model"):
+        logic.load_model("not_a_model")  # neither a file nor a catalogue name
     logic.set_model(DiscModel())
     positive.AddControlPoint(vtk.vtkVector3d(*voxel_ras(ct, 10, 10, ct.shape[0] + 2)))  # above the volume
     with pytest.raises(InputError, match="outside the volume CT"):

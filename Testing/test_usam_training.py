@@ -247,12 +247,146 @@ def test_evaluation_matches_a_direct_computation_and_ablation_runs(trained, fina
     assert [r.points_per_class for r in results] == [0, 1] and results[0].negatives == 0
 
     code = crcseg(["usam-ablation", str(final.final), str(subset), "--points", "0", "1", "--device", "cpu",
-                   "--batch-size", "3", "-o", str(tmp_path / "report")])
+                   "--batch-size", "3", "--no-box", "--no-3d", "-o", str(tmp_path / "report")])
     assert code == 0
     rows = (tmp_path / "report" / "usam_ablation.csv").read_text().splitlines()
     assert rows[0].startswith("points_per_class,negatives,class,dice,iou")
-    assert len(rows) == 1 + 2 * 3  # 2 point counts x (normal rectum, tumor, mean)
+    assert len(rows) == 1 + 2 * 3  # 2 point counts x (normal rectum, tumor, mean); no box rows asked for
     report = json.loads((tmp_path / "report" / "usam_ablation.json").read_text())
     for entry, result in zip(report, results):
         reported = entry["classes"]["tumor"]["dice"]
         assert (reported is None and np.isnan(result.dice[2])) or reported == pytest.approx(result.dice[2])
+
+
+# --- SAM's prompt mix, look-alikes, and batches mixing prompted and unprompted samples ---------------
+def _mix_slice():
+    """A 64 x 64 CARE label: rectum ring with a tumor, and a look-alike blob apart from it."""
+    label = np.zeros((64, 64), np.int64)
+    rows, cols = np.mgrid[:64, :64]
+    label[np.hypot(rows - 32, cols - 32) < 10] = 1
+    label[(np.hypot(rows - 32, cols - 32) < 10) & (cols > 34)] = 2
+    lookalike = np.hypot(rows - 10, cols - 12) < 4
+    return label, lookalike
+
+
+def test_prompt_mix_draws_sams_prompts():
+    from CRCTraining.usam.prompt_mix import SAM_BOX_NOISE_MAX_PX, PromptMix, sample_mixed_prompt
+
+    label, lookalike = _mix_slice()
+    tumor = label == 2
+    rows, cols = np.nonzero(tumor)
+    tight = np.array([cols.min(), rows.min(), cols.max(), rows.max()])
+    rng = np.random.default_rng(0)
+    kinds = {"box": 0, "box + points": 0, "points": 0, "none": 0}
+    for _ in range(400):
+        mix = PromptMix(object_fraction=0.0, lookalike_negative_fraction=1.0)
+        prompts, box, target = sample_mixed_prompt(label, lookalike, mix, FOREGROUND_CLASSES, rng)
+        assert target is label
+        positives, negatives = prompts.coords_xy[prompts.labels == 1], prompts.coords_xy[prompts.labels == 0]
+        if box is not None:
+            assert np.all(np.abs(box - tight) <= SAM_BOX_NOISE_MAX_PX) and box[0] <= box[2] and box[1] <= box[3]
+        if len(prompts) == 0 and box is None:
+            kinds["none"] += 1
+            continue
+        kinds["box" if not len(prompts) else "box + points" if box is not None else "points"] += 1
+        assert len(prompts) == 0 or 1 <= len(positives) <= 5 and len(negatives) <= 2
+        assert all(tumor[int(y), int(x)] for x, y in positives)
+        assert all(lookalike[int(y), int(x)] for x, y in negatives)  # negatives on the look-alike
+    assert all(kinds.values()), kinds  # every kind of prompt occurs
+    assert 0.05 < kinds["none"] / 400 < 0.2 and 0.1 < kinds["box"] / 400 < 0.25
+    # "The object at the click": the look-alike becomes the target, the tumor normal rectum.
+    prompts, box, target = sample_mixed_prompt(label, lookalike, PromptMix(object_fraction=1.0, no_prompt_fraction=0),
+                                               FOREGROUND_CLASSES, np.random.default_rng(1))
+    assert np.array_equal(target == 2, lookalike) and np.all(target[tumor] == 1)
+    positives = prompts.coords_xy[prompts.labels == 1]
+    assert (len(positives) or box is not None) and all(lookalike[int(y), int(x)] for x, y in positives)
+    # A correction: a look-alike next to the tumor gets the negatives, a box (when drawn) holds both.
+    near = np.zeros_like(lookalike)
+    near[28:36, 44:48] = True  # touching the tumor's right edge, outside the rectum
+    for seed in range(20):
+        prompts, box, target = sample_mixed_prompt(label, near, PromptMix(correction_fraction=1.0, no_prompt_fraction=0,
+                                                                          object_fraction=0), FOREGROUND_CLASSES,
+                                                   np.random.default_rng(seed))
+        negatives = prompts.coords_xy[prompts.labels == 0]
+        assert target is label and 1 <= len(negatives) <= 2 and all(near[int(y), int(x)] for x, y in negatives)
+        assert box is None or box[2] >= 44  # around tumor and look-alike (jittered)
+    with pytest.raises(InputError, match="box_fraction must be in"):
+        PromptMix(box_fraction=2.0).check()
+
+
+def test_lookalikes_look_like_the_tumor_and_keep_the_labels():
+    from CRCTraining.usam.phantom_prompts import LookalikeSettings, add_lookalikes
+
+    label, _ = _mix_slice()
+    rng = np.random.default_rng(0)
+    image = np.where(label == 2, 60.0, np.where(label == 1, -600.0, 0.0)).astype(np.float32)
+    image += rng.normal(0, 10, image.shape).astype(np.float32)
+    settings = LookalikeSettings(wall_fraction=1.0, min_lookalikes=1, max_lookalikes=1)
+    painted, mask = add_lookalikes(image, label, np.random.default_rng(2), settings)
+    assert mask.any() and not mask[label == 2].any()  # never on the tumor
+    assert np.array_equal(painted[label == 2], image[label == 2])
+    assert abs(float(np.median(painted[mask])) - 60.0) < 15.0  # the tumor's CT numbers
+    assert (mask & (label == 1)).any() and (mask & (label == 0)).any()  # on the wall, and apart from the rectum
+
+
+def test_unprompted_samples_of_a_prompted_batch_are_decoded_as_at_inference():
+    from CRCSegmentationLib.networks.usam import USAM, USAMConfig
+    from CRCTraining.usam.train import prompted_logits
+
+    torch.manual_seed(0)
+    model = USAM(USAMConfig.preset("small")).eval()
+    images = torch.rand(3, 3, 128, 128)
+    batch = {"point_coords": torch.tensor([[[40.0, 40.0]], [[0.0, 0.0]], [[0.0, 0.0]]]),
+             "point_labels": torch.tensor([[1], [-1], [-1]]),
+             "boxes": torch.tensor([[float("nan")] * 4, [float("nan")] * 4, [10.0, 10.0, 60.0, 70.0]])}
+    with torch.no_grad():
+        logits = prompted_logits(model, images, batch, torch.device("cpu"))
+        unprompted = model(images[1:2])  # no prompt tokens at all, as a user's run without a prompt
+        rows = torch.tensor([0, 2])  # the prompted samples, decoded together (SAM's padding between them)
+        prompted = model(images[rows], batch["point_coords"][rows], batch["point_labels"][rows], batch["boxes"][rows])
+    torch.testing.assert_close(logits[1:2], unprompted, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits[rows], prompted, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(logits[1:2], model(images[1:2], batch["point_coords"][1:2], batch["point_labels"][1:2]))
+
+
+def test_prompt_mix_training_with_the_small_preset(tmp_path):
+    from CRCTraining.usam.phantom_prompts import extract_lookalike_slices
+
+    slices = extract_lookalike_slices(tmp_path / "slices", num_cases=1, seed=3)
+    assert all("lookalike" in np.load(path).files for path in slices.glob("*.npz"))
+    settings = USAMTrainingSettings(slices=slices, output=tmp_path / "run", iterations=2, batch_size=4,
+                                    preset="small", device="cpu", box_fraction=0.5, no_prompt_fraction=0.2,
+                                    min_points=1, per_class=5, checkpoint_every=100, correction_clicks=1.0)
+    assert settings.image_size == 128 and settings.prompt_settings().mix.max_points == 5
+    result = train_usam(settings, progress=False)
+    model = load_usam_checkpoint(result.final)
+    assert model.config == usam_data_config_small()
+    with pytest.raises(InputError, match="not ViT-B"):
+        train_usam(USAMTrainingSettings(**{**settings.__dict__, "output": tmp_path / "r2",
+                                           "sam_checkpoint": tmp_path / "sam.pth"}), progress=False)
+
+
+def usam_data_config_small():
+    from CRCSegmentationLib.networks.usam import USAMConfig
+
+    return USAMConfig.preset("small")
+
+
+def test_correction_clicks_go_where_the_network_is_wrong():
+    from CRCTraining.usam.correction_clicks import correction_click_batch
+
+    label = torch.zeros(2, 32, 32, dtype=torch.long)
+    label[:, 8:16, 8:16] = 2
+    logits = torch.zeros(2, 3, 32, 32)
+    logits[0, 2, 8:16, 8:16] = 5.0  # sample 0: the tumor and a false region at rows 20..26, cols 20..28
+    logits[0, 2, 20:27, 20:29] = 5.0
+    logits[1, 2, 8:16, 8:12] = 5.0  # sample 1: half the tumor missed (cols 12..15)
+    batch = {"point_coords": torch.tensor([[[10.0, 10.0]], [[9.0, 9.0]]]), "point_labels": torch.tensor([[1], [1]]),
+             "label": label}
+    corrected = correction_click_batch(logits, batch, torch.tensor([True, True]), 1.0, 2)
+    assert corrected["point_labels"].tolist() == [[1, 0], [1, 1]]
+    (x0, y0), (x1, y1) = corrected["point_coords"][0, 1].tolist(), corrected["point_coords"][1, 1].tolist()
+    assert 20 <= x0 <= 28 and 20 <= y0 <= 26  # negative inside the false region
+    assert 12 <= x1 <= 15 and 8 <= y1 <= 15  # positive inside the missed part
+    untouched = correction_click_batch(logits, batch, torch.tensor([False, False]), 1.0, 2)
+    assert untouched is batch  # unprompted samples stay the no-prompt case

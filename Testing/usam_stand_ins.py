@@ -54,18 +54,26 @@ class GroundTruthSliceModel:
         assert len(matches) == 1, f"stand-in: the image matches slices {matches}, expected exactly one"
         return matches[0]
 
-    def decode(self, encoding: int, point_coords: torch.Tensor, point_labels: torch.Tensor) -> torch.Tensor:
+    def decode(self, encoding: int, point_coords: Optional[torch.Tensor] = None,
+               point_labels: Optional[torch.Tensor] = None, boxes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The components under a positive point or inside/overlapping the box, less those under a negative."""
         self.decodes += 1
         k = encoding
-        xy = self.transforms[k].to_slice_xy(point_coords[0].cpu().numpy())
         components, _ = ndimage.label(self.tumor[k], structure=np.ones((3, 3), bool))
         rows, cols = self.tumor[k].shape
-        hit = set()
-        for (x, y), label in zip(xy, point_labels[0].tolist()):
-            row, col = int(round(float(y))), int(round(float(x)))
-            if label == 1 and 0 <= row < rows and 0 <= col < cols and components[row, col]:
-                hit.add(int(components[row, col]))
-        return _logits_from_slice_mask(np.isin(components, sorted(hit)) & (components > 0), self.transforms[k], self.config)
+        hit, refused = set(), set()
+        if point_coords is not None:
+            xy = self.transforms[k].to_slice_xy(point_coords[0].cpu().numpy())
+            for (x, y), label in zip(xy, point_labels[0].tolist()):
+                row, col = int(round(float(y))), int(round(float(x)))
+                if label in (0, 1) and 0 <= row < rows and 0 <= col < cols and components[row, col]:
+                    (hit if label == 1 else refused).add(int(components[row, col]))
+        if boxes is not None and bool(torch.isfinite(boxes[0]).all()):
+            (x0, y0), (x1, y1) = self.transforms[k].to_slice_xy(boxes[0].cpu().numpy().reshape(2, 2))
+            inside = components[max(0, int(np.ceil(y0))):int(np.floor(y1)) + 1, max(0, int(np.ceil(x0))):int(np.floor(x1)) + 1]
+            hit |= {int(v) for v in np.unique(inside) if v}
+        keep = sorted(hit - refused)
+        return _logits_from_slice_mask(np.isin(components, keep) & (components > 0), self.transforms[k], self.config)
 
 
 class DiscModel:
@@ -75,20 +83,28 @@ class DiscModel:
         self.config = config or USAMConfig()
         self.radius = radius
         self.images: List[torch.Tensor] = []
-        self.points: List[Any] = []  # (coords 1 x N x 2, labels 1 x N) per decode
+        self.points: List[Any] = []  # (coords 1 x N x 2, labels 1 x N) per decode (None, None: no points)
+        self.boxes: List[Any] = []  # 1 x 4 input-pixel box per decode, or None
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         self.images.append(images.detach().cpu().clone())
         return images
 
-    def decode(self, encoding: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor) -> torch.Tensor:
-        self.points.append((point_coords.detach().cpu().clone(), point_labels.detach().cpu().clone()))
+    def decode(self, encoding: torch.Tensor, point_coords: Optional[torch.Tensor] = None,
+               point_labels: Optional[torch.Tensor] = None, boxes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        self.points.append((None if point_coords is None else point_coords.detach().cpu().clone(),
+                            None if point_labels is None else point_labels.detach().cpu().clone()))
+        self.boxes.append(None if boxes is None else boxes.detach().cpu().clone())
         size = self.config.image_size
         ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5  # pixel centres in input (x, y)
         mask = np.zeros((size, size), bool)
-        for (x, y), label in zip(point_coords[0].cpu().numpy(), point_labels[0].tolist()):
-            if label == 1:
-                mask |= (xs - x) ** 2 + (ys - y) ** 2 <= self.radius ** 2
+        if point_coords is not None:
+            for (x, y), label in zip(point_coords[0].cpu().numpy(), point_labels[0].tolist()):
+                if label == 1:
+                    mask |= (xs - x) ** 2 + (ys - y) ** 2 <= self.radius ** 2
+        if boxes is not None and bool(torch.isfinite(boxes[0]).all()):
+            x0, y0, x1, y1 = boxes[0].tolist()
+            mask |= (xs - 0.5 >= x0) & (xs - 0.5 <= x1) & (ys - 0.5 >= y0) & (ys - 0.5 <= y1)  # box: pixel indices
         tumor = self.config.class_names.index("tumor")
         logits = torch.full((1, self.config.num_classes, size, size), -1.0)
         logits[0, 0] = torch.from_numpy((~mask).astype(np.float32))
@@ -110,6 +126,21 @@ class CountingModel:
         return self.model.encode_image(images)
 
     def decode(self, encoding: Any, point_coords: Optional[torch.Tensor] = None,
-               point_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+               point_labels: Optional[torch.Tensor] = None, **boxes: Any) -> torch.Tensor:
         self.decodes += 1
-        return self.model.decode(encoding, point_coords, point_labels)
+        return self.model.decode(encoding, point_coords, point_labels, **boxes)
+
+
+class TumorBiasedModel(CountingModel):
+    """A real model whose tumor logit is raised by ``bias``: random weights then draw a tumor on every slice,
+    so a propagation walks as far as allowed while every encoder and decoder call runs for real (timing)."""
+
+    def __init__(self, model: Any, bias: float = 100.0) -> None:
+        super().__init__(model)
+        self.bias = bias
+
+    def decode(self, encoding: Any, point_coords: Optional[torch.Tensor] = None,
+               point_labels: Optional[torch.Tensor] = None, **boxes: Any) -> torch.Tensor:
+        logits = super().decode(encoding, point_coords, point_labels, **boxes).clone()
+        logits[:, self.config.class_names.index("tumor")] += self.bias
+        return logits

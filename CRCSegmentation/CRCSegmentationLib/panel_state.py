@@ -1,10 +1,10 @@
-"""What the CRC Segmentation panel shows, enables and runs, without Qt (``widget.py`` and
-``refinement_panel.py`` bind it to the .ui; the tests drive it under slicer-core).
+"""What the CRC Segmentation panel shows, enables and runs, without Qt (``widget.py`` binds it to
+the .ui; the tests drive it under slicer-core).
 
 - ``CRCSegmentationController``: the automatic run (``OrganGuidanceLib.run_controller.RunController``
   with this panel's settings, packages and texts), the rows shown for each choice, export.
-- ``RefinementController``: the point-refinement section: the point lists it observes, the U-SAM
-  model it loads, refine / propagate (in the worker, like a run) / undo, and what its buttons allow.
+
+The refinement section's controller is ``refinement_controller.RefinementController``.
 
 ``parameters`` is the panel's parameter node (``widget.CRCSegmentationParameterNode``) or any object
 with its fields. Nothing of the engine is imported at the top: it needs PyTorch and nnU-Net, which
@@ -12,9 +12,9 @@ may be installed only after Slicer has loaded the module.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from CRCSegmentationLib.choices import POINT_ROLES, STATISTICS_REFERENCE_ROLE
+from CRCSegmentationLib.choices import STATISTICS_REFERENCE_ROLE, USAM_KIND
 from OrganGuidanceLib import install
 from OrganGuidanceLib.run_controller import RunController, RunMessages, pathText
 from OrganGuidanceLib.run_controller import tr as _
@@ -161,192 +161,14 @@ class CRCSegmentationController(RunController):
         return text + "".join("\n" + _("Warning: {message}").format(message=message) for message in job.messages)
 
 
-def refinementSummary(action: str, result: Any) -> str:
-    """What one refinement or propagation changed, for the section's status line."""
-    slices = result.slice_indices
-    text = _("{action}: slices {slices} replaced.").format(action=action, slices=", ".join(str(k) for k in slices)) \
-        if slices else _("{action}: nothing changed.").format(action=action)
-    if result.ignored_points:
-        text += " " + _("{count} point(s) on other slices were not used.").format(count=len(result.ignored_points))
-    if result.stop_reasons:
-        text += " " + "; ".join(f"{side}: {why}" for side, why in sorted(result.stop_reasons.items()))
-    return text
-
-
-class RefinementController:
-    """The point-refinement section: U-SAM refines the "Tumor" segment at placed points; propagate; undo.
-
-    A click refines on the main thread (one decoder pass on a cached slice encoding); propagation
-    encodes up to ~26 slices, so it runs in the run controller's worker, with progress and Cancel.
-    ``logic`` (a ``PointRefinementLogic`` with its model set) may be given; otherwise it is created on
-    first use and loads the parameter node's U-SAM checkpoint, after the install flow.
-    """
-
-    who = _("Point refinement")
-
-    def __init__(self, run: CRCSegmentationController, logic: Any = None) -> None:
-        self.run = run
-        self.logic = logic
-        self._givenModel = logic is not None and logic.segmenter is not None  # never replaced by a checkpoint
-        self._loadedModel: Tuple[str, str] = ("", "")  # (checkpoint, device) of the loaded model
-        self.pointLists: Dict[str, Any] = {}
-        self._pointObservers: List[Tuple[Any, int]] = []
-        self.status = ""
-        self.onChange: Callable[[], None] = lambda: None
-        # Called with the role of a point just placed; the Qt binding defers it until the markups
-        # interaction is over (a refinement inside the event would fight it).
-        self.onPointPlaced: Callable[[str], None] = self.refine
-
-    # ------------------------------------------------------------------ state
-    def setStatus(self, text: str) -> None:
-        self.status = text
-        self.onChange()
-
-    @property
-    def canPropagate(self) -> bool:
-        return self.logic is not None and self.logic.last_slice is not None and not self.run.running
-
-    @property
-    def canUndo(self) -> bool:
-        return self.logic is not None and bool(self.logic.undo_stack) and not self.run.running
-
-    # ------------------------------------------------------------------ point lists
-    def observePointLists(self, create: bool) -> None:
-        """Find (or create) the green and red point lists and refine whenever a point is placed."""
-        try:
-            from CRCSegmentationLib.mrml_points import point_list_node
-        except Exception as error:  # engine not installed yet: the section says so
-            self.setStatus(_("Point refinement unavailable: {error}").format(error=error))
-            return
-        self.removePointObservers()
-        for role in POINT_ROLES:
-            node = point_list_node(self.run.scene, role, create=create)
-            self.pointLists[role] = node
-            if node is not None:
-                tag = node.AddObserver(node.PointPositionDefinedEvent,
-                                       lambda caller, event, role=role: self.onPointPlaced(role))
-                self._pointObservers.append((node, tag))
-        self.onChange()
-
-    def removePointObservers(self) -> None:
-        for node, tag in self._pointObservers:
-            node.RemoveObserver(tag)
-        self._pointObservers = []
-
-    def clearPoints(self) -> None:
-        for node in self.pointLists.values():
-            if node is not None:
-                node.RemoveAllControlPoints()
-
-    # ------------------------------------------------------------------ model
-    def requirements(self) -> List[install.Requirement]:
-        """The packages U-SAM point refinement needs (the panel's run may need others)."""
-        return install.requirements(features=[install.REFINEMENT])
-
-    def ensureLogic(self) -> Any:
-        """The refinement logic with the chosen checkpoint loaded (reloaded when it or the device changes).
-
-        None when the packages are missing and not installed; ``InputError`` when no checkpoint is usable.
-        """
-        if not self.run.installFlow.ensure(self.requirements(), self.who):
-            self.setStatus(self.run.status)
-            return None
-        if self.logic is None:
-            from CRCSegmentationLib.refinement_logic import PointRefinementLogic
-
-            self.logic = PointRefinementLogic(self.run.scene)
-        if self._givenModel:
-            return self.logic
-        p = self.run.parameters
-        wanted = (pathText(p.usamCheckpoint), p.device)
-        if self.logic.segmenter is None or wanted != self._loadedModel:
-            with self.run.dialogs.busy():
-                self.logic.load_model(wanted[0], p.device)  # InputError: no checkpoint, missing file
-            self._loadedModel = wanted
-        return self.logic
-
-    # ------------------------------------------------------------------ actions
-    def _attempt(self, action: str, work: Callable[[Any], Any]) -> Any:
-        """``work(logic)`` on the main thread; input errors go to the section's status, others are reported."""
-        from OrganGuidanceLib.validation import InputError
-
-        try:
-            logic = self.ensureLogic()
-            if logic is None:
-                return None
-            with self.run.dialogs.busy():
-                return work(logic)
-        except InputError as error:
-            self.setStatus(str(error))
-        except Exception as error:
-            self.run.reportError(_("{action} failed.").format(action=action), error)
-            self.setStatus(self.run.status)
-        return None
-
-    def _show(self, action: str, segmentation: Any, result: Any) -> None:
-        self.run.parameters.outputSegmentation = segmentation
-        segmentation.CreateDefaultDisplayNodes()
-        self.setStatus(refinementSummary(action, result))
-
-    def refine(self, lastRole: str = "positive") -> bool:
-        """Refine the axial slice of the point just placed, from the points on that slice. True when it ran."""
-        p = self.run.parameters
-        if p is None or self.run.running:
-            return False
-        lists = self.pointLists
-        done = self._attempt(_("Refinement"), lambda logic: logic.refine(
-            p.inputVolume, p.outputSegmentation, lists.get("positive"), lists.get("negative"), last_role=lastRole))
-        if done is None:
-            return False
-        self._show(_("Refinement"), *done)
-        return True
-
-    def propagate(self) -> bool:
-        """Start carrying the last refined slice to its neighbours in the worker; True when it started."""
-        from CRCSegmentationLib.usam.refinement import PropagationSettings
-
-        p = self.run.parameters
-        if p is None or self.run.running:
-            return False
-        settings = PropagationSettings(max_distance_mm=p.propagationMm)
-        job = self._attempt(_("Propagation"), lambda logic: logic.prepare_propagation(
-            p.inputVolume, p.outputSegmentation, settings=settings))
-        if job is None:
-            return False
-        logic = self.logic
-
-        def finish(job: Any, result: Any) -> None:
-            segmentation, result = logic.apply_propagation(job, result)
-            self._show(_("Propagation"), segmentation, result)
-            self.run.setStatus(_("Propagation done."))
-
-        return self.run.runInBackground(logic.compute_propagation, job, finish)
-
-    def undo(self) -> bool:
-        if self.logic is None or self.run.running:
-            return False
-        try:
-            undone = self.logic.undo()
-        except Exception as error:
-            self.run.reportError(_("Undo failed."), error)
-            return False
-        self.setStatus(_("Last refinement undone.") if undone else _("Nothing to undo."))
-        return undone
-
-    # ------------------------------------------------------------------ scene and lifetime
-    def sceneClosed(self) -> None:
-        self.removePointObservers()
-        self.pointLists = {}
-        if self.logic is not None:  # its undo steps and cached encodings belong to the closed scene
-            self.logic.reset()
-        self.onChange()
-
-
 def catalogueChoices() -> Tuple[List[Tuple[str, str]], str]:
-    """(name, description) of the catalogue models, and "" or why the catalogue is unavailable (engine not installed)."""
+    """(name, description) of the catalogue's segmentation models (U-SAM models are the refinement
+    section's), and "" or why the catalogue is unavailable (engine not installed)."""
     try:
         from CRCSegmentationLib.logic import model_choices
+        from CRCSegmentationLib.models.catalogue import list_models
 
-        return list(model_choices()), ""
+        usam = {entry.name for entry in list_models() if entry.extra.get("kind") == USAM_KIND}
+        return [(name, text) for name, text in model_choices() if name not in usam], ""
     except Exception as error:  # the folder choice still works
         return [], _("Model catalogue unavailable: {error}").format(error=error)

@@ -19,7 +19,14 @@ import slicer
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
-from CRCSegmentationLib.choices import CONVENTIONS, DEVICES, GUIDANCE_SOURCES, MODEL_SOURCES, ORGAN_SOURCES
+from CRCSegmentationLib.choices import (
+    CONVENTIONS,
+    DEVICES,
+    GUIDANCE_SOURCES,
+    MODEL_SOURCES,
+    ORGAN_SOURCES,
+    USAM_MODEL_SOURCES,
+)
 from CRCSegmentationLib.panel_state import (
     CRCSegmentationController,
     catalogueChoices,
@@ -27,7 +34,7 @@ from CRCSegmentationLib.panel_state import (
     statisticsTable,
     visibleRows,
 )
-from CRCSegmentationLib.refinement_panel import RefinementSection
+from CRCSegmentationLib.refinement_panel import RefinementSection, fillCatalogueComboBox
 from OrganGuidanceLib.run_panel import RunPanelBase, installShowingStatus, singletonParameterNode, slicerDialogs
 
 MODULE_NAME = "CRCSegmentation"
@@ -42,7 +49,7 @@ class CRCSegmentationParameterNode:
 
     Defaults equal ``SegmentationParameters``'s (Testing/test_slicer_module_static.py checks
     it); literals, because the engine imports torch. Annotations stay Python 3.9-evaluable.
-    ``modelName`` is set from the model combo box (its items come from the catalogue).
+    ``modelName`` and ``usamModelName`` are set from their combo boxes (items from the catalogue).
     """
 
     inputVolume: slicer.vtkMRMLScalarVolumeNode
@@ -69,7 +76,10 @@ class CRCSegmentationParameterNode:
     minComponentMl: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
     outputSegmentation: slicer.vtkMRMLSegmentationNode
     exportFolder: pathlib.Path
-    usamCheckpoint: pathlib.Path
+    usamModelSource: Annotated[str, Choice(USAM_MODEL_SOURCES)] = "catalogue"
+    usamModelName: str = ""  # set from the U-SAM combo box (catalogue models of kind "usam")
+    usamCheckpoint: pathlib.Path  # a .pt checkpoint or a bundle's crcseg_model.json (usamModelSource "file")
+    promptTo3d: bool = True  # one prompt to 3D: usam.refinement.prompt_to_3d; off: the prompted slice only
     propagationMm: Annotated[float, WithinRange(0.0, 200.0)] = 40.0  # = usam.refinement.PropagationSettings.max_distance_mm
 
 
@@ -104,13 +114,7 @@ class CRCSegmentationPanel(RunPanelBase):
         choices, problem = catalogueChoices()
         if problem:
             self.ui.modelInfoLabel.setText(problem)
-        comboBox = self.ui.modelComboBox
-        comboBox.blockSignals(True)
-        comboBox.clear()
-        for name, description in choices:
-            comboBox.addItem(name, name)
-            comboBox.setItemData(comboBox.count - 1, description, qt.Qt.ToolTipRole)
-        comboBox.blockSignals(False)
+        fillCatalogueComboBox(self.ui.modelComboBox, choices)
         self.controller.modelNames = [name for name, _description in choices]
 
     def _onModelChosen(self, index: int) -> None:
@@ -140,6 +144,7 @@ class CRCSegmentationPanel(RunPanelBase):
             (self.ui.guidanceConventionComboBox, conventions),
             (self.ui.organConventionComboBox, conventions),
             (self.ui.modelSourceComboBox, {"catalogue": _("Model catalogue"), "folder": _("Model folder")}),
+            (self.ui.usamModelSourceComboBox, {"catalogue": _("Model catalogue"), "file": _("Checkpoint or bundle file")}),
             (self.ui.deviceComboBox, {"auto": _("Auto (GPU when available)"), "cuda": _("GPU (CUDA)"), "cpu": _("CPU")}),
         ]
         self._setItemTexts(labels)
@@ -169,6 +174,8 @@ class CRCSegmentationPanel(RunPanelBase):
         ui.sliceFilterModelLabel.setEnabled(enabled["sliceFilterModel"])
         ui.sliceFilterModelPathLineEdit.setEnabled(enabled["sliceFilterModel"])
         ui.statisticsTableView.setMRMLTableNode(statisticsTable(p.outputSegmentation))
+        if hasattr(self, "refinement"):  # built after the run's widgets
+            self.refinement.updateGui(p)
         self._updateButtons()
 
     def _updateButtons(self) -> None:
@@ -192,6 +199,13 @@ class CRCSegmentationPanel(RunPanelBase):
         self.ui.statisticsTableView.setMRMLTableNode(statisticsTable(segmentation))
 
     # ------------------------------------------------------------------ scene and lifetime
+    def showEvent(self, event: Any) -> None:
+        """The refinement keys act while the module is shown (Slicer hides the panel of another module)."""
+        self.refinement.setShortcutsActive(True)
+
+    def hideEvent(self, event: Any) -> None:
+        self.refinement.setShortcutsActive(False)
+
     def _onSceneEndClose(self, caller: Any = None, event: Any = None) -> None:
         self.refinement.sceneClosed()
         super()._onSceneEndClose(caller, event)

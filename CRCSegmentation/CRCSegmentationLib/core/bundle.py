@@ -13,7 +13,8 @@ SANet; ``usam`` for point refinement), the ``modality`` it expects (``CT`` or ``
 labels are the tumor (``tumor_labels``; every other label is an organ or background and is never
 reported as tumor) and, for ``nnunet``, the ``network`` it builds (``networks.nnunet_architectures``),
 so a renamed trainer still predicts. An ``hcf`` bundle holds no nnU-Net files: its layout (``hcf.json``,
-``classifier/fold_K.pt``, ``sanet/fold_K.pt``) is described and checked in ``hcf_bundle``. A format-1 bundle (the shipped demonstration model) reads as
+``classifier/fold_K.pt``, ``sanet/fold_K.pt``) is described and checked in ``hcf_bundle``; a ``usam`` bundle
+holds ``usam.pt`` (``usam.bundle``). A format-1 bundle (the shipped demonstration model) reads as
 kind ``nnunet``, modality ``CT``, tumor = the ``tumor`` label or the only foreground label.
 
 Format 3 adds, for MR models, ``thick_axis``: the patient axis along which the training images had
@@ -44,7 +45,7 @@ NEWEST_FORMAT = THICK_AXIS_FORMAT  # the newest format this version reads
 KINDS = ("nnunet", "hcf", "usam")
 MODALITIES = ("CT", "MR")
 # What a bundle of each kind must record and hold beside its weights (hcf.json is checked by its kind's opener).
-KIND_REQUIRED_FIELDS = {"nnunet": ("trainer", "configuration", "plans", "folds", "checkpoint")}
+KIND_REQUIRED_FIELDS = {"nnunet": ("trainer", "configuration", "plans", "folds", "checkpoint"), "usam": ("checkpoint",)}
 KIND_REQUIRED_FILES = {"nnunet": ("plans.json", "dataset.json")}
 
 

@@ -5,7 +5,8 @@ Each kind says how to open its files (``open``: folder, verified metadata or Non
 (``segmenter``). ``models.open.open_model`` reads the bundle's kind, calls its opener and injects its
 segmenter factory into the ``ModelSource``; nothing else branches on the kind. Each entry imports its
 engine when called, so importing this module imports no torch. A kind in the bundle format that is not
-registered here (``usam``: point refinement opens its own checkpoints) is refused with that said.
+registered here is refused with that said. Kind ``usam`` (point prompts) opens, but has no 3D segmenter:
+asking it for one is a ``ModelError`` saying so (``usam.bundle``; ``models.usam.load_usam_model`` loads it).
 """
 from __future__ import annotations
 
@@ -65,10 +66,29 @@ def _hcf_segmenter(source: ModelSource, parameters) -> "Segmenter":
     return HCFSegmenter(source, parameters)
 
 
+def _open_usam(folder, metadata, folds, checkpoint) -> ModelSource:
+    from CRCSegmentationLib.usam.bundle import open_usam_model
+
+    return open_usam_model(folder, metadata, folds, checkpoint)
+
+
+def _usam_weights(source: ModelSource) -> Dict[Path, dict]:
+    from CRCSegmentationLib.usam.bundle import load_usam_source_weights
+
+    return load_usam_source_weights(source)
+
+
+def _usam_segmenter(source: ModelSource, parameters) -> "Segmenter":
+    from CRCSegmentationLib.usam.bundle import refuse_usam_segmenter
+
+    return refuse_usam_segmenter(source, parameters)
+
+
 # kind name -> its behaviour; a plain nnU-Net results folder (no bundle metadata) is kind "nnunet".
 MODEL_KINDS: Dict[str, Kind] = {
     "nnunet": Kind("nnunet", _open_nnunet, _nnunet_weights, _nnunet_segmenter),
     "hcf": Kind("hcf", _open_hcf, _hcf_weights, _hcf_segmenter),
+    "usam": Kind("usam", _open_usam, _usam_weights, _usam_segmenter),
 }
 RESULTS_FOLDER_KIND = "nnunet"
 _unknown = set(MODEL_KINDS) - set(KINDS)

@@ -2,7 +2,10 @@
 
 Layout (a dict saved with ``torch.save``, readable with ``torch.load(weights_only=True)``)::
 
-    {"format": "crcseg-usam", "version": 1, "config": asdict(USAMConfig), "model": state_dict, **extra}
+    {"format": "crcseg-usam", "version": 2, "config": asdict(USAMConfig), "model": state_dict, **extra}
+
+Version 2 added the network's size fields to the config (``USAMConfig.SIZE_FIELDS``); a version 1
+checkpoint has none and is read as the only size there was then, SAM ViT-B.
 
 ``extra`` holds anything else a caller keeps (epoch, metrics, optimizer state) made of tensors,
 numbers, strings, None, lists, tuples and dicts only.
@@ -16,11 +19,13 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 
 from CRCSegmentationLib.networks.usam import USAM, USAMConfig
+from CRCSegmentationLib.networks.usam.config import SIZE_FIELDS
 from OrganGuidanceLib.atomic import atomic_path
 from OrganGuidanceLib.validation import InputError
 
 CHECKPOINT_FORMAT = "crcseg-usam"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: config without size fields (ViT-B)
 RESERVED_KEYS = ("format", "version", "config", "model")
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor)
 
@@ -80,12 +85,14 @@ def read_usam_checkpoint(
             hint = "; it looks like a SAM checkpoint: use usam_with_sam_weights(config, sam_checkpoint=...)"
         raise InputError(f"U-SAM checkpoint {path}: not a '{CHECKPOINT_FORMAT}' checkpoint{hint}")
     version = payload.get("version")
-    if version != CHECKPOINT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise InputError(
-            f"U-SAM checkpoint {path}: format version {version!r}; this code reads version {CHECKPOINT_VERSION}"
+            f"U-SAM checkpoint {path}: format version {version!r}; this code reads versions {READABLE_VERSIONS}"
         )
     stored = payload.get("config")
     known = {f.name for f in fields(USAMConfig)}
+    if version == 1:
+        known -= set(SIZE_FIELDS)  # ViT-B defaults fill them in
     if not isinstance(stored, dict) or set(stored) != known:
         raise InputError(f"U-SAM checkpoint {path}: config {stored!r} does not have the fields {sorted(known)}")
     try:

@@ -104,6 +104,16 @@ def check_vit_b(state: Mapping[str, Tensor], source: str) -> None:
         )
 
 
+def check_vit_b_config(config: USAMConfig) -> None:
+    """Raise InputError unless the U-SAM config has SAM ViT-B's sizes (the only ones SAM's weights fit)."""
+    if not config.is_vit_b:
+        differ = {name: value for name, value in config.sizes().items() if value != USAMConfig().sizes()[name]}
+        raise InputError(
+            f"SAM weights: this U-SAM config is not ViT-B ({differ}); SAM's published weights ({SAM_VIT_B_FILENAME}) "
+            f"map into ViT-B only: use USAMConfig.preset('vit-b') (or train this size from random weights)"
+        )
+
+
 def _skip_reason(key: str) -> str:
     for prefix, reason in SKIPPED_SAM_PREFIXES.items():
         if key.startswith(prefix):
@@ -132,6 +142,7 @@ def map_sam_weights(model: USAM, state: Mapping[str, Tensor], source: str = "") 
     (127 -> 2 S/16 - 1); windowed blocks keep their 27-long tables (window 14).
     """
     report = LoadReport(source=source)
+    check_vit_b_config(model.config)
     check_vit_b(state, source or "state dict")
     ours = model.state_dict()
     grid = model.config.token_grid
@@ -182,6 +193,8 @@ def usam_with_sam_weights(config: USAMConfig = USAMConfig(),
     Without a checkpoint every weight is random, which trains much worse (the paper starts from SAM);
     the report says so.
     """
+    if sam_checkpoint is not None:
+        check_vit_b_config(config)  # before building a network the weights cannot fill
     model = build_usam(config)
     if sam_checkpoint is None:
         report = LoadReport(missing=list(model.state_dict()))

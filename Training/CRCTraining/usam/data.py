@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from CRCSegmentationLib.usam import slice_to_input
 from CRCSegmentationLib.usam.prompts import pad_prompts, sample_points
+from CRCTraining.usam.prompt_mix import PromptMix, sample_mixed_prompt
 from OrganGuidanceLib.atomic import atomic_path, write_text_atomic
 from OrganGuidanceLib.case_folders import is_empty_of_visible, pair_images_and_labels, visible_files
 from OrganGuidanceLib.image import Image
@@ -95,17 +96,25 @@ def _check_output_folder(folder: Path) -> None:
 
 
 def write_case_slices(folder: Path, case: str, ct_zyx: np.ndarray, label_zyx: np.ndarray,
-                      spacing_rc: Tuple[float, float]) -> List[str]:
-    """Write the axial slices of one case that contain rectum or tumor; return the file names."""
+                      spacing_rc: Tuple[float, float], lookalike_zyx: Optional[np.ndarray] = None) -> List[str]:
+    """Write the axial slices of one case that contain rectum or tumor; return the file names.
+
+    ``lookalike_zyx``: optional mask of background that looks like tumor (``phantom_prompts``), stored
+    as ``lookalike`` so that training can put negative clicks there.
+    """
     if ct_zyx.shape != label_zyx.shape:
         raise InputError(f"case {case}: CT shape {ct_zyx.shape} and label shape {label_zyx.shape} differ")
+    if lookalike_zyx is not None and lookalike_zyx.shape != label_zyx.shape:
+        raise InputError(f"case {case}: look-alike mask shape {lookalike_zyx.shape} differs from {label_zyx.shape}")
     names = []
     for k in np.flatnonzero(label_zyx.any(axis=(1, 2))):
         name = f"{case}_{int(k):04d}.npz"
+        extra = {} if lookalike_zyx is None else {"lookalike": lookalike_zyx[k].astype(np.uint8)}
         with atomic_path(folder / name, ".npz") as temporary:
             np.savez_compressed(
                 temporary, image=ct_zyx[k].astype(np.int16), label=label_zyx[k].astype(np.uint8),
                 case=np.array(case), slice_index=np.array(int(k)), spacing_rc=np.array(spacing_rc, dtype=float),
+                **extra,
             )
         names.append(name)
     return names
@@ -117,10 +126,20 @@ def _write_index(folder: Path, slices: Dict[str, List[str]], source: dict) -> Pa
     return write_text_atomic(folder / INDEX_FILE, json.dumps(index, indent=2) + "\n")
 
 
+# Optional per-case step of ``extract_phantom_slices``: (case index, CT z,y,x in HU, CARE label) ->
+# (the CT to store, a look-alike mask or None); ``phantom_prompts`` paints look-alikes this way.
+PhantomPainter = Callable[[int, np.ndarray, np.ndarray], Tuple[np.ndarray, Optional[np.ndarray]]]
+
+
 def extract_phantom_slices(folder: Path, num_cases: int, seed: int = 0,
                            shape_zyx: Tuple[int, int, int] = (40, 96, 96),
-                           spacing_xyz: Tuple[float, float, float] = (2.9, 2.9, 4.0)) -> Path:
-    """Generate ``num_cases`` phantom cases and write their rectum slices (CARE layout) to ``folder``."""
+                           spacing_xyz: Tuple[float, float, float] = (2.9, 2.9, 4.0),
+                           paint: Optional[PhantomPainter] = None, source_extra: Optional[dict] = None) -> Path:
+    """Generate ``num_cases`` phantom cases and write their rectum slices (CARE layout) to ``folder``.
+
+    ``paint``: changes each case's CT before it is written (and may give a look-alike mask, stored per slice);
+    ``source_extra``: what the painter did, recorded in the folder's index.
+    """
     from CRCTraining.data.phantoms_ct import case_id, make_phantom_case
 
     if num_cases < 1:
@@ -132,10 +151,13 @@ def extract_phantom_slices(folder: Path, num_cases: int, seed: int = 0,
         phantom = make_phantom_case(index, seed, shape_zyx, spacing_xyz)
         colon_id = next(value for value, name in phantom.label_names.items() if name == "colon")
         label = phantom_care_label(phantom.labels, phantom.tumor, colon_id)
+        ct, lookalike = phantom.ct.array, None
+        if paint is not None:
+            ct, lookalike = paint(index, ct, label)
         case = f"phantom{seed}_{case_id(index)}"
-        slices[case] = write_case_slices(folder, case, phantom.ct.array, label, spacing_xyz[1::-1])
+        slices[case] = write_case_slices(folder, case, ct, label, spacing_xyz[1::-1], lookalike)
     _write_index(folder, slices, {"phantom": {"num_cases": num_cases, "seed": seed, "shape_zyx": list(shape_zyx),
-                                              "spacing_xyz": list(spacing_xyz)}})
+                                              "spacing_xyz": list(spacing_xyz), **(source_extra or {})}})
     return folder
 
 
@@ -191,10 +213,18 @@ def augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> T
 
 @dataclass
 class PromptSettings:
-    """Points per sample: ``per_class`` per present class (CARE: 3), ``negatives`` background points."""
+    """Points per sample: ``per_class`` per present class (CARE: 3), ``negatives`` background points.
+
+    ``mix``: draw each training sample's prompt as SAM trained instead (points, box, both or none;
+    ``prompt_mix``); ``per_class`` and ``negatives`` are then unused for training samples.
+    """
 
     per_class: int = 3
     negatives: int = 1  # ours: one "not here" click next to the rectum; the public code uses 0
+    mix: Optional[PromptMix] = None
+
+
+LOOKALIKE_CODE = 4  # augment() moves label and look-alike mask together as one map: label + 4 * look-alike
 
 
 class USAMSliceDataset(torch.utils.data.Dataset):
@@ -222,44 +252,72 @@ class USAMSliceDataset(torch.utils.data.Dataset):
 
     def load(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
         """The stored slice: image rows x cols (HU or [0, 1]) and CARE label rows x cols."""
+        image, label, _ = self.load_with_lookalike(index)
+        return image, label
+
+    def load_with_lookalike(self, index: int) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+        """``load`` plus the slice's look-alike mask (``phantom_prompts``), None when it has none."""
         path = self.files[index]
         try:
             with np.load(path, allow_pickle=False) as npz:
                 image, label = np.asarray(npz["image"], dtype=np.float32), np.asarray(npz["label"])
+                lookalike = np.asarray(npz["lookalike"]).astype(bool) if "lookalike" in npz.files else None
         except (OSError, ValueError, KeyError) as error:
             raise InputError(f"slice {path}: not a CARE npz with 'image' and 'label' arrays ({error})") from error
         if image.ndim != 2 or image.shape != label.shape:
             raise InputError(f"slice {path}: image {image.shape} and label {label.shape} must be equal 2D shapes")
         if self.intensity == "hu" and image.min() >= 0.0 and image.max() <= 1.0:
             raise InputError(f"slice {path}: intensities lie in [0, 1], not HU; use intensity 'unit' (--intensity unit)")
+        if lookalike is not None and lookalike.shape != label.shape:
+            raise InputError(f"slice {path}: look-alike mask {lookalike.shape} and label {label.shape} differ")
         label = label.astype(np.int64)
         label[label > TUMOR] = TUMOR  # as the public loader: every label above 2 is tumor
-        return image, label
+        return image, label, lookalike
 
     def __getitem__(self, key) -> dict:
         index, seed = key if isinstance(key, tuple) else (key, None)
-        image2d, label2d = self.load(int(index))
+        image2d, label2d, lookalike2d = self.load_with_lookalike(int(index))
         window = self.hu_window if self.intensity == "hu" else (0.0, 1.0)
         image, transform = slice_to_input(image2d, window, self.size)
-        label = transform.label_to_input(label2d)  # nearest, same pixel geometry as the image
+        coded = label2d if lookalike2d is None else label2d + LOOKALIKE_CODE * (lookalike2d & (label2d != TUMOR))
+        coded = transform.label_to_input(coded)  # nearest, same pixel geometry as the image
         rng = None if seed is None else np.random.default_rng(seed)
         if rng is not None and self.augmentation:
-            image, label = augment(image, label, rng)
-        prompts = sample_points(label, FOREGROUND_CLASSES, self.prompts.per_class, self.prompts.negatives, rng)
+            image, coded = augment(image, coded, rng)
+        label, lookalike = coded % LOOKALIKE_CODE, coded >= LOOKALIKE_CODE
+        box = None
+        if rng is not None and self.prompts.mix is not None:
+            prompts, box, label = sample_mixed_prompt(label, lookalike, self.prompts.mix, FOREGROUND_CLASSES, rng)
+        else:
+            prompts = sample_points(label, FOREGROUND_CLASSES, self.prompts.per_class, self.prompts.negatives, rng)
         return {"image": np.asarray(image, dtype=np.float32), "label": label.astype(np.int64),
-                "prompts": prompts, "name": self.files[int(index)].stem}
+                "prompts": prompts, "box": box, "lookalike": lookalike, "name": self.files[int(index)].stem}
 
 
 def collate(samples: Sequence[dict]) -> dict:
-    """Stack samples: image B x 3 x S x S, label B x S x S, point_coords B x N x 2, point_labels B x N (-1 pads)."""
+    """Stack samples: image B x 3 x S x S, label B x S x S, point_coords B x N x 2, point_labels B x N (-1 pads),
+    boxes B x 4 (x0, y0, x1, y1; a NaN row: no box)."""
     coords, labels = pad_prompts([s["prompts"] for s in samples])
+    boxes = np.full((len(samples), 4), np.nan, dtype=np.float32)
+    for row, sample in enumerate(samples):
+        if sample.get("box") is not None:
+            boxes[row] = sample["box"]
     return {
         "image": torch.from_numpy(np.stack([s["image"] for s in samples])),
         "label": torch.from_numpy(np.stack([s["label"] for s in samples])),
         "point_coords": torch.from_numpy(coords),
         "point_labels": torch.from_numpy(labels),
+        "boxes": torch.from_numpy(boxes),
         "name": [s["name"] for s in samples],
     }
+
+
+def to_model_boxes(batch: dict, device: torch.device) -> Optional[torch.Tensor]:
+    """Box tensor for ``USAM.decode``; None when no sample of the batch has a box."""
+    boxes = batch.get("boxes")
+    if boxes is None or bool(torch.isnan(boxes).all()):
+        return None
+    return boxes.to(device)
 
 
 def to_model_prompts(batch: dict, device: torch.device) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:

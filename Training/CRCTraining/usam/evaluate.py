@@ -7,7 +7,9 @@ comparison is at the model's input resolution (S x S), as in the public code.
 
 Points are deterministic (``sample_points`` without rng): the same slice always gets the same
 prompt. The image encoding does not depend on the prompt, so the ablation encodes each batch
-once and decodes it for every point count. 0 points means no prompt at all (Table 4 "S+U").
+once and decodes it for every prompt setting. 0 points means no prompt at all (Table 4 "S+U").
+Beyond the paper (issue 20): a box prompt, the tumor's tight ground-truth box in input pixels
+(SAM's evaluation box), alone or with points; a slice without tumor gets no box (a NaN row).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -25,11 +27,36 @@ from tqdm import tqdm
 
 from CRCSegmentationLib.networks.usam import USAM
 from CRCSegmentationLib.usam.prompts import pad_prompts, sample_points
-from CRCTraining.usam.data import FOREGROUND_CLASSES, PromptSettings, USAMSliceDataset, collate
+from CRCTraining.usam.data import FOREGROUND_CLASSES, TUMOR, PromptSettings, USAMSliceDataset, collate
 from OrganGuidanceLib.atomic import write_text_atomic
 from OrganGuidanceLib.validation import InputError
 
 TABLE4_POINTS = (0, 1, 3, 5)  # CARE Table 4 rows: S+U, S+U+1 point, +3 points, +5 points
+BOX_CLASS = TUMOR  # the box prompt frames the tumor (what a user boxes)
+
+
+@dataclass(frozen=True)
+class PromptSetting:
+    """One row of the (extended) Table 4: points per class, background negatives, and the tumor's box or not."""
+
+    points_per_class: int = 0
+    negatives: int = 0
+    box: bool = False
+
+    def __post_init__(self) -> None:
+        if self.points_per_class < 0 or self.negatives < 0:
+            raise InputError(f"prompt setting: points ({self.points_per_class}) and negatives ({self.negatives}) "
+                             "must be >= 0")
+
+    @property
+    def name(self) -> str:
+        if self.points_per_class == 0 and not self.box:
+            return "no prompt"
+        parts = ["box"] if self.box else []
+        if self.points_per_class:
+            parts.append(f"{self.points_per_class} point" + ("s" if self.points_per_class > 1 else ""))
+        name = " + ".join(parts)
+        return name + (f" +{self.negatives} neg." if self.negatives and self.points_per_class else "")
 
 
 @dataclass
@@ -88,6 +115,11 @@ class USAMEvaluation:
     slices: int
     counts: OverlapCounts
     checkpoint: str = ""
+    box: bool = False
+
+    @property
+    def setting(self) -> PromptSetting:
+        return PromptSetting(self.points_per_class, self.negatives, self.box)
 
     @property
     def dice(self) -> np.ndarray:
@@ -115,8 +147,8 @@ class USAMEvaluation:
                    "reference": int(self.counts.reference[c])}
             for c, name in enumerate(self.class_names) if c > 0
         }
-        return {"checkpoint": self.checkpoint, "points_per_class": self.points_per_class, "negatives": self.negatives,
-                "slices": self.slices, "classes": per_class,
+        return {"checkpoint": self.checkpoint, "prompt": self.setting.name, "points_per_class": self.points_per_class,
+                "negatives": self.negatives, "box": self.box, "slices": self.slices, "classes": per_class,
                 "mean_dice": number(self.mean_dice), "mean_iou": number(self.mean_iou)}
 
 
@@ -136,19 +168,41 @@ def _prompt_tensors(labels: np.ndarray, per_class: int, negatives: int,
     return torch.from_numpy(coords).to(device), torch.from_numpy(point_labels).to(device)
 
 
+def ground_truth_boxes(labels: np.ndarray, value: int = BOX_CLASS) -> np.ndarray:
+    """B x 4 float32 (x0, y0, x1, y1): the tight box of ``value`` in each label map; NaN rows where it is absent."""
+    boxes = np.full((len(labels), 4), np.nan, dtype=np.float32)
+    for row, label in enumerate(labels):
+        rows, cols = np.nonzero(label == value)
+        if len(rows):
+            boxes[row] = (cols.min(), rows.min(), cols.max(), rows.max())
+    return boxes
+
+
+def decode_setting(model: USAM, encoding, labels: np.ndarray, setting: PromptSetting,
+                   device: torch.device) -> torch.Tensor:
+    """Logits B x C x S x S of one prompt setting; the box is passed only when the setting has one."""
+    coords, point_labels = _prompt_tensors(labels, setting.points_per_class,
+                                           setting.negatives if setting.points_per_class else 0, device)
+    if not setting.box:
+        return model.decode(encoding, coords, point_labels)
+    boxes = torch.from_numpy(ground_truth_boxes(labels)).to(device)
+    return model.decode(encoding, coords, point_labels, boxes=boxes)
+
+
 @torch.no_grad()
-def evaluate_point_counts(model: USAM, dataset: USAMSliceDataset, point_counts: Sequence[int], negatives: int = 1,
-                          batch_size: int = 8, device: Optional[torch.device] = None, checkpoint: str = "",
-                          progress: bool = True) -> List[USAMEvaluation]:
-    """Evaluate ``model`` on every slice of ``dataset`` once per point count (encode once, decode per count)."""
-    if any(k < 0 for k in point_counts) or not point_counts:
-        raise InputError(f"U-SAM evaluation: point counts {list(point_counts)} must be one or more numbers >= 0")
+def evaluate_prompts(model: USAM, dataset: USAMSliceDataset, settings: Sequence[PromptSetting], batch_size: int = 8,
+                     device: Optional[torch.device] = None, checkpoint: str = "",
+                     progress: bool = True) -> List[USAMEvaluation]:
+    """Evaluate ``model`` on every slice of ``dataset`` once per prompt setting (encode once, decode per setting)."""
+    if not settings:
+        raise InputError("U-SAM evaluation: no prompt setting to evaluate")
     if batch_size < 1:
         raise InputError(f"U-SAM evaluation: batch_size must be at least 1, got {batch_size}")
     device = device or next(model.parameters()).device
-    model.eval()
+    if isinstance(model, torch.nn.Module):  # any object with encode_image / decode / config evaluates (stand-ins)
+        model.eval()
     num_classes = model.config.num_classes
-    totals = {k: OverlapCounts.zeros(num_classes) for k in point_counts}
+    totals = {s: OverlapCounts.zeros(num_classes) for s in settings}
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, collate_fn=collate,
         sampler=[(i, None) for i in range(len(dataset))],  # seed None: no augmentation, deterministic points
@@ -156,12 +210,22 @@ def evaluate_point_counts(model: USAM, dataset: USAMSliceDataset, point_counts: 
     for batch in tqdm(loader, desc="U-SAM evaluation", unit="batch", disable=not progress):
         encoding = model.encode_image(batch["image"].to(device))
         reference = batch["label"].to(device)
-        for count in point_counts:
-            coords, labels = _prompt_tensors(batch["label"].numpy(), count, negatives if count else 0, device)
-            prediction = model.decode(encoding, coords, labels).argmax(dim=1)
-            totals[count].add(overlap_counts(prediction, reference, num_classes))
+        for setting in totals:
+            prediction = decode_setting(model, encoding, batch["label"].numpy(), setting, device).argmax(dim=1)
+            totals[setting].add(overlap_counts(prediction, reference, num_classes))
     names = tuple(model.config.class_names)
-    return [USAMEvaluation(names, k, negatives if k else 0, len(dataset), totals[k], checkpoint) for k in point_counts]
+    return [USAMEvaluation(names, s.points_per_class, s.negatives if s.points_per_class else 0, len(dataset),
+                           totals[s], checkpoint, s.box) for s in settings]
+
+
+def evaluate_point_counts(model: USAM, dataset: USAMSliceDataset, point_counts: Sequence[int], negatives: int = 1,
+                          batch_size: int = 8, device: Optional[torch.device] = None, checkpoint: str = "",
+                          progress: bool = True) -> List[USAMEvaluation]:
+    """Evaluate ``model`` on every slice of ``dataset`` once per point count (encode once, decode per count)."""
+    if any(k < 0 for k in point_counts) or not point_counts:
+        raise InputError(f"U-SAM evaluation: point counts {list(point_counts)} must be one or more numbers >= 0")
+    settings = [PromptSetting(k, negatives if k else 0) for k in point_counts]
+    return evaluate_prompts(model, dataset, settings, batch_size, device, checkpoint, progress)
 
 
 def evaluation_dataset(slices: Path, model: USAM, intensity: str = "hu") -> USAMSliceDataset:
@@ -181,10 +245,7 @@ def format_table(evaluations: Sequence[USAMEvaluation]) -> str:
         return f"{'n/a':>10}" if math.isnan(value) else f"{100 * value:>10.2f}"
 
     for e in evaluations:
-        label = "U-SAM, no prompt" if e.points_per_class == 0 else (
-            f"U-SAM + {e.points_per_class} point" + ("s" if e.points_per_class > 1 else "")
-            + (f" +{e.negatives} neg." if e.negatives else ""))
-        row = f"{label:<26}"
+        row = f"{'U-SAM, ' + e.setting.name:<26}"
         for c in range(1, len(e.class_names)):
             row += cell(e.dice[c]) + cell(e.iou[c])
         lines.append(row + cell(e.mean_dice) + cell(e.mean_iou))
@@ -192,17 +253,19 @@ def format_table(evaluations: Sequence[USAMEvaluation]) -> str:
 
 
 def write_reports(evaluations: Sequence[USAMEvaluation], folder: Path, stem: str = "usam_evaluation") -> Tuple[Path, Path]:
-    """``<stem>.csv`` (one row per point count and class, plus the mean) and ``<stem>.json``; atomic."""
+    """``<stem>.csv`` (one row per prompt setting and class, plus the mean) and ``<stem>.json``; atomic."""
     folder = Path(folder)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["points_per_class", "negatives", "class", "dice", "iou", "slices", "checkpoint"])
+    # The columns of the first version first (scripts read them), the prompt's name and box after them.
+    writer.writerow(["points_per_class", "negatives", "class", "dice", "iou", "slices", "checkpoint", "prompt", "box"])
     for e in evaluations:
+        last = [e.slices, e.checkpoint, e.setting.name, int(e.box)]
         for c in range(1, len(e.class_names)):
             writer.writerow([e.points_per_class, e.negatives, e.class_names[c], _csv_number(e.dice[c]),
-                             _csv_number(e.iou[c]), e.slices, e.checkpoint])
-        writer.writerow([e.points_per_class, e.negatives, "mean", _csv_number(e.mean_dice), _csv_number(e.mean_iou),
-                         e.slices, e.checkpoint])
+                             _csv_number(e.iou[c])] + last)
+        writer.writerow([e.points_per_class, e.negatives, "mean", _csv_number(e.mean_dice),
+                         _csv_number(e.mean_iou)] + last)
     csv_path = write_text_atomic(folder / f"{stem}.csv", buffer.getvalue())
     json_path = write_text_atomic(folder / f"{stem}.json",
                                   json.dumps([e.to_dict() for e in evaluations], indent=2) + "\n")
@@ -216,21 +279,30 @@ def _csv_number(value: float) -> str:
 def prompt_ablation(checkpoints: Dict[int, Path], slices: Path, negatives: int = 1, batch_size: int = 8,
                     device: Optional[torch.device] = None, intensity: str = "hu",
                     progress: bool = True) -> List[USAMEvaluation]:
-    """CARE Table 4: evaluate each point count with its checkpoint (one model may serve several counts).
+    """CARE Table 4: evaluate each point count with its model (one model may serve several counts).
 
-    The paper trains one model per row; with a single checkpoint the rows show how one model
-    behaves with fewer or more points than it was trained with.
+    ``checkpoints``: point count -> model source (``.pt`` checkpoint, U-SAM bundle folder or catalogue
+    name). The paper trains one model per row; with a single checkpoint the rows show how one model
+    behaves with fewer or more points than it was trained with. ``CRCTraining.usam.ablation`` adds the
+    box rows and one prompt to 3D.
     """
-    from CRCSegmentationLib.usam import load_usam_checkpoint
+    settings = {PromptSetting(k, negatives if k else 0): source for k, source in checkpoints.items()}
+    return evaluate_settings(settings, slices, batch_size, device, intensity, progress)
 
-    by_checkpoint: Dict[Path, List[int]] = {}
-    for count, path in sorted(checkpoints.items()):
-        by_checkpoint.setdefault(Path(path), []).append(count)
-    results: Dict[int, USAMEvaluation] = {}
-    for path, counts in by_checkpoint.items():
-        model = load_usam_checkpoint(path, device or "cpu")
+
+def evaluate_settings(sources: Dict[PromptSetting, Union[str, Path]], slices: Path, batch_size: int = 8,
+                      device: Optional[torch.device] = None, intensity: str = "hu",
+                      progress: bool = True) -> List[USAMEvaluation]:
+    """Each prompt setting evaluated with its model source; each model is loaded and run once. In setting order."""
+    from CRCSegmentationLib.models.usam import load_usam_model
+
+    by_source: Dict[str, List[PromptSetting]] = {}
+    for setting, source in sources.items():
+        by_source.setdefault(str(source), []).append(setting)
+    results: Dict[PromptSetting, USAMEvaluation] = {}
+    for source, settings in by_source.items():
+        model = load_usam_model(source, device or "cpu")
         dataset = evaluation_dataset(slices, model, intensity)
-        for evaluation in evaluate_point_counts(model, dataset, counts, negatives, batch_size, device,
-                                                str(path), progress):
-            results[evaluation.points_per_class] = evaluation
-    return [results[k] for k in sorted(results)]
+        for evaluation in evaluate_prompts(model, dataset, settings, batch_size, device, source, progress):
+            results[evaluation.setting] = evaluation
+    return [results[s] for s in sorted(results, key=lambda s: (s.box, s.points_per_class, s.negatives))]

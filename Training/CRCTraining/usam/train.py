@@ -5,6 +5,9 @@
   (paper: "0.001 and 0.0001"), weight decay 1e-4, poly decay (1 - it / max_it)^0.9 per iteration;
   the prompt encoder is frozen (paper) and has no parameters in the optimizer;
 - points: per_class (3) random ground-truth points per present class, all positive, + negatives;
+  or, with ``box_fraction``, ``no_prompt_fraction`` or ``min_points`` set, SAM's prompt mix
+  (``prompt_mix``: points / a jittered tumor box / box + points / nothing, negatives on look-alikes);
+- size: ``preset`` "vit-b" (the paper's, SAM weights) or "small" (the CPU demonstration model);
 - augmentation: flips, rot90, +-15 degree rotations; points are drawn from the augmented label.
 
 Runs on the 2D training engine (``engine2d``): one device, or several processes under ``torchrun``
@@ -25,12 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from CRCSegmentationLib.networks.usam import USAM, USAMConfig
+from CRCSegmentationLib.networks.usam import USAM, ImageEncoding, USAMConfig
 from CRCSegmentationLib.usam import save_usam_checkpoint, usam_with_sam_weights
 from CRCSegmentationLib.usam.checkpoint import read_usam_checkpoint
 from CRCTraining.engine2d import EngineSettings, EngineTask, learning_rate_factor, train
 from CRCTraining.engine2d.engine import CURVE, LATEST, LOG  # noqa: F401 - the run folder's file names, for callers
-from CRCTraining.usam.data import PromptSettings, USAMSliceDataset, collate, to_model_prompts
+from CRCTraining.usam.correction_clicks import correction_click_batch
+from CRCTraining.usam.data import TUMOR, PromptSettings, USAMSliceDataset, collate, to_model_boxes, to_model_prompts
+from CRCTraining.usam.prompt_mix import PromptMix
 from OrganGuidanceLib.validation import InputError
 
 FINAL = "usam_final.pt"
@@ -39,7 +44,9 @@ POLY_POWER = 0.9  # public U-SAM code: (1 - iter / max_iter) ** 0.9
 DICE_SMOOTH = 1e-5  # public U-SAM DiceLoss
 # U-SAM settings that must match for a run to be continued (the engine adds its own: batches, schedule).
 RESUME_KEYS = ("lr_decoder", "lr_encoder", "weight_decay", "dice_weight", "per_class", "negatives", "augmentation",
-               "image_size", "intensity")
+               "image_size", "intensity", "preset", "box_fraction", "box_points_fraction", "no_prompt_fraction",
+               "min_points", "lookalike_negative_fraction", "fallback_fraction", "object_fraction",
+               "correction_fraction", "correction_clicks")
 
 
 @dataclass
@@ -56,14 +63,49 @@ class USAMTrainingSettings:
     per_class: int = 3  # CARE Table 4: 3 points per class
     negatives: int = 1  # ours (see usam_data.PromptSettings)
     augmentation: bool = True
-    image_size: int = 224  # CARE paper
+    image_size: Optional[int] = None  # None: the preset's (ViT-B: 224, CARE paper; small: 128)
     intensity: str = "hu"  # "unit" for slices already scaled to [0, 1] (CARE release)
+    preset: str = "vit-b"  # USAMConfig.preset: "vit-b" (SAM weights map in) or "small" (demonstration size)
+    # SAM's prompt mix (prompt_mix.PromptMix), used when box_fraction, no_prompt_fraction or min_points is set;
+    # per_class is then the most positives and negatives the most negatives of a sample.
+    box_fraction: float = 0.0  # samples with a tumor that get its jittered box (0: CARE, points only)
+    box_points_fraction: float = 0.5  # of those, the share that also get points
+    no_prompt_fraction: float = 0.0  # samples with no prompt at all
+    min_points: Optional[int] = None  # fewest positives (drawn uniformly min_points..per_class); None: per_class
+    lookalike_negative_fraction: float = 0.7  # a negative goes into a look-alike region (phantom_prompts) if any
+    fallback_fraction: float = 0.5  # slices without tumor: positives on the normal rectum (label: no tumor)
+    object_fraction: float = 0.25  # prompt on a look-alike blob, which is then the target ("the object at the click")
+    correction_fraction: float = 0.3  # a box or points + negatives on a look-alike blob next to the tumor
+    # SAM's iterative training, one round: this share of prompted samples gets a click in the largest error
+    # of the network's own answer (correction_clicks.py); 0: off (CARE)
+    correction_clicks: float = 0.0
     seed: int = 0
     checkpoint_every: int = 500
     device: str = "auto"
     threads: Optional[int] = None
     workers: int = 0
     sam_checkpoint: Optional[Path] = None  # sam_vit_b_01ec64.pth; None: random initialisation
+
+    def __post_init__(self) -> None:
+        if self.image_size is None:
+            self.image_size = USAMConfig.preset(self.preset).image_size
+
+    @property
+    def uses_prompt_mix(self) -> bool:
+        return self.box_fraction > 0 or self.no_prompt_fraction > 0 or self.min_points is not None
+
+    def prompt_settings(self) -> PromptSettings:
+        """The dataset's prompt settings: CARE's points, or SAM's mix on the tumor (module doc)."""
+        mix = None
+        if self.uses_prompt_mix:
+            mix = PromptMix(
+                min_points=self.per_class if self.min_points is None else self.min_points, max_points=self.per_class,
+                negatives=self.negatives, box_fraction=self.box_fraction, box_points_fraction=self.box_points_fraction,
+                no_prompt_fraction=self.no_prompt_fraction,
+                lookalike_negative_fraction=self.lookalike_negative_fraction, fallback_fraction=self.fallback_fraction,
+                object_fraction=self.object_fraction, correction_fraction=self.correction_fraction,
+            )
+        return PromptSettings(self.per_class, self.negatives, mix)
 
     def plain(self) -> Dict[str, object]:
         """Checkpoint-safe dict (paths as strings)."""
@@ -128,6 +170,15 @@ def _check_settings(settings: USAMTrainingSettings) -> None:
         raise InputError(f"U-SAM training: dice_weight must be in [0, 1], got {settings.dice_weight}")
     if settings.per_class < 0 or settings.negatives < 0:
         raise InputError("U-SAM training: per_class and negatives must be >= 0")
+    if not 0.0 <= settings.correction_clicks <= 1.0:
+        raise InputError(f"U-SAM training: correction_clicks must be in [0, 1], got {settings.correction_clicks}")
+    mix = settings.prompt_settings().mix
+    if mix is not None:
+        mix.check()
+    if settings.sam_checkpoint is not None:
+        from CRCSegmentationLib.usam.sam_weights import check_vit_b_config
+
+        check_vit_b_config(USAMConfig.preset(settings.preset))
 
 
 class USAMTask(EngineTask):
@@ -139,10 +190,9 @@ class USAMTask(EngineTask):
 
     def __init__(self, settings: USAMTrainingSettings) -> None:
         self.settings = settings
-        self.config = USAMConfig(image_size=settings.image_size)
+        self.config = USAMConfig.preset(settings.preset, image_size=settings.image_size)
         self._dataset = USAMSliceDataset(settings.slices, self.config.image_size, self.config.hu_window,
-                                         PromptSettings(settings.per_class, settings.negatives),
-                                         settings.intensity, settings.augmentation)
+                                         settings.prompt_settings(), settings.intensity, settings.augmentation)
         self.warnings: List[str] = []
 
     def dataset(self) -> USAMSliceDataset:
@@ -162,8 +212,15 @@ class USAMTask(EngineTask):
 
     def loss(self, model, batch: dict, device: torch.device):
         images, target = batch["image"].to(device), batch["label"].to(device)
-        coords, labels = to_model_prompts(batch, device)
-        loss, ce, dice = usam_loss(model(images, coords, labels), target, self.settings.dice_weight)
+        encoding = model.encode_image(images)
+        if self.settings.correction_clicks > 0:
+            with torch.no_grad():  # the network's own answer to the drawn prompts: where to click next
+                detached = ImageEncoding(encoding.embedding.detach(), [s.detach() for s in encoding.skips])
+                first = prompted_logits(model, images, batch, device, detached)
+            batch = correction_click_batch(first, batch, prompted_rows(batch, len(images)),
+                                           self.settings.correction_clicks, TUMOR)
+        logits = prompted_logits(model, images, batch, device, encoding)
+        loss, ce, dice = usam_loss(logits, target, self.settings.dice_weight)
         return loss, (loss, ce, dice)
 
     def resume_settings(self) -> Dict[str, object]:
@@ -178,6 +235,38 @@ class USAMTask(EngineTask):
 
     def load(self, path: Path, device: torch.device) -> Tuple[USAM, Dict[str, object]]:
         return read_usam_checkpoint(path, device)
+
+
+def prompted_rows(batch: dict, size: int) -> Tensor:
+    """B booleans: the samples with a point (label 0 or 1) or a box."""
+    labels, boxes = batch["point_labels"], batch.get("boxes")
+    prompted = (labels >= 0).any(dim=1) if labels.numel() else torch.zeros(size, dtype=torch.bool)
+    if boxes is not None:
+        prompted |= ~torch.isnan(boxes).any(dim=1)
+    return prompted
+
+
+def prompted_logits(model: USAM, images: Tensor, batch: dict, device: torch.device,
+                    encoding: Optional[ImageEncoding] = None) -> Tensor:
+    """Logits of a batch whose samples may have no prompt: those are decoded as at inference (no tokens).
+
+    SAM's prompt encoder takes one layout per batch; a sample without any prompt inside a prompted batch
+    would otherwise get padding tokens it never gets when a user runs it without a prompt.
+    ``encoding``: the images' encoding when already computed.
+    """
+    encoding = model.encode_image(images) if encoding is None else encoding
+    prompted = prompted_rows(batch, len(images))
+    if bool(prompted.all()) or not bool(prompted.any()):
+        return model.decode(encoding, *to_model_prompts(batch, device), to_model_boxes(batch, device))
+    rows = torch.nonzero(prompted).flatten()
+    subset = {key: batch[key][rows] for key in ("point_coords", "point_labels", "boxes") if key in batch}
+    with_prompt = model.decode(encoding.select(rows.to(device)), *to_model_prompts(subset, device),
+                               to_model_boxes(subset, device))
+    without = model.decode(encoding.select(torch.nonzero(~prompted).flatten().to(device)))
+    logits = with_prompt.new_empty((len(images), *with_prompt.shape[1:]))
+    logits[rows.to(device)] = with_prompt
+    logits[torch.nonzero(~prompted).flatten().to(device)] = without
+    return logits
 
 
 def engine_settings(settings: USAMTrainingSettings) -> EngineSettings:

@@ -10,10 +10,10 @@ from CRCSegmentationLib.networks.usam.config import CNN_CHANNELS
 
 
 class CNNEncoder(nn.Module):
-    """Images B x 3 x S x S -> (f4: B x 768 x S/16 x S/16, skips [f0..f3]).
+    """Images B x 3 x S x S -> (f4: B x c4 x S/16 x S/16, skips [f0..f3]), channels c0..c4.
 
-    f0: B x 32 x S x S, f1: B x 64 x S/2 x S/2, f2: B x 128 x S/4 x S/4, f3: B x 256 x S/8 x S/8.
-    f4 replaces SAM's patch embedding: one 768-channel token per 16 x 16 pixels.
+    ViT-B sizes: f0: B x 32 x S x S, f1: B x 64 x S/2 x S/2, f2: B x 128 x S/4 x S/4, f3: B x 256 x S/8 x S/8.
+    f4 replaces SAM's patch embedding: one c4-channel token (768 for ViT-B) per 16 x 16 pixels.
     """
 
     def __init__(self, in_channels: int = 3, channels: Sequence[int] = CNN_CHANNELS) -> None:

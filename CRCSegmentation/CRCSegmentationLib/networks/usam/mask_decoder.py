@@ -9,7 +9,7 @@ from segment_anything.modeling.mask_decoder import MLP
 from torch import Tensor, nn
 
 from CRCSegmentationLib.networks.blocks.unet_2d import UpBlock
-from CRCSegmentationLib.networks.usam.config import CNN_CHANNELS, PROMPT_EMBED_DIM
+from CRCSegmentationLib.networks.usam.config import CNN_CHANNELS, DECODER_HEADS, PROMPT_EMBED_DIM
 
 
 class USAMMaskDecoder(nn.Module):
@@ -28,8 +28,10 @@ class USAMMaskDecoder(nn.Module):
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
-        # Same transformer as build_sam_vit_b, so SAM's weights load into it.
-        self.transformer = TwoWayTransformer(depth=2, embedding_dim=transformer_dim, mlp_dim=2048, num_heads=8)
+        # Same transformer as build_sam_vit_b (mlp 2048 = 8 D), so SAM's weights load into it at D = 256.
+        self.transformer = TwoWayTransformer(
+            depth=2, embedding_dim=transformer_dim, mlp_dim=8 * transformer_dim, num_heads=DECODER_HEADS
+        )
         self.class_tokens = nn.Embedding(num_classes, transformer_dim)  # Mt, Eq. 2
         out_dim = transformer_dim // 8  # D/8
         self.class_mlps = nn.ModuleList(
@@ -49,11 +51,13 @@ class USAMMaskDecoder(nn.Module):
         dense_prompt_embeddings: Tensor,
         skips: Sequence[Tensor],
         skip_terms: Optional[Sequence[Tensor]] = None,
+        prompt_features: Optional[Sequence[Tensor]] = None,
     ) -> Tensor:
         """
         image_embedding B x D x h x w; image_pe 1 x D x h x w; sparse_prompt_embeddings B x P x D
         (P may be 0); dense_prompt_embeddings B x D x h x w; skips f0..f3 (B x 32 x 16h x 16w ...
-        B x 256 x 2h x 2w); skip_terms: ``self.skip_terms(skips)`` when cached. Returns logits
+        B x 256 x 2h x 2w); skip_terms: ``self.skip_terms(skips)`` when cached; prompt_features: click-map
+        features added to the inputs of up4, up3, up2 and up1 (``prompt_maps``), or None. Returns logits
         B x N x 16h x 16w.
         """
         batch = image_embedding.shape[0]
@@ -68,8 +72,9 @@ class USAMMaskDecoder(nn.Module):
 
         f0, f1, f2, f3 = skips
         t0, t1, t2, t3 = skip_terms if skip_terms is not None else (None,) * 4
-        r = self.up4(src, f3, t3)
-        r = self.up1(self.up2(self.up3(r, f2, t2), f1, t1), f0, t0)  # Src' at full resolution, B x D/8 x S x S
+        p4, p3, p2, p1 = prompt_features if prompt_features is not None else (0.0,) * 4
+        r = self.up4(src + p4, f3, t3)
+        r = self.up1(self.up2(self.up3(r + p3, f2, t2) + p2, f1, t1) + p1, f0, t0)  # Src', B x D/8 x S x S
 
         hyper = torch.stack([mlp(class_tokens_out[:, i, :]) for i, mlp in enumerate(self.class_mlps)], dim=1)
         b, c, height, width = r.shape
