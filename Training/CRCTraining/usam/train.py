@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from CRCSegmentationLib.networks.usam import USAM, ImageEncoding, USAMConfig
+from CRCSegmentationLib.networks.usam import USAM, USAMConfig
 from CRCSegmentationLib.usam import save_usam_checkpoint, usam_with_sam_weights
 from CRCSegmentationLib.usam.checkpoint import read_usam_checkpoint
 from CRCTraining.engine2d import EngineSettings, EngineTask, learning_rate_factor, train
@@ -212,14 +212,13 @@ class USAMTask(EngineTask):
 
     def loss(self, model, batch: dict, device: torch.device):
         images, target = batch["image"].to(device), batch["label"].to(device)
-        encoding = model.encode_image(images)
         if self.settings.correction_clicks > 0:
             with torch.no_grad():  # the network's own answer to the drawn prompts: where to click next
-                detached = ImageEncoding(encoding.embedding.detach(), [s.detach() for s in encoding.skips])
-                first = prompted_logits(model, images, batch, device, detached)
+                first = prompted_logits(getattr(model, "module", model), images, batch, device)  # DDP's module
             batch = correction_click_batch(first, batch, prompted_rows(batch, len(images)),
                                            self.settings.correction_clicks, TUMOR)
-        logits = prompted_logits(model, images, batch, device, encoding)
+        # Through the model's own forward (USAM.decode_mixed): under DDP, only its forward synchronises gradients.
+        logits = prompted_logits(model, images, batch, device)
         loss, ce, dice = usam_loss(logits, target, self.settings.dice_weight)
         return loss, (loss, ce, dice)
 
@@ -246,27 +245,9 @@ def prompted_rows(batch: dict, size: int) -> Tensor:
     return prompted
 
 
-def prompted_logits(model: USAM, images: Tensor, batch: dict, device: torch.device,
-                    encoding: Optional[ImageEncoding] = None) -> Tensor:
-    """Logits of a batch whose samples may have no prompt: those are decoded as at inference (no tokens).
-
-    SAM's prompt encoder takes one layout per batch; a sample without any prompt inside a prompted batch
-    would otherwise get padding tokens it never gets when a user runs it without a prompt.
-    ``encoding``: the images' encoding when already computed.
-    """
-    encoding = model.encode_image(images) if encoding is None else encoding
-    prompted = prompted_rows(batch, len(images))
-    if bool(prompted.all()) or not bool(prompted.any()):
-        return model.decode(encoding, *to_model_prompts(batch, device), to_model_boxes(batch, device))
-    rows = torch.nonzero(prompted).flatten()
-    subset = {key: batch[key][rows] for key in ("point_coords", "point_labels", "boxes") if key in batch}
-    with_prompt = model.decode(encoding.select(rows.to(device)), *to_model_prompts(subset, device),
-                               to_model_boxes(subset, device))
-    without = model.decode(encoding.select(torch.nonzero(~prompted).flatten().to(device)))
-    logits = with_prompt.new_empty((len(images), *with_prompt.shape[1:]))
-    logits[rows.to(device)] = with_prompt
-    logits[torch.nonzero(~prompted).flatten().to(device)] = without
-    return logits
+def prompted_logits(model: USAM, images: Tensor, batch: dict, device: torch.device) -> Tensor:
+    """Logits of a batch whose samples may have no prompt (``USAM.decode_mixed``: decoded as at inference)."""
+    return model(images, *to_model_prompts(batch, device), to_model_boxes(batch, device))
 
 
 def engine_settings(settings: USAMTrainingSettings) -> EngineSettings:

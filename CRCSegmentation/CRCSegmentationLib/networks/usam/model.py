@@ -105,8 +105,35 @@ class USAM(nn.Module):
         point_labels: Optional[Tensor] = None,
         boxes: Optional[Tensor] = None,
     ) -> Tensor:
-        """Images B x 3 x S x S (+ points, boxes) -> logits B x num_classes x S x S."""
-        return self.decode(self.encode_image(images), point_coords, point_labels, boxes)
+        """Images B x 3 x S x S (+ points, boxes) -> logits B x num_classes x S x S (see ``decode_mixed``)."""
+        return self.decode_mixed(self.encode_image(images), point_coords, point_labels, boxes)
+
+    def decode_mixed(
+        self,
+        encoding: ImageEncoding,
+        point_coords: Optional[Tensor] = None,
+        point_labels: Optional[Tensor] = None,
+        boxes: Optional[Tensor] = None,
+    ) -> Tensor:
+        """``decode`` for a batch in which some samples have no prompt at all (only padding, a NaN box).
+
+        SAM's prompt encoder takes one layout per batch: such a sample would get padding tokens that it never
+        gets when a user runs it without a prompt, so it is decoded apart, as at inference (no tokens).
+        """
+        prompted = _prompted_rows(encoding.batch_size, point_labels, boxes)
+        if not bool(prompted.any()):
+            return self.decode(encoding)
+        if bool(prompted.all()):
+            return self.decode(encoding, *_used_prompts(point_coords, point_labels, boxes))
+        device = encoding.embedding.device
+        rows, others = torch.nonzero(prompted).flatten(), torch.nonzero(~prompted).flatten()
+        picked = [None if t is None else t[rows.to(t.device)] for t in (point_coords, point_labels, boxes)]
+        with_prompt = self.decode(encoding.select(rows.to(device)), *_used_prompts(*picked))
+        without = self.decode(encoding.select(others.to(device)))
+        logits = with_prompt.new_empty((encoding.batch_size, *with_prompt.shape[1:]))
+        logits[rows.to(device)] = with_prompt
+        logits[others.to(device)] = without
+        return logits
 
     def embed_points(
         self, batch: int, point_coords: Optional[Tensor], point_labels: Optional[Tensor]
@@ -200,3 +227,23 @@ class USAM(nn.Module):
                 f"U-SAM point_coords: points outside the {size} x {size} input (x, y in -0.5..{size - 0.5}): "
                 f"range {float(real.min()):.1f}..{float(real.max()):.1f}"
             )
+
+
+def _prompted_rows(batch: int, point_labels: Optional[Tensor], boxes: Optional[Tensor]) -> Tensor:
+    """B booleans: the samples with a point (label 0 or 1) or a box."""
+    prompted = torch.zeros(batch, dtype=torch.bool)
+    if point_labels is not None and point_labels.numel():
+        prompted |= (point_labels >= 0).any(dim=1).cpu()
+    if boxes is not None:
+        prompted |= ~torch.isnan(boxes).any(dim=1).cpu()
+    return prompted
+
+
+def _used_prompts(point_coords: Optional[Tensor], point_labels: Optional[Tensor],
+                  boxes: Optional[Tensor]) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """Points that are all padding and boxes that are all NaN left out (None): SAM's tokens for the rest."""
+    if point_labels is None or not bool((point_labels >= 0).any()):
+        point_coords = point_labels = None
+    if boxes is not None and bool(torch.isnan(boxes).all()):
+        boxes = None
+    return point_coords, point_labels, boxes
