@@ -270,6 +270,8 @@ BASE_ROWS: List[Fault] = [
     Fault("segment-kind-not-supported", lambda w: segment(w, w["bundle_hcf"]), BAD_INPUT, ("kind 'hcf'",)),
     Fault("segment-cuda-without-gpu", lambda w: segment(w, "demo_phantom")[:-2] + ["--device", "cuda"], BAD_INPUT,
           ("no cuda gpu",)),
+    Fault("segment-mps-without-gpu", lambda w: segment(w, "demo_phantom")[:-2] + ["--device", "mps"], BAD_INPUT,
+          ("no apple gpu (mps)",)),
     Fault("segment-empty-input-folder", lambda w: ["segment", str(w.row), "-m", "demo_phantom", "-o", w.out()],
           BAD_INPUT, ("no image files",)),
     Fault("segment-2d-case-in-batch", lambda w: segment(w, "demo_phantom", ct="ct_2d.nii.gz"), FAILED,

@@ -6,7 +6,7 @@ checks each tuple against the engine that reads it.
 """
 from __future__ import annotations
 
-from OrganGuidanceLib.choices import DEFAULT_DEVICE, DEVICES  # noqa: F401 - re-exported: the panel's device choice
+from OrganGuidanceLib.choices import DEFAULT_DEVICE, DEVICE_LABELS, DEVICES  # noqa: F401 - re-exported: the panel's device choice
 
 GUIDANCE_SOURCES = ("scene", "compute", "none")  # an Organ Guidance result, computed now, none (CT-only models)
 ORGAN_SOURCES = ("totalsegmentator", "node", "file")  # organ masks when the guidance is computed now

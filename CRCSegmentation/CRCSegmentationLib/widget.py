@@ -21,6 +21,7 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 
 from CRCSegmentationLib.choices import (
     CONVENTIONS,
+    DEVICE_LABELS,
     DEVICES,
     GUIDANCE_SOURCES,
     MODEL_SOURCES,
@@ -145,7 +146,7 @@ class CRCSegmentationPanel(RunPanelBase):
             (self.ui.organConventionComboBox, conventions),
             (self.ui.modelSourceComboBox, {"catalogue": _("Model catalogue"), "folder": _("Model folder")}),
             (self.ui.usamModelSourceComboBox, {"catalogue": _("Model catalogue"), "file": _("Checkpoint or bundle file")}),
-            (self.ui.deviceComboBox, {"auto": _("Auto (GPU when available)"), "cuda": _("GPU (CUDA)"), "cpu": _("CPU")}),
+            (self.ui.deviceComboBox, {name: _(label) for name, label in DEVICE_LABELS.items()}),
         ]
         self._setItemTexts(labels)
 

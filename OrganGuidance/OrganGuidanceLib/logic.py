@@ -82,7 +82,7 @@ class OrganGuidanceSettings:
     secondary: OrganSourceChoice = field(default_factory=lambda: OrganSourceChoice(kind="none", convention="word"))
     guidance: GuidanceParameters = field(default_factory=GuidanceParameters)
     fast: bool = True  # TotalSegmentator 3 mm model: minutes on CPU
-    device: str = "auto"  # auto | cuda | cpu
+    device: str = "auto"  # one of choices.DEVICES (auto: CUDA, then MPS, then the CPU)
 
     def is_valid(self) -> Tuple[bool, str]:
         if self.primary.kind == "none":

@@ -108,7 +108,7 @@ class TotalSegmentatorProvider:
 
     organ_set: str = DEFAULT_ORGAN_SET
     fast: bool = True  # 3 mm model: minutes on CPU instead of tens of minutes
-    device: str = "auto"  # auto | cuda | cpu
+    device: str = "auto"  # one of choices.DEVICES
     extra_organs: Sequence[str] = ("urinary_bladder",)  # context for the MOS channel
     convention: LabelConvention = field(default_factory=totalsegmentator_convention)
 
@@ -117,11 +117,13 @@ class TotalSegmentatorProvider:
         return totalsegmentator_roi_subset(self.organ_set, self.extra_organs)
 
     def totalsegmentator_device(self) -> str:
-        if self.device == "auto":
-            import torch
+        """TotalSegmentator's ``--device``: ``gpu`` (CUDA), ``mps`` or ``cpu``; ``auto`` as ``device.resolve_device``."""
+        device = self.device
+        if device == "auto":
+            from OrganGuidanceLib.device import resolve_device
 
-            return "gpu" if torch.cuda.is_available() else "cpu"
-        return {"cuda": "gpu"}.get(self.device, self.device)  # TotalSegmentator's name for CUDA
+            device = resolve_device(device).type
+        return {"cuda": "gpu"}.get(device, device)  # TotalSegmentator's name for CUDA; mps and cpu as they are
 
     def command(self, input_path: Path, output_path: Path) -> List[str]:
         """The equivalent ``TotalSegmentator`` command line, run by ``segment_in_subprocess``."""

@@ -17,7 +17,7 @@ import slicer
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
-from OrganGuidanceLib.choices import CONVENTIONS, DEVICES, PRIMARY_KINDS, SECONDARY_KINDS
+from OrganGuidanceLib.choices import CONVENTIONS, DEVICE_LABELS, DEVICES, PRIMARY_KINDS, SECONDARY_KINDS
 from OrganGuidanceLib.labels import DEFAULT_ORGAN_SET, ORGAN_SETS
 from OrganGuidanceLib.panel_state import OrganGuidanceController, enabledGroups, visibleRows
 from OrganGuidanceLib.run_panel import RunPanelBase, installShowingStatus, singletonParameterNode, slicerDialogs
@@ -101,7 +101,7 @@ class OrganGuidancePanel(RunPanelBase):
             "word": _("WORD"),
             "json": _("JSON mapping file"),
         }
-        deviceLabels = {"auto": _("Auto (GPU when available)"), "cuda": _("GPU (CUDA)"), "cpu": _("CPU")}
+        deviceLabels = {name: _(label) for name, label in DEVICE_LABELS.items()}
         labels: List[Tuple[Any, Dict[str, str]]] = [
             (self.ui.primarySourceComboBox, sourceLabels),
             (self.ui.secondarySourceComboBox, sourceLabels),

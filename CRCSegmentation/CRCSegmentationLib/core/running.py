@@ -1,6 +1,6 @@
 """What both segmenters do around their network: the device, the CPU fallback, small components.
 
-A CUDA failure or out-of-memory during a case is retried on the CPU, and the result says so
+A GPU failure (CUDA or Apple MPS: out of memory, a missing operation) during a case is retried on the CPU, and the result says so
 (DESIGN.md: GPU when present, the CPU always works). torch is imported when called.
 """
 from __future__ import annotations
@@ -19,26 +19,34 @@ def torch_device(name: str):
     return torch.device(name)
 
 
-def is_cuda_failure(error: BaseException) -> bool:
-    """Whether ``error`` is the GPU failing (out of memory, a CUDA/cuDNN/cuBLAS error), not the input."""
+def is_gpu_failure(error: BaseException, device_type: str) -> bool:
+    """Whether ``error`` is the GPU failing, not the input: on CUDA out of memory or a CUDA/cuDNN/cuBLAS error;
+    on MPS out of memory or an operation Apple's backend lacks (``NotImplementedError`` naming MPS)."""
     import torch
 
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        return True
     text = str(error)
-    return isinstance(error, RuntimeError) and any(k in text for k in ("CUDA", "cuDNN", "CUBLAS", "out of memory"))
+    if device_type == "cuda":
+        return isinstance(error, torch.cuda.OutOfMemoryError) or (
+            isinstance(error, RuntimeError) and any(k in text for k in ("CUDA", "cuDNN", "CUBLAS", "out of memory")))
+    if device_type == "mps":
+        return isinstance(error, (RuntimeError, NotImplementedError)) and ("MPS" in text or "out of memory" in text)
+    return False
 
 
 def with_cpu_fallback(run: Callable[..., T], device, warnings: List[str]) -> Tuple[T, object]:
-    """``run(device)``; a CUDA failure is retried as ``run(cpu)`` with a warning. Returns (result, device used)."""
+    """``run(device)``; a GPU failure (CUDA or MPS) is retried as ``run(cpu)`` with a warning.
+
+    Returns (result, device used).
+    """
     import torch
 
     try:
         return run(device), device
-    except Exception as error:  # noqa: BLE001 - only CUDA failures are retried; others re-raised
-        if device.type != "cuda" or not is_cuda_failure(error):
+    except Exception as error:  # noqa: BLE001 - only GPU failures are retried; others re-raised
+        if not is_gpu_failure(error, device.type):
             raise
-        torch.cuda.empty_cache()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         warnings.append(f"the GPU failed ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
                         "this case was run on the CPU instead (slower, same result)")
         cpu = torch.device("cpu")

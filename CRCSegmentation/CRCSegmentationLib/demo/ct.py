@@ -108,7 +108,7 @@ def run_tumor_demo(
 ) -> TumorDemoReport:
     """Organ-guidance demo, then the demo model's tumor segmentation; adds its metrics to ``summary.txt``.
 
-    ``model``: a bundle folder (default: the shipped demonstration model). ``device``: auto|cuda|cpu.
+    ``model``: a bundle folder (default: the shipped demonstration model). ``device``: auto|cuda|mps|cpu.
     ``mirroring``: nnU-Net's test-time mirroring, off by default: 8x fewer network passes on a CPU.
     ``min_component_ml``: predicted components smaller than this are removed (0 keeps all).
     """

@@ -86,7 +86,7 @@ def open_filter_model(model: ModelSpec, what: str = "slice filter") -> ModelSour
 
 
 class SliceFilter:
-    """A slice classifier loaded once (``device``: auto | cuda | cpu), to clean any number of masks.
+    """A slice classifier loaded once (``device``: one of ``choices.DEVICES``), to clean any number of masks.
 
     ``what``: the filter's name in error messages (``--slice-filter`` for ``crcseg segment``)."""
 

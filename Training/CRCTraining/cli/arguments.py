@@ -8,7 +8,7 @@ from OrganGuidanceLib.choices import DEFAULT_DEVICE, DEVICES
 
 
 def add_device_argument(parser: argparse.ArgumentParser, help: str = "") -> None:
-    """``--device auto|cuda|cpu`` (``OrganGuidanceLib.choices.DEVICES``); ``auto`` takes CUDA when present."""
+    """``--device auto|cuda|mps|cpu`` (``OrganGuidanceLib.choices.DEVICES``); ``auto``: CUDA, then MPS, then the CPU."""
     parser.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE,
                         help=help or "where the network runs (auto: CUDA when present, else the CPU)")
 
