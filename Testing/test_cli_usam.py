@@ -23,6 +23,7 @@ from CRCTraining.cli import main as crcseg
 from CRCTraining.usam.data import INDEX_FILE
 from CRCTraining.usam.evaluate import prompt_ablation
 from CRCTraining.usam.train import CURVE, FINAL, LATEST, LOG
+from OrganGuidanceLib.validation import InputError
 
 SIZE, ITERATIONS = 64, 3
 
@@ -101,7 +102,7 @@ def test_usam_evaluate_and_ablation_write_their_reports(run, tmp_path):
     other = tmp_path / "other.pt"  # stands for a model trained with 1 point per class (a link: 400 MB)
     other.symlink_to(checkpoint)
     code = crcseg(["usam-ablation", str(checkpoint), str(test), "--points", "0", "1", "--model-for", "1", str(other),
-                   "--negatives", "0", "--batch-size", "4", "--device", "cpu", "--no-box", "--no-3d",
+                   "--negatives", "0", "--batch-size", "4", "--device", "cpu", "--no-box", "--no-3d", "--draws", "0",
                    "-o", str(tmp_path / "ablation")])
     assert code == 0
     ablation = json.loads((tmp_path / "ablation" / "usam_ablation.json").read_text())
@@ -212,5 +213,11 @@ def test_box_rows_and_3d_with_an_ideal_segmenter(phantom_volumes, tmp_path):
     tumor = model.config.class_names.index("tumor")
     assert rows[0].dice[tumor] == 0.0  # no prompt: the stand-in answers nothing
     assert all(row.dice[tumor] > 0.97 for row in rows[1:]), [row.dice[tumor] for row in rows]
+    # Points drawn at random as CARE evaluates, 3 draws per slice: the prompted rows still find the tumor
+    drawn = evaluate_prompts(model, evaluation_dataset(slices, model), settings, batch_size=1,
+                             device=torch.device("cpu"), progress=False, draws=3)
+    assert all(row.dice[tumor] > 0.97 for row in drawn[1:]), [row.dice[tumor] for row in drawn]
+    with pytest.raises(InputError, match="draws"):
+        evaluate_prompts(model, evaluation_dataset(slices, model), settings, progress=False, draws=-1)
     results = evaluate_prompt_to_3d(model, volume_cases(tmp_path / "images", tmp_path / "labels", [7]), progress=False)
     assert len(results) == 1 and results[0].dice > 0.9 and results[0].case == "case0"

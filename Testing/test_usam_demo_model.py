@@ -3,8 +3,8 @@
 Held-out: CT phantoms of ``CRCTraining.data.phantoms_ct`` with seed ``HELD_OUT_SEED`` (the model was trained
 on seed ``TRAIN_SEED`` of scripts/train_usam_demo_model.py), their rectum slices with look-alikes painted in
 (``phantom_prompts``: blobs with the tumor's CT numbers that are not tumor), the slices with a tumor of at
-least ``prompt_check.MIN_TUMOR_PX`` pixels. Prompts as CARE's evaluation places them (deterministic points:
-the deepest tumor pixel, then the farthest-apart inner ones), the tight box as SAM evaluates boxes.
+least ``prompt_check.MIN_TUMOR_PX`` pixels. Points as CARE's evaluation places them (sampled at random from
+the ground truth, ``prompt_check.DRAWS`` seeded draws per slice), the tight box as SAM evaluates boxes.
 ``pytest -s`` prints the table.
 """
 from __future__ import annotations
@@ -51,11 +51,11 @@ def test_the_catalogue_ships_it_as_a_usam_demonstration_model():
 
 
 def test_dice_rises_with_the_number_of_points(check):
-    """What holds for the shipped model: Dice rises from 0 to 1 to 3 points; 5 points stay within one Dice
-    point of 3 (a tumor found by its clicks is limited by its edge pixels at 128 x 128, not by more clicks)."""
+    """Dice rises with every step 0 -> 1 -> 3 -> 5 points (0.59, 0.84, 0.88, 0.89 when written); the step from
+    3 to 5 is the smallest, as in CARE's Table 4, where 5 points gave nothing over 3."""
     dice = {k: check.mean(f"{k} points") for k in (0, 1, 3, 5)}
-    assert dice[0] < dice[1] < dice[3], dice
-    assert dice[5] >= dice[3] - 0.01, dice
+    assert dice[0] < dice[1] < dice[3] < dice[5], dice
+    assert dice[3] - dice[1] >= 0.02, dice
     assert dice[3] >= 0.8, dice
 
 

@@ -113,6 +113,8 @@ def add_usam_commands(commands) -> None:
     _evaluation_options(ablation)
     ablation.add_argument("--points", type=int, nargs="+", default=[0, 1, 3, 5],
                           help="point counts per class (default 0 1 3 5; 0 = no prompt)")
+    ablation.add_argument("--draws", type=int, default=4,
+                          help="random point draws per slice, as CARE samples points (default 4; 0: deterministic)")
     ablation.add_argument("--no-box", action="store_true", help="leave out the box rows (box alone, box + 1 point)")
     ablation.add_argument("--no-3d", action="store_true", help="leave out one prompt to 3D")
     ablation.add_argument("--model-for", nargs=2, action="append", default=[], metavar=("POINTS", "MODEL"),
@@ -217,7 +219,8 @@ def ablation_main(args: argparse.Namespace) -> int:
             raise InputError(f"usam-ablation --model-for: {count} is not one of the --points {args.points}")
         model_for[PromptSetting(int(count), args.negatives if int(count) else 0)] = source
     device = _setup(args)
-    result = run_ablation(args.checkpoint, data, settings, model_for, args.batch_size, device, not args.no_3d)
+    result = run_ablation(args.checkpoint, data, settings, model_for, args.batch_size, device, not args.no_3d,
+                          draws=args.draws)
     print(format_markdown(result), end="")
     if args.output:
         print("reports: " + ", ".join(str(p) for p in write_ablation_reports(result, args.output)))

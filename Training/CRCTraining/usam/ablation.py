@@ -101,8 +101,11 @@ def _cases_3d(data: AblationData):
 
 def run_ablation(source: Source, data: AblationData, settings: Sequence[PromptSetting],
                  model_for: Optional[Dict[PromptSetting, Source]] = None, batch_size: int = 8,
-                 device: Optional[torch.device] = None, three_d: bool = True, progress: bool = True) -> AblationResult:
+                 device: Optional[torch.device] = None, three_d: bool = True, progress: bool = True,
+                 draws: int = 0) -> AblationResult:
     """Every row of ``settings`` with ``source`` (or its ``model_for`` model), then one prompt to 3D with ``source``.
+
+    ``draws``: random point draws per slice as CARE evaluates (``evaluate.evaluate_prompts``); 0: deterministic.
 
     ``source``: a U-SAM ``.pt`` checkpoint, a U-SAM bundle folder or a catalogue name.
     """
@@ -116,7 +119,7 @@ def run_ablation(source: Source, data: AblationData, settings: Sequence[PromptSe
 
             slices = extract_volume_slices(Path(temporary) / "slices", data.images, data.labels,
                                            data.rectum_values, data.tumor_values)
-        rows = evaluate_settings(sources, slices, batch_size, device, data.intensity, progress)
+        rows = evaluate_settings(sources, slices, batch_size, device, data.intensity, progress, draws)
     result = AblationResult(rows, source=str(source))
     if not three_d:
         result.note_3d = "not asked for (--no-3d)"

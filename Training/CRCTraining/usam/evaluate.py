@@ -5,8 +5,10 @@ slices of the test set, then divided, per class: Dice = sum 2|A n B| / sum (|A| 
 sum |A n B| / sum |A u B|. Means are over the foreground classes (background excluded). The
 comparison is at the model's input resolution (S x S), as in the public code.
 
-Points are deterministic (``sample_points`` without rng): the same slice always gets the same
-prompt. The image encoding does not depend on the prompt, so the ablation encodes each batch
+Points are deterministic by default (``sample_points`` without rng): the same slice always gets the
+same prompt. With ``draws`` > 0 they are sampled at random from the ground truth as CARE's evaluation
+does ("the selection of promptable points involves random sampling"), ``draws`` seeded draws per
+slice whose counts are summed, so a row does not hang on one draw. The image encoding does not depend on the prompt, so the ablation encodes each batch
 once and decodes it for every prompt setting. 0 points means no prompt at all (Table 4 "S+U").
 Beyond the paper (issue 20): a box prompt, the tumor's tight ground-truth box in input pixels
 (SAM's evaluation box), alone or with points; a slice without tumor gets no box (a NaN row).
@@ -158,12 +160,12 @@ def _foreground_mean(values: np.ndarray) -> float:
     return float(foreground.mean()) if foreground.size else float("nan")
 
 
-def _prompt_tensors(labels: np.ndarray, per_class: int, negatives: int,
-                    device: torch.device) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """Deterministic points for each label map of a batch; (None, None) for 0 points (no prompt)."""
+def _prompt_tensors(labels: np.ndarray, per_class: int, negatives: int, device: torch.device,
+                    rng: Optional[np.random.Generator] = None) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Points for each label map of a batch (random with ``rng``, else deterministic); (None, None) for 0 points."""
     if per_class == 0:
         return None, None
-    prompts = [sample_points(label, FOREGROUND_CLASSES, per_class, negatives) for label in labels]
+    prompts = [sample_points(label, FOREGROUND_CLASSES, per_class, negatives, rng=rng) for label in labels]
     coords, point_labels = pad_prompts(prompts)
     return torch.from_numpy(coords).to(device), torch.from_numpy(point_labels).to(device)
 
@@ -179,10 +181,10 @@ def ground_truth_boxes(labels: np.ndarray, value: int = BOX_CLASS) -> np.ndarray
 
 
 def decode_setting(model: USAM, encoding, labels: np.ndarray, setting: PromptSetting,
-                   device: torch.device) -> torch.Tensor:
+                   device: torch.device, rng: Optional[np.random.Generator] = None) -> torch.Tensor:
     """Logits B x C x S x S of one prompt setting; the box is passed only when the setting has one."""
     coords, point_labels = _prompt_tensors(labels, setting.points_per_class,
-                                           setting.negatives if setting.points_per_class else 0, device)
+                                           setting.negatives if setting.points_per_class else 0, device, rng)
     if not setting.box:
         return model.decode(encoding, coords, point_labels)
     boxes = torch.from_numpy(ground_truth_boxes(labels)).to(device)
@@ -192,12 +194,17 @@ def decode_setting(model: USAM, encoding, labels: np.ndarray, setting: PromptSet
 @torch.no_grad()
 def evaluate_prompts(model: USAM, dataset: USAMSliceDataset, settings: Sequence[PromptSetting], batch_size: int = 8,
                      device: Optional[torch.device] = None, checkpoint: str = "",
-                     progress: bool = True) -> List[USAMEvaluation]:
-    """Evaluate ``model`` on every slice of ``dataset`` once per prompt setting (encode once, decode per setting)."""
+                     progress: bool = True, draws: int = 0, seed: int = 0) -> List[USAMEvaluation]:
+    """Evaluate ``model`` on every slice of ``dataset`` once per prompt setting (encode once, decode per setting).
+
+    ``draws`` > 0: points sampled at random that many times per slice (batch ``b`` draws from
+    ``default_rng((seed, b))``), their counts summed; 0: deterministic points."""
     if not settings:
         raise InputError("U-SAM evaluation: no prompt setting to evaluate")
     if batch_size < 1:
         raise InputError(f"U-SAM evaluation: batch_size must be at least 1, got {batch_size}")
+    if draws < 0:
+        raise InputError(f"U-SAM evaluation: draws must be 0 (deterministic points) or more, got {draws}")
     device = device or next(model.parameters()).device
     if isinstance(model, torch.nn.Module):  # any object with encode_image / decode / config evaluates (stand-ins)
         model.eval()
@@ -207,12 +214,14 @@ def evaluate_prompts(model: USAM, dataset: USAMSliceDataset, settings: Sequence[
         dataset, batch_size=batch_size, shuffle=False, collate_fn=collate,
         sampler=[(i, None) for i in range(len(dataset))],  # seed None: no augmentation, deterministic points
     )
-    for batch in tqdm(loader, desc="U-SAM evaluation", unit="batch", disable=not progress):
+    for number, batch in enumerate(tqdm(loader, desc="U-SAM evaluation", unit="batch", disable=not progress)):
         encoding = model.encode_image(batch["image"].to(device))
         reference = batch["label"].to(device)
+        rng = np.random.default_rng((seed, number)) if draws else None
         for setting in totals:
-            prediction = decode_setting(model, encoding, batch["label"].numpy(), setting, device).argmax(dim=1)
-            totals[setting].add(overlap_counts(prediction, reference, num_classes))
+            for _ in range(draws if draws and setting.points_per_class else 1):
+                logits = decode_setting(model, encoding, batch["label"].numpy(), setting, device, rng)
+                totals[setting].add(overlap_counts(logits.argmax(dim=1), reference, num_classes))
     names = tuple(model.config.class_names)
     return [USAMEvaluation(names, s.points_per_class, s.negatives if s.points_per_class else 0, len(dataset),
                            totals[s], checkpoint, s.box) for s in settings]
@@ -292,7 +301,7 @@ def prompt_ablation(checkpoints: Dict[int, Path], slices: Path, negatives: int =
 
 def evaluate_settings(sources: Dict[PromptSetting, Union[str, Path]], slices: Path, batch_size: int = 8,
                       device: Optional[torch.device] = None, intensity: str = "hu",
-                      progress: bool = True) -> List[USAMEvaluation]:
+                      progress: bool = True, draws: int = 0) -> List[USAMEvaluation]:
     """Each prompt setting evaluated with its model source; each model is loaded and run once. In setting order."""
     from CRCSegmentationLib.models.usam import load_usam_model
 
@@ -303,6 +312,6 @@ def evaluate_settings(sources: Dict[PromptSetting, Union[str, Path]], slices: Pa
     for source, settings in by_source.items():
         model = load_usam_model(source, device or "cpu")
         dataset = evaluation_dataset(slices, model, intensity)
-        for evaluation in evaluate_prompts(model, dataset, settings, batch_size, device, source, progress):
+        for evaluation in evaluate_prompts(model, dataset, settings, batch_size, device, source, progress, draws):
             results[evaluation.setting] = evaluation
     return [results[s] for s in sorted(results, key=lambda s: (s.box, s.points_per_class, s.negatives))]

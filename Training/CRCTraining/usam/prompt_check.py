@@ -1,10 +1,11 @@
 """How a U-SAM model answers prompts on slices with a tumor: Dice per prompt, and negative clicks on false regions.
 
-CARE's evaluation (Table 4) with deterministic clicks (``prompts.sample_points`` without ``rng``: the
-deepest tumor pixel first, then the farthest-apart inner ones), extended as SAM evaluates boxes (the
-tight ground-truth box) and as a user corrects: after ``k`` positive clicks, each false-positive region
-(a connected component of the prediction outside the tumor) gets one negative click at its deepest
-pixel, and counts as removed when less than ``REMOVED_FRACTION`` of it stays predicted. And the
+CARE's evaluation (Table 4): ``k`` positive points sampled at random from the ground truth ("the selection
+of promptable points involves random sampling", CARE §Ablation), ``draws`` seeded draws per slice and
+averaged, so a table does not hang on one lucky draw. Extended as SAM evaluates boxes (the tight
+ground-truth box) and as a user corrects, with deterministic clicks (``prompts.sample_points`` without
+``rng``: the deepest tumor pixel first): after one positive click, each false-positive region (a
+connected component of the prediction outside the tumor) gets one negative click at its deepest pixel, and counts as removed when less than ``REMOVED_FRACTION`` of it stays predicted. And the
 constructed case: one click on the tumor plus a loose box around the tumor and a look-alike blob next to
 it (a box drawn too large); where the look-alike is then predicted, a negative click on it must remove it.
 
@@ -25,6 +26,7 @@ from CRCSegmentationLib.usam.prompts import NEGATIVE, POSITIVE, sample_points
 from CRCTraining.usam.data import TUMOR, PromptSettings, USAMSliceDataset
 
 POINT_COUNTS = (0, 1, 3, 5)
+DRAWS = 8  # random point draws per slice and point count
 REMOVED_FRACTION = 0.2  # a false region is removed when less than this share of it stays tumor
 MIN_TUMOR_PX = 20  # slices with less tumor (its first and last slices) are left out, as a user would
 
@@ -78,8 +80,9 @@ def tight_box(mask: np.ndarray) -> np.ndarray:
     return np.array([cols.min(), rows.min(), cols.max(), rows.max()], dtype=np.float32)
 
 
-def positive_points(tumor: np.ndarray, count: int) -> np.ndarray:
-    return sample_points(tumor.astype(np.uint8), (1,), per_class=count, negatives=0, rng=None).coords_xy
+def positive_points(tumor: np.ndarray, count: int, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """``count`` tumor points: random ones with ``rng``, else the deepest pixel and the farthest-apart inner ones."""
+    return sample_points(tumor.astype(np.uint8), (1,), per_class=count, negatives=0, rng=rng).coords_xy
 
 
 def _negative_round(model: USAM, encoding, tumor: np.ndarray, lookalike: np.ndarray, positives: np.ndarray,
@@ -132,8 +135,10 @@ def _loose_box_round(model: USAM, encoding, tumor: np.ndarray, lookalike: np.nda
 
 
 def check_prompts(model: USAM, slices: Path, max_slices: Optional[int] = None,
-                  point_counts: Sequence[int] = POINT_COUNTS, negative_after: int = 1) -> PromptCheck:
-    """Dice per prompt (0/1/3/5 points, box, box + 1 point) and negative clicks, on the tumor slices of ``slices``."""
+                  point_counts: Sequence[int] = POINT_COUNTS, negative_after: int = 1, draws: int = DRAWS,
+                  seed: int = 0) -> PromptCheck:
+    """Dice per prompt (0/1/3/5 random points, box, box + 1 point) and negative clicks, on the tumor slices of
+    ``slices``; the points of slice ``i`` come from ``numpy.random.default_rng((seed, i))``."""
     model.eval()
     dataset = USAMSliceDataset(slices, model.config.image_size, model.config.hu_window, PromptSettings(0, 0),
                                augmentation=False)
@@ -148,10 +153,13 @@ def check_prompts(model: USAM, slices: Path, max_slices: Optional[int] = None,
             continue
         with torch.inference_mode():
             encoding = model.encode_image(torch.from_numpy(sample["image"])[None])
+        rng = np.random.default_rng((seed, index))
         for k in point_counts:
-            xy = positive_points(tumor, k) if k else np.zeros((0, 2), np.float32)
-            prediction = predict(model, encoding, xy, np.full(len(xy), POSITIVE))
-            result.dice[f"{k} points"].append(dice(prediction, tumor))
+            scores = []
+            for _ in range(draws if k else 1):
+                xy = positive_points(tumor, k, rng) if k else np.zeros((0, 2), np.float32)
+                scores.append(dice(predict(model, encoding, xy, np.full(len(xy), POSITIVE)), tumor))
+            result.dice[f"{k} points"].append(float(np.mean(scores)))
         box = tight_box(tumor)
         result.dice["box"].append(dice(predict(model, encoding, np.zeros((0, 2)), np.zeros(0), box), tumor))
         one = positive_points(tumor, 1)
