@@ -28,11 +28,13 @@ def _kept_locale() -> Iterator[None]:
 
 def write_series(image: Image, folder: Path, series: int = 1, description: str = "phantom CT",
                  acquisition: int = 1, slices: Optional[Sequence[int]] = None, z_shift_mm: float = 0.0,
-                 tilt_degrees: float = 0.0, uid: Optional[str] = None, prefix: str = "IM") -> Path:
+                 tilt_degrees: float = 0.0, uid: Optional[str] = None, prefix: str = "IM", patient_id: str = "",
+                 study_date: str = "") -> Path:
     """Write the axial slices ``slices`` (default: all) of ``image`` (identity direction) into ``folder``.
 
     ``z_shift_mm`` moves every slice along z; ``tilt_degrees`` tilts the slice planes about the x axis while
     the slices still stack along z (a gantry tilt); ``uid`` sets the SeriesInstanceUID (default: per ``series``).
+    ``patient_id`` and ``study_date`` (YYYYMMDD) are written when given (a case is then named after them).
     """
     folder.mkdir(parents=True, exist_ok=True)
     volume = sitk.Cast(sitk.GetImageFromArray(image.array), sitk.sitkInt16)
@@ -43,7 +45,8 @@ def write_series(image: Image, folder: Path, series: int = 1, description: str =
     common = {"0008|0060": "CT", "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0020|000d": f"{_ROOT}.0",
               "0020|000e": series_uid, "0020|0011": str(series), "0008|103e": description,
               "0020|0012": str(acquisition), "0020|0037": orientation, "0018|0050": f"{spacing_z:g}",
-              "0028|1052": "0", "0028|1053": "1"}
+              "0028|1052": "0", "0028|1053": "1", "0020|0052": f"{_ROOT}.9"}
+    common.update({tag: value for tag, value in (("0010|0020", patient_id), ("0008|0020", study_date)) if value})
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     with _kept_locale():

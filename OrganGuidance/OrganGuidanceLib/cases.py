@@ -4,12 +4,16 @@
 
 - an image file -> one case, named after the file without its image ending and without nnU-Net's
   ``_0000`` channel suffix (``case_name``);
-- a folder that directly holds DICOM files -> one case (a DICOM series), named after the folder;
+- a folder that directly holds DICOM files -> one case (a DICOM series);
 - a folder -> its image files and its subfolders that are DICOM series, one case each (a batch);
-  hidden files and folders (``.DS_Store``, macOS ``._*`` files) and other subfolders are ignored.
+  hidden files and folders (``.DS_Store``, macOS ``._*`` files) and other subfolders are ignored;
+- a zip (``dicom_zip.unpack_zip``) -> every DICOM series folder in it, at any depth, and its image files.
 
-Detecting a DICOM series folder reads 132 bytes of files (``dicom_series.is_dicom_series_folder``), no
-pixels; whether the series is regular is checked when it is read (``io.read_image``).
+A DICOM series is named from its header: ``<PatientID>_<StudyDate>_s<SeriesNumber>``
+(``dicom_source.series_case_name``); a series without a patient ID keeps its folder's name, and two series
+that would get the same name get their folder's name appended. Detecting a DICOM series folder reads 132
+bytes of files (``dicom_series.is_dicom_series_folder``), naming it one header, no pixels; whether the
+series is regular (one series, no gap, uniform spacing) is checked when it is read (``io.read_image``).
 """
 from __future__ import annotations
 
@@ -18,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-from OrganGuidanceLib.dicom_series import is_dicom_series_folder
+from OrganGuidanceLib.dicom_series import first_header, is_dicom_series_folder
+from OrganGuidanceLib.dicom_source import series_case_name
+from OrganGuidanceLib.dicom_zip import is_zip_input, unpack_zip
 from OrganGuidanceLib.image_files import IMAGE_SUFFIXES, image_suffix, is_hidden, printable
 from OrganGuidanceLib.validation import InputError
 
@@ -44,9 +50,15 @@ class CaseInput:
 
 def case_name(path: PathLike) -> str:
     """The case an image file or DICOM series folder holds: the file name without its image ending and without
-    nnU-Net's ``_0000`` channel suffix; a folder's name. Printable: bytes that are not UTF-8 appear as ``\\xff``."""
+    nnU-Net's ``_0000`` channel suffix; a DICOM series' patient, study date and series number (its folder's name
+    without a patient ID). Printable: bytes that are not UTF-8 appear as ``\\xff``."""
     path = Path(path)
     name = path.name or Path(os.path.abspath(path)).name
+    if path.is_dir():
+        header = first_header(path)
+        if header is not None:
+            name = series_case_name(header.get("patient_id"), header.get("study_date"), header.get("number"),
+                                    name)
     suffix = image_suffix(name) if not path.is_dir() else None
     if suffix:
         name = name[: -len(suffix)]
@@ -73,6 +85,31 @@ def _folder_cases(folder: Path) -> List[Path]:
     return entries + [p for p in children if is_image_entry(p)]
 
 
+def _zip_cases(path: Path) -> List[Path]:
+    """The DICOM series folders (any depth) and image files of a zip, unpacked."""
+    root = unpack_zip(path)
+    found: List[Path] = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not is_hidden(Path(d)))
+        here = Path(folder)
+        if is_dicom_series_folder(here):
+            found.append(here)
+        found.extend(here / f for f in sorted(files) if not is_hidden(here / f) and image_suffix(f) is not None)
+    if not found:
+        raise InputError(f"{printable(path)}: this zip holds no DICOM series and no image files "
+                         f"({', '.join(IMAGE_SUFFIXES)})")
+    return found
+
+
+def _unclash(cases: List[CaseInput]) -> List[CaseInput]:
+    """Series named alike (one patient, date and series number, e.g. anonymised alike) get their folder's name."""
+    counts: Dict[str, int] = {}
+    for case in cases:
+        counts[case.case] = counts.get(case.case, 0) + 1
+    return [CaseInput(f"{c.case}_{printable(c.path.name)}", c.path)
+            if counts[c.case] > 1 and c.is_dicom and c.case != printable(c.path.name) else c for c in cases]
+
+
 def find_cases(inputs: Union[PathLike, Sequence[PathLike]]) -> List[CaseInput]:
     """The cases of ``inputs``: a file, a folder, or a list of them (see the module's docstring).
 
@@ -91,9 +128,11 @@ def find_cases(inputs: Union[PathLike, Sequence[PathLike]]) -> List[CaseInput]:
                 raise InputError(f"{printable(path)}: no image files ({', '.join(IMAGE_SUFFIXES)}) or DICOM series in "
                                  "this folder (DICOM series are looked for in the folder and its direct subfolders)")
             paths.extend(found)
+        elif is_zip_input(path):
+            paths.extend(_zip_cases(path))
         else:
             paths.append(path)
-    cases = [CaseInput(case_name(p), p) for p in paths]
+    cases = _unclash([CaseInput(case_name(p), p) for p in paths])
     by_name: Dict[str, List[Path]] = {}
     for case in cases:
         by_name.setdefault(case.case, []).append(case.path)

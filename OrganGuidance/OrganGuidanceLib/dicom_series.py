@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from OrganGuidanceLib.dicom_source import IDENTITY_TAGS, DicomSource, source_from_headers
 from OrganGuidanceLib.image_files import (
     ImageReadError,
     image_suffix,
@@ -43,7 +44,7 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")  # names some archives use; most DIC
 
 _TAGS = {"position": "0020|0032", "orientation": "0020|0037", "uid": "0020|000e", "number": "0020|0011",
          "description": "0008|103e", "acquisition": "0020|0012", "temporal": "0020|0100", "echo": "0018|0086",
-         "rows": "0028|0010", "columns": "0028|0011", "pixel_spacing": "0028|0030"}
+         "rows": "0028|0010", "columns": "0028|0011", "pixel_spacing": "0028|0030", **IDENTITY_TAGS}
 # Tags that tell acquisitions stored under one series UID apart
 _ACQUISITION_TAGS = (("acquisition", "acquisition number"), ("temporal", "temporal position"),
                      ("echo", "echo number"))
@@ -260,8 +261,8 @@ def check_tilt(folder: str, first: SliceHeader, last: SliceHeader, normal: np.nd
     return text + " (less than half a pixel: read as it is)"
 
 
-def checked_series_files(folder: Path) -> List[Path]:
-    """The slice files of the one regular series in ``folder``, ordered as ITK stacks them; else ``DicomSeriesError``."""
+def checked_series(folder: Path) -> List[SliceHeader]:
+    """The slice headers of the one regular series in ``folder``, ordered as ITK stacks them; else ``DicomSeriesError``."""
     shown = printable(folder)
     headers = read_headers(dicom_candidates(folder))
     if not headers:
@@ -281,14 +282,34 @@ def checked_series_files(folder: Path) -> List[Path]:
     warning = check_tilt(shown, headers[0], headers[-1], normal)
     if warning:
         warnings.warn(warning, stacklevel=3)
-    return [h.path for h in headers]
+    return headers
 
 
-def read_dicom_series(folder: Path) -> sitk.Image:
-    """The one regular series of ``folder`` (``checked_series_files``), read by ITK's GDCM series reader."""
-    files = checked_series_files(folder)
+def checked_series_files(folder: Path) -> List[Path]:
+    """The slice files of the one regular series in ``folder``, ordered as ITK stacks them; else ``DicomSeriesError``."""
+    return [h.path for h in checked_series(folder)]
+
+
+def series_source(folder: Path, headers: Sequence[SliceHeader]) -> DicomSource:
+    """The identity and instances of a checked series (``checked_series``), in its slice order."""
+    return source_from_headers(Path(folder), tuple(h.path for h in headers), tuple(h.values for h in headers))
+
+
+def first_header(folder: Path) -> Optional[SliceHeader]:
+    """The header of the first file of ``folder`` that GDCM reads: the series' identity, without checking it."""
+    for path in dicom_candidates(folder):
+        headers = read_headers([path])
+        if headers:
+            return headers[0]
+    return None
+
+
+def read_dicom_series(folder: Path) -> Tuple[sitk.Image, DicomSource]:
+    """The one regular series of ``folder`` (``checked_series``), read by ITK's GDCM series reader, and where it
+    came from (its UIDs and files in slice order)."""
+    headers = checked_series(folder)
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO("GDCMImageIO")
-    with itk_read_names(files) as names:
+    with itk_read_names([h.path for h in headers]) as names:
         reader.SetFileNames(names)
-        return reader.Execute()
+        return reader.Execute(), series_source(folder, headers)

@@ -8,9 +8,12 @@ physical directions of the x, y and z index axes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence, Tuple, cast
+from typing import TYPE_CHECKING, Optional, Sequence, Tuple, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from OrganGuidanceLib.dicom_source import DicomSource
 
 Vector3 = Tuple[float, float, float]
 Index3 = Tuple[int, int, int]  # an array shape or voxel index in (z, y, x) order
@@ -30,6 +33,8 @@ class Image:
     origin: Vector3 = (0.0, 0.0, 0.0)
     direction: np.ndarray = field(default_factory=_identity)
     name: str = "image"
+    # The DICOM series it was read from (io.read_image); images computed from it (masks) carry none
+    source: Optional["DicomSource"] = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.array = np.asarray(self.array)

@@ -78,15 +78,17 @@ def read_image(path: PathLike, name: str | None = None) -> Image:
     Refused with ``ImageReadError`` (its message names the file and the problem): a file whose data ends
     early, a folder that is not one regular DICOM series (a gap, a duplicate, several series, ...), a file
     ITK cannot read. The name is taken as the operating system gives it (bytes that are not UTF-8 too).
+    A DICOM series' image carries where it came from (``Image.source``: UIDs and files in slice order).
     """
     path = Path(path)
     name = printable(name or path.name or path)
     shown = name if printable(path.name) in name else f"{name} ({printable(path.name)})"
     if not path.exists():
         raise ImageReadError(f"{name}: no such file or folder: {printable(path)}")
+    source = None
     try:
         if path.is_dir():
-            sitk_image = read_dicom_series(path)
+            sitk_image, source = read_dicom_series(path)
         else:
             check_complete(path, shown)
             with itk_read_name(path) as readable:
@@ -94,7 +96,9 @@ def read_image(path: PathLike, name: str | None = None) -> Image:
     except RuntimeError as error:  # SimpleITK reports unreadable files as RuntimeError
         message = nrrd_message(str(error), shown) if image_suffix(path) == ".nrrd" else None
         raise ImageReadError(message or f"{name}: cannot be read as an image ({_error_text(error)})") from error
-    return image_from_sitk(sitk_image, name)
+    image = image_from_sitk(sitk_image, name)
+    image.source = source
+    return image
 
 
 def write_image(image: Image, path: PathLike, compress: bool = True) -> Path:

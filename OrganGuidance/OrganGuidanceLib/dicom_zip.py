@@ -1,0 +1,80 @@
+"""A zip of DICOM series (or of image files) as an input: unpacked once per process, checked as it is unpacked.
+
+PACS and archives hand studies over as zips. ``unpack_zip`` writes one into a private temporary folder that
+lives as long as the process (it is removed at exit), so a batch reads the series as folders and the outputs
+can still reference the source files while the run writes them. Refused, naming the zip and the member:
+a file that is not a zip or whose directory is damaged, a member that would land outside the folder
+(an absolute name or ``..``: "zip slip"), a member whose data does not match its checksum (a cut or
+damaged download), and a zip that would not fit on the disk.
+"""
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Dict
+
+from OrganGuidanceLib.image_files import printable
+from OrganGuidanceLib.validation import InputError
+
+ZIP_SUFFIX = ".zip"
+_UNPACKED: Dict[Path, Path] = {}  # zip (resolved) -> its folder, for this process
+
+
+def is_zip_input(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(ZIP_SUFFIX)
+
+
+def _remove_all() -> None:
+    for folder in _UNPACKED.values():
+        shutil.rmtree(folder.parent, ignore_errors=True)
+    _UNPACKED.clear()
+
+
+atexit.register(_remove_all)
+
+
+def _member_path(root: Path, name: str, shown: str) -> Path:
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if name.startswith(("/", "\\")) or (parts and parts[0].endswith(":")) or ".." in parts:
+        raise InputError(f"{shown}: member '{printable(name)}' would be written outside the folder it is unpacked "
+                         "into (an absolute name or '..'); the zip is refused")
+    return root.joinpath(*parts)
+
+
+def unpack_zip(path: Path) -> Path:
+    """The folder holding ``path``'s members (unpacked at the first call, then reused); ``InputError`` if refused."""
+    key = Path(path).resolve()
+    if key in _UNPACKED:
+        return _UNPACKED[key]
+    shown = printable(path)
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as error:
+        raise InputError(f"{shown}: is not a readable zip file ({error})") from error
+    with archive:
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        parent = Path(tempfile.mkdtemp(prefix="crcseg-zip-"))
+        root = parent / (Path(path).name[: -len(ZIP_SUFFIX)] or "zip")
+        needed = sum(m.file_size for m in members)
+        if needed > shutil.disk_usage(parent).free:
+            shutil.rmtree(parent, ignore_errors=True)
+            raise InputError(f"{shown}: unpacks to {needed / 1e9:.1f} GB, more than the free space of "
+                             f"{printable(parent.parent)}; set TMPDIR to a larger disk")
+        try:
+            for member in members:
+                target = _member_path(root, member.filename, shown)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as source, open(target, "wb") as destination:
+                    shutil.copyfileobj(source, destination)  # zipfile checks the CRC as the data is read
+        except zipfile.BadZipFile as error:  # CRC mismatch or a damaged member
+            shutil.rmtree(parent, ignore_errors=True)
+            raise InputError(f"{shown}: member '{printable(member.filename)}' is damaged ({error})") from error
+        except BaseException:
+            shutil.rmtree(parent, ignore_errors=True)
+            raise
+    root.mkdir(exist_ok=True)
+    _UNPACKED[key] = root
+    return root
