@@ -136,3 +136,16 @@ def test_the_real_series_keeps_its_folder_name_and_references_its_instances(shar
     normal = image.direction[:, 2]
     along = [float(np.dot([float(v) for v in h.ImagePositionPatient], normal)) for h in headers]
     assert along == sorted(along) and len(along) == image.shape[0]
+
+
+def test_a_zip_of_one_series_is_read_where_one_image_is(two_series, dataset, tmp_path, capsys):
+    """``read_image`` (every one-image command: guidance, the console) takes a zip of one series; of two, it
+    says how many it holds and where a batch goes."""
+    one = zip_folder(two_series / "S0001", tmp_path / "one.zip")
+    image = read_image(one)
+    assert image.source.series_number == "2" and image.shape == read_image(two_series / "S0001").shape
+    code = crcseg(["guidance", str(one), "--organs", str(dataset / "organsTr" / "colon_001.nii.gz"),
+                   "-o", str(tmp_path / "guidance")])
+    assert code == 0, capsys.readouterr()
+    with pytest.raises(InputError, match=r"study.zip: holds 2 series or images .*'crcseg segment'"):
+        read_image(zip_folder(two_series, tmp_path / "study.zip"))

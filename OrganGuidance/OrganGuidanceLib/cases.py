@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 from OrganGuidanceLib.dicom_series import first_header, is_dicom_series_folder
 from OrganGuidanceLib.dicom_source import series_case_name
-from OrganGuidanceLib.dicom_zip import is_zip_input, unpack_zip
+from OrganGuidanceLib.dicom_zip import is_zip_input, zip_entries
 from OrganGuidanceLib.image_files import IMAGE_SUFFIXES, image_suffix, is_hidden, printable
 from OrganGuidanceLib.validation import InputError
 
@@ -85,22 +85,6 @@ def _folder_cases(folder: Path) -> List[Path]:
     return entries + [p for p in children if is_image_entry(p)]
 
 
-def _zip_cases(path: Path) -> List[Path]:
-    """The DICOM series folders (any depth) and image files of a zip, unpacked."""
-    root = unpack_zip(path)
-    found: List[Path] = []
-    for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if not is_hidden(Path(d)))
-        here = Path(folder)
-        if is_dicom_series_folder(here):
-            found.append(here)
-        found.extend(here / f for f in sorted(files) if not is_hidden(here / f) and image_suffix(f) is not None)
-    if not found:
-        raise InputError(f"{printable(path)}: this zip holds no DICOM series and no image files "
-                         f"({', '.join(IMAGE_SUFFIXES)})")
-    return found
-
-
 def _unclash(cases: List[CaseInput]) -> List[CaseInput]:
     """Series named alike (one patient, date and series number, e.g. anonymised alike) get their folder's name."""
     counts: Dict[str, int] = {}
@@ -129,7 +113,7 @@ def find_cases(inputs: Union[PathLike, Sequence[PathLike]]) -> List[CaseInput]:
                                  "this folder (DICOM series are looked for in the folder and its direct subfolders)")
             paths.extend(found)
         elif is_zip_input(path):
-            paths.extend(_zip_cases(path))
+            paths.extend(zip_entries(path))
         else:
             paths.append(path)
     cases = _unclash([CaseInput(case_name(p), p) for p in paths])

@@ -10,13 +10,15 @@ damaged download), and a zip that would not fit on the disk.
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Dict
+from typing import Dict, List
 
-from OrganGuidanceLib.image_files import printable
+from OrganGuidanceLib.dicom_series import is_dicom_series_folder
+from OrganGuidanceLib.image_files import IMAGE_SUFFIXES, image_suffix, is_hidden, printable
 from OrganGuidanceLib.validation import InputError
 
 ZIP_SUFFIX = ".zip"
@@ -78,3 +80,29 @@ def unpack_zip(path: Path) -> Path:
     root.mkdir(exist_ok=True)
     _UNPACKED[key] = root
     return root
+
+
+def zip_entries(path: Path) -> List[Path]:
+    """The DICOM series folders (at any depth) and image files of a zip, unpacked; ``InputError`` if it has none."""
+    root = unpack_zip(path)
+    found: List[Path] = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not is_hidden(Path(d)))
+        here = Path(folder)
+        if is_dicom_series_folder(here):
+            found.append(here)
+        found.extend(here / f for f in sorted(files) if not is_hidden(here / f) and image_suffix(f) is not None)
+    if not found:
+        raise InputError(f"{printable(path)}: this zip holds no DICOM series and no image files "
+                         f"({', '.join(IMAGE_SUFFIXES)})")
+    return found
+
+
+def single_zip_entry(path: Path) -> Path:
+    """The one series or image file of a zip given where one image is read (``io.read_image``)."""
+    found = zip_entries(path)
+    if len(found) > 1:
+        names = ", ".join(printable(p.relative_to(unpack_zip(path))) for p in found[:4])
+        raise InputError(f"{printable(path)}: holds {len(found)} series or images ({names}{' ...' if len(found) > 4 else ''}); "
+                         "this reads one: unzip it and give one, or give the zip to 'crcseg segment' (one case each)")
+    return found[0]

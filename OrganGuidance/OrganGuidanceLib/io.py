@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 from OrganGuidanceLib.atomic import atomic_path
 from OrganGuidanceLib.dicom_series import read_dicom_series
+from OrganGuidanceLib.dicom_zip import is_zip_input, single_zip_entry
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.image_files import (  # noqa: F401 - IMAGE_SUFFIXES, ImageReadError: re-exported for readers
     IMAGE_SUFFIXES,
@@ -73,7 +74,7 @@ def _error_text(error: RuntimeError) -> str:
 
 
 def read_image(path: PathLike, name: str | None = None) -> Image:
-    """Read a NIfTI/NRRD/MHA file or a DICOM series folder as an ``Image``.
+    """Read a NIfTI/NRRD/MHA file, a DICOM series folder or a zip holding one of them as an ``Image``.
 
     Refused with ``ImageReadError`` (its message names the file and the problem): a file whose data ends
     early, a folder that is not one regular DICOM series (a gap, a duplicate, several series, ...), a file
@@ -85,6 +86,8 @@ def read_image(path: PathLike, name: str | None = None) -> Image:
     shown = name if printable(path.name) in name else f"{name} ({printable(path.name)})"
     if not path.exists():
         raise ImageReadError(f"{name}: no such file or folder: {printable(path)}")
+    if is_zip_input(path):
+        path = single_zip_entry(path)
     source = None
     try:
         if path.is_dir():

@@ -16,7 +16,7 @@ DEFAULTS = GuidanceParameters()
 
 
 def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ct", type=Path, help="CT volume: NIfTI/NRRD/MHA file or a DICOM series folder")
+    parser.add_argument("ct", type=Path, help="CT volume: NIfTI/NRRD/MHA file, a DICOM series folder, or a zip of one")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     parser.add_argument(
         "--organs", type=Path, nargs="+", default=[],

@@ -12,8 +12,9 @@ from CRCTraining.cli.arguments import add_device_argument
 
 # --- command line: ``crcseg segment`` ------------------------------------------------------------
 def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", type=Path, help="a CT file or a folder of CT files (NIfTI, NRRD, MHA); MR files for an MR "
-                        "model (RCSegNeXt)")
+    parser.add_argument("input", type=Path, help="a CT file or a folder of CT files (NIfTI, NRRD, MHA), a DICOM series "
+                        "folder, a folder of series folders or a zip of them (one case per series, named "
+                        "<PatientID>_<StudyDate>_s<SeriesNumber>); MR images for an MR model (RCSegNeXt)")
     parser.add_argument("-m", "--model", required=True,
                         help="a model bundle, an nnU-Net results folder, or a catalogue name (e.g. demo_phantom)")
     parser.add_argument("-o", "--output", required=True, type=Path, help="folder for <case>_tumor.nii.gz and summary.csv (and <case>_labels.nii.gz, "
