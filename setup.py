@@ -12,7 +12,8 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 MODULE_RESOURCES = Path(__file__).resolve().parent / "CRCSegmentation" / "Resources"
-RUNTIME_RESOURCES = ("models.json", "Models")  # the model catalogue and the shipped models
+RUNTIME_RESOURCES = ("models.json", "Models",  # the model catalogue and the shipped models
+                     "SegmentationCategoryTypeModifier-SlicerCRC.term.json")  # the segment codes, for Slicer
 
 
 class BuildPyWithModuleResources(build_py):

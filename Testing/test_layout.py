@@ -10,7 +10,7 @@ from import_graph import PACKAGE_ROOTS, edges, read_modules, strongly_connected
 
 # CRCSegmentationLib's layers (LAYOUT.md rule 2), declared once: a module imports only its own layer or below.
 LAYERS: Dict[str, int] = {
-    "core": 1, "networks": 1, "measurement": 1,
+    "core": 1, "networks": 1, "measurement": 1, "dicom": 1,
     "nnunet": 2, "hcf": 2, "usam": 2,
     "models": 3,
     "demo": 4,

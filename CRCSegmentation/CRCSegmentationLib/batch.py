@@ -7,6 +7,8 @@ TotalSegmentator) -> organ guidance with the parameters the model was trained wi
 A case that fails is reported in the summary and skipped; the model is loaded once.
 Models that take no organ guidance (MR, HCF) get none. ``slice_filter``: an HCF bundle whose slice
 classifier clears the tumor on the slices it calls normal (``slice_filter.SliceFilter``), after any model.
+``output_types``: besides the NIfTI mask (always written: it is what a rerun checks), DICOM SEG, RTSTRUCT
+and SR referencing the source series (``CRCSegmentationLib.dicom``), for cases read from DICOM.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from CRCSegmentationLib.core.errors import ModelError
 from CRCSegmentationLib.core.model import ModelSource
 from CRCSegmentationLib.core.segmentation import SegmentationParameters
 from CRCSegmentationLib.measurement.metrics import compute_metrics
-from CRCSegmentationLib.measurement.statistics import tumor_statistics
+from CRCSegmentationLib.measurement.statistics import TumorStatistics, tumor_statistics
 from CRCSegmentationLib.models.open import open_model
 from OrganGuidanceLib.cases import find_case_file, find_cases
 from OrganGuidanceLib.checksum import input_digest
@@ -37,6 +39,7 @@ from OrganGuidanceLib.io import read_image, write_image
 from OrganGuidanceLib.json_files import read_json
 from OrganGuidanceLib.labels import ORGAN_SETS, load_convention
 from OrganGuidanceLib.result_folder import RECORDS, ResultFolder, open_result_folder, run_key
+from OrganGuidanceLib.shards import Shard, merge_shard_summaries, shard_summary_name
 from OrganGuidanceLib.validation import InputError
 
 SUMMARY_FILE = "summary.csv"
@@ -48,6 +51,7 @@ EFFICIENCY_COLUMNS = ("wall_s", "peak_rss_mb", "gpu_peak_mb", "gpu_memory_time_m
 METRIC_COLUMNS = ("dice", "nsd", "precision", "recall", "hd95")
 # Slice models (HCF): axial slices and how many of them went to SANet; the slice filter's report
 SLICE_COLUMNS = ("slices", "sanet_slices", "filter_removed_voxels", "filter_rejected_slices", "filter_tumor_slices")
+DICOM_ENDINGS = ("_seg.dcm", "_rtstruct.dcm", "_sr.dcm")  # <case><ending>: CRCSegmentationLib.dicom's files
 
 
 @dataclass
@@ -66,6 +70,8 @@ class SegmentedCase:
     slices: Dict[str, int] = field(default_factory=dict)  # SLICE_COLUMNS that apply (HCF, slice filter)
     slice_filter: str = ""  # the slice filter's summary line, when one ran
     reused: bool = False  # finished by an earlier run with the same inputs, model and settings: not redone
+    dicom: List[str] = field(default_factory=list)  # the DICOM files written (SEG, RTSTRUCT, SR)
+    series: str = ""  # the source DICOM series: patient, study date, series number, description
 
     def to_record(self) -> Dict[str, object]:
         """The case's summary row, kept in its record so that a rerun that skips the case reports it the same."""
@@ -82,6 +88,8 @@ class BatchReport:
     output_dir: Path
     summary_csv: Path
     cases: List[SegmentedCase] = field(default_factory=list)
+    shard: str = ""  # which shard ran and its share of the cases, when sharded
+    merged: str = ""  # the merge of the shard summaries, when this shard was the last to finish
 
     @property
     def failed(self) -> List[SegmentedCase]:
@@ -96,10 +104,11 @@ class BatchReport:
         return [c for c in self.cases if c.reused]
 
     def summary(self) -> str:
-        text = f"{len(self.succeeded)} of {len(self.cases)} cases segmented"
+        text = f"{self.shard}\n" if self.shard else ""
+        text += f"{len(self.succeeded)} of {len(self.cases)} cases segmented"
         if self.reused:
             text += f" ({len(self.reused)} finished by an earlier run, not redone)"
-        text += f"; summary in {self.summary_csv}"
+        text += f"; summary in {self.summary_csv}" + (f"\n{self.merged}" if self.merged else "")
         text += "".join(f"\n  {printable(c.case)}: {c.slice_filter}" for c in self.succeeded if c.slice_filter)
         text += "".join(f"\n  {printable(c.case)}: warning: {w}" for c in self.succeeded for w in c.warnings)
         return text + "".join(f"\n  {printable(c.case)}: FAILED: {c.error}" for c in self.failed)
@@ -172,12 +181,13 @@ def model_fingerprint(model: ModelSource) -> Dict[str, str]:
 
 def _owned(name: str) -> bool:
     """Top-level entries of an output folder that ``crcseg segment`` writes (``--overwrite`` replaces them)."""
-    return name in (SUMMARY_FILE, RECORDS) or name.endswith((TUMOR_ENDING, LABELS_ENDING)) \
+    return name in (SUMMARY_FILE, RECORDS) or _is_shard_summary(name) or name.endswith((TUMOR_ENDING, LABELS_ENDING, *DICOM_ENDINGS)) \
         or name.startswith(".tmp-case-")
 
 
 def _result_files(folder: Path, case: str) -> List[Path]:
-    return [p for p in (folder / f"{case}{TUMOR_ENDING}", folder / f"{case}{LABELS_ENDING}") if p.exists()]
+    return [p for p in (folder / f"{case}{ending}" for ending in (TUMOR_ENDING, LABELS_ENDING, *DICOM_ENDINGS))
+            if p.exists()]
 
 
 def _refuse_earlier_results(results: ResultFolder, cases: Sequence[Tuple[str, Path]], common: Dict[str, object]) -> None:
@@ -209,11 +219,17 @@ def segment_files(
     convention: str = "totalsegmentator",
     overwrite: bool = False,
     slice_filter: Optional[Union[ModelSource, str, Path]] = None,
+    output_types: Sequence[str] = ("nifti",),
+    shard: Optional[Shard] = None,
 ) -> BatchReport:
     """Segment every CT of ``inputs``; ``organs``: folder of label maps, or one file for one CT (else TotalSegmentator).
 
     ``slice_filter``: an HCF bundle (or classifier-only bundle, folder or catalogue name) whose slice
     classifier then clears the tumor on the slices it calls normal; the summary reports what it removed.
+    ``output_types``: ``choices.OUTPUT_TYPES``; the DICOM ones (SEG, RTSTRUCT, SR) need a DICOM input: a case
+    read from another format fails with a message saying so.
+    ``shard``: segment only this shard's share of the cases (``Shard.select``); shards run at once into one
+    output folder, each writes ``summary.shard-I-of-N.csv``, and the last to finish merges them into the summary.
 
     The output folder is a ``ResultFolder``: each case is written whole or not at all, with a record of
     what made it; the same call again skips the finished cases and does the rest (a killed or cancelled
@@ -221,6 +237,12 @@ def segment_files(
     unless ``overwrite``, which replaces the earlier result whole once the new one is complete.
     """
     cases = [(found.case, found.path) for found in find_cases(inputs)]
+    shard_note = ""
+    if shard is not None:  # the organ and reference checks below apply to the shard's own cases only
+        total = len(cases)
+        cases = shard.select(cases, name=lambda item: printable(item[0]))
+        shard_note = shard.describe(len(cases), total)
+        print(shard_note)
     files = [path for _, path in cases]
     organ_maps = case_folder_or_file(organs, files, "--organs")
     reference_folder = case_folder_or_file(references, files, "--references")
@@ -231,6 +253,7 @@ def segment_files(
     if source.no_guidance_reason and organs is not None:
         raise InputError(f"--organs: model '{source.name}' {source.no_guidance_reason} and takes no organ guidance")
     parameters = parameters or SegmentationParameters()
+    dicom_types = checked_output_types(output_types)
     resolve_device(parameters.device)  # 'cuda' without a GPU is the run's error, before the model loads at a case
     cleaner = None
     if slice_filter is not None:
@@ -245,13 +268,16 @@ def segment_files(
     guidance_parameters = guidance_parameters_for(source)
     common = _common_parts(source, parameters, guidance_parameters if needs_guidance else None,
                            organ_maps, convention, cleaner)
+    if dicom_types:  # a rerun asking for other files must not skip cases that lack them
+        common["dicom_outputs"] = list(dicom_types)
     # Before any case: a bad --convention or a missing TotalSegmentator is the run's error, not a case's
     organ_source = _OrganSource(organ_maps, convention, guidance_parameters.organ_set, parameters.device) \
         if needs_guidance else None
-    with open_result_folder(output_dir, overwrite, _owned) as results:
+    with open_result_folder(output_dir, overwrite, _owned, shard=shard) as results:
         _refuse_earlier_results(results, cases, common)
-        batch = _Batch(source, parameters, cleaner, guidance_parameters, reference_folder)
-        report = BatchReport(output_dir, output_dir / SUMMARY_FILE)
+        batch = _Batch(source, parameters, cleaner, guidance_parameters, reference_folder, dicom_types)
+        summary_name = shard_summary_name(SUMMARY_FILE, shard) if shard is not None else SUMMARY_FILE
+        report = BatchReport(output_dir, output_dir / summary_name, shard=shard_note)
         bar = tqdm(cases, desc="segment", unit="case")
         for case, path in bar:
             bar.set_postfix_str(printable(case))
@@ -283,7 +309,13 @@ def segment_files(
                 result.seconds = round(time.perf_counter() - start, 2)
             report.cases.append(result)
         bar.close()
-        write_summary(report, results)  # last: the mark of a finished run
+        write_summary(report, results, summary_name)  # last: the mark of a finished run (or shard)
+        if shard is not None:  # the last shard to finish merges (all N shard summaries present)
+            try:
+                merged = merge_shard_summaries(output_dir, SUMMARY_FILE)
+                report.merged = merged.message() if merged.path is not None else ""
+            except InputError as error:  # e.g. summaries of an earlier split: this shard's own work stands
+                report.merged = f"summary.csv not merged: {error}"
     return report
 
 
@@ -304,9 +336,10 @@ class _Batch:
     """What one case of a batch runs: guidance, the model, the slice filter, statistics and metrics."""
 
     def __init__(self, source: ModelSource, parameters: SegmentationParameters, cleaner, guidance_parameters,
-                 reference_folder: Optional[Path]) -> None:
+                 reference_folder: Optional[Path], dicom_types: Sequence[str] = ()) -> None:
         self.source, self.cleaner, self.guidance_parameters = source, cleaner, guidance_parameters
         self.reference_folder = reference_folder
+        self.dicom_types = tuple(dicom_types)
         self.parameters = parameters
         self._segmenter = None
 
@@ -320,6 +353,12 @@ class _Batch:
     def segment_case(self, result: SegmentedCase, organ_source: Optional["_OrganSource"], staging: Path) -> None:
         case, source = result.case, self.source
         ct = read_image(result.image, name=case)
+        if ct.source is not None:
+            result.series = ct.source.describe()
+        if self.dicom_types and ct.source is None:  # before the model runs: the asked-for files cannot be made
+            raise InputError(f"{case}: {printable(result.image.name)} is not a DICOM series: the DICOM outputs "
+                             f"({', '.join(self.dicom_types)}) reference the series they were made from; give the "
+                             "DICOM series, or leave out --output-type for this case")
         source.check_image(ct)  # before organ masks: TotalSegmentator on a non-CT would waste minutes
         guidance: Optional[GuidanceResult] = None
         if organ_source is not None:
@@ -346,6 +385,39 @@ class _Batch:
         result.efficiency = dict(segmentation.efficiency)
         if self.reference_folder is not None:
             result.metrics = _metrics(case, segmentation.mask, self.reference_folder)
+        if self.dicom_types:
+            self._write_dicom(result, ct, segmentation, staging)
+
+    def _write_dicom(self, result: SegmentedCase, ct: Image, segmentation, staging: Path) -> None:
+        from CRCSegmentationLib.dicom.export import write_dicom_outputs
+
+        written = write_dicom_outputs(
+            self.dicom_types, staging, result.case, ct.source.files, ct, model_segments(segmentation, self.source),
+            self.source.name, self.source.metadata.version if self.source.metadata is not None else "",
+            statistics=TumorStatistics(**result.statistics))
+        result.dicom = [path.name for path in written.files.values()]
+        result.warnings.extend(written.notes)
+
+
+def checked_output_types(output_types: Sequence[str]) -> Tuple[str, ...]:
+    """The DICOM types among ``output_types`` (``choices.OUTPUT_TYPES``); ``InputError`` naming an unknown one."""
+    from CRCSegmentationLib.choices import OUTPUT_TYPES
+
+    unknown = [t for t in output_types if t not in OUTPUT_TYPES]
+    if unknown or not output_types:
+        raise InputError(f"--output-type: {', '.join(unknown) or 'none given'}; choose from {', '.join(OUTPUT_TYPES)}")
+    return tuple(t for t in OUTPUT_TYPES if t in output_types and t != "nifti")
+
+
+def model_segments(segmentation, model: ModelSource) -> Dict[str, np.ndarray]:
+    """Every label of the result as a 0/1 array on the CT grid: the tumor, and the model's organs when it segments
+    organs too (RCSegNeXt's rectum), named as the model names them."""
+    segments = {"tumor": segmentation.mask.array > 0}
+    if segmentation.organs is not None:
+        for name, value in model.labels.items():
+            if value and value not in model.tumor_labels:
+                segments[name] = segmentation.organs.array == value
+    return segments
 
 
 def model_label_map(segmentation, model: ModelSource) -> Image:
@@ -366,22 +438,29 @@ def _metrics(case: str, mask: Image, folder: Path) -> Dict[str, float]:
     return {name: float(getattr(metrics, name)) for name in METRIC_COLUMNS}
 
 
-def write_summary(report: BatchReport, results: ResultFolder) -> Path:
+def _is_shard_summary(name: str) -> bool:
+    """``summary.shard-I-of-N.csv``: a shard's summary (``OrganGuidanceLib.shards``)."""
+    return name.startswith(SUMMARY_FILE[:-4] + ".shard-") and name.endswith(".csv")
+
+
+def write_summary(report: BatchReport, results: ResultFolder, name: str = SUMMARY_FILE) -> Path:
+    """One row per case, sorted by case name: a merge of shard summaries gives the same rows in the same order."""
     columns = ["case", "status", *STATISTICS_COLUMNS, *METRIC_COLUMNS, "seconds", "device", *EFFICIENCY_COLUMNS,
-               *SLICE_COLUMNS, "output", "error", "warnings"]
+               *SLICE_COLUMNS, "output", "dicom", "series", "error", "warnings"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
-    for case in report.cases:
+    for case in sorted(report.cases, key=lambda c: printable(c.case)):
         row = {"case": printable(case.case), "status": case.status, "seconds": case.seconds, "device": case.device,
-               "output": printable(case.output), "error": printable(case.error),
+               "output": printable(case.output), "dicom": " ".join(case.dicom), "series": printable(case.series),
+               "error": printable(case.error),
                "warnings": " | ".join(case.warnings)}
         row.update({k: _format(v) for k, v in case.statistics.items()})
         row.update({k: _format(v) for k, v in case.metrics.items()})
         row.update({k: _format(v) for k, v in case.efficiency.items()})
         row.update({k: _format(v) for k, v in case.slices.items()})
         writer.writerow(row)
-    return results.write_last(SUMMARY_FILE, buffer.getvalue())
+    return results.write_last(name, buffer.getvalue())
 
 
 def _format(value) -> str:

@@ -273,6 +273,18 @@ class CRCSegmentationLogic:
             raise InputError(f"{node_name(segmentation_node)}: has no reference CT volume; cannot export a label map on its grid")
         return export_segmentation(segmentation_node, folder, image_from_volume_node(reference_node), base_name)
 
+    def export_dicom(self, segmentation_node, folder, model_name: str = "", file_for_instance=None,
+                     types: Sequence[str] = ("dicom-seg", "rtstruct", "sr")):
+        """DICOM SEG, RTSTRUCT and SR of ``segmentation_node`` referencing its CT's DICOM series (``dicom_mrml``)."""
+        from CRCSegmentationLib.dicom_mrml import export_to_dicom
+
+        role = segmentation_node.GetReferenceImageGeometryReferenceRole()
+        reference_node = segmentation_node.GetNodeReference(role)
+        if reference_node is None or not reference_node.IsA("vtkMRMLScalarVolumeNode"):
+            raise InputError(f"{node_name(segmentation_node)}: has no reference CT volume to export to DICOM against")
+        return export_to_dicom(reference_node, segmentation_node, folder, types, model_name or "SlicerCRC",
+                               model_version(model_name), file_for_instance)
+
     # --- helpers ------------------------------------------------------------------
     @staticmethod
     def _convention(settings: CRCSegmentationSettings) -> LabelConvention:
@@ -280,6 +292,17 @@ class CRCSegmentationLogic:
             return load_convention(settings.convention)
         except (ValueError, ImportError) as error:
             raise InputError(f"organ guidance: {error}") from error
+
+
+def model_version(name: str) -> str:
+    """The catalogue version of model ``name``; "" for a folder or a name the catalogue does not hold."""
+    from CRCSegmentationLib.core.errors import ModelError
+    from CRCSegmentationLib.models.catalogue import find_model
+
+    try:
+        return str(find_model(name).version) if name else ""
+    except (ModelError, KeyError, ValueError):
+        return ""
 
 
 def model_choices() -> Sequence[Tuple[str, str]]:

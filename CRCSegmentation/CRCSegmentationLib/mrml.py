@@ -16,6 +16,7 @@ import numpy as np
 import slicer
 import vtk
 
+from CRCSegmentationLib.dicom.terminology import SLICER_DICOM_CONTEXT, terminology_entry
 from OrganGuidanceLib.atomic import atomic_path, write_text_atomic
 from OrganGuidanceLib.crop import CropBox
 from OrganGuidanceLib.guidance import GuidanceResult, organ_union
@@ -46,14 +47,11 @@ TUMOR_COLOR = (0.85, 0.20, 0.20)  # red
 SEGMENT_TAG = "CRCSegmentation"  # segment tag marking what we wrote
 MODEL_ORGAN_TAG = "model_organ"  # organs an organ-interference model segmented (FLARE24), shown, never tumor
 STATISTICS_REFERENCE_ROLE = "crcSegmentationStatistics"  # segmentation node -> its statistics table
-# Slicer's serialised terminology entry (context~category~type~type modifier~anatomic context~region~region modifier):
-# SNOMED CT 49755003 "Morphologically Altered Structure" / 86049000 "Neoplasm, Primary".
-TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
-TUMOR_CATEGORY = ("SCT", "49755003", "Morphologically Altered Structure")
-TUMOR_TYPE = ("SCT", "86049000", "Neoplasm, Primary")
-TUMOR_TERMINOLOGY = (
-    f"{TERMINOLOGY_CONTEXT}~{'^'.join(TUMOR_CATEGORY)}~{'^'.join(TUMOR_TYPE)}~^^~~^^~^^"
-)
+# Slicer's serialised terminology entry of each segment we write, from the one table of codes (dicom.codes, which the
+# DICOM SEG uses too): the tumor is SNOMED CT 49755003 "Morphologically Altered Structure" / 86049000 "Neoplasm,
+# Primary". Slicer's DICOM master list context holds these codes and is always loaded.
+TERMINOLOGY_CONTEXT = SLICER_DICOM_CONTEXT
+TUMOR_TERMINOLOGY = terminology_entry("tumor", TERMINOLOGY_CONTEXT)
 # Column name -> (TumorStatistics attribute, unit); one row per segmentation.
 STATISTICS_COLUMNS: Tuple[Tuple[str, str, str], ...] = (
     ("Volume", "volume_ml", "ml"),
@@ -199,6 +197,16 @@ def tumor_segment(mask: Image, reference: Image, name: str = TUMOR_SEGMENT_NAME)
     return segment
 
 
+def tag_terminology(segments: Sequence["slicer.vtkSegment"]) -> List["slicer.vtkSegment"]:
+    """Set the terminology of each segment whose name has a code (``dicom.codes``); others are left as they are."""
+    for segment in segments:
+        try:
+            segment.SetTerminology(terminology_entry(segment.GetName(), TERMINOLOGY_CONTEXT))
+        except ValueError:  # a label without a code (e.g. liver): Slicer keeps its generic entry
+            pass
+    return list(segments)
+
+
 def tumor_to_segmentation_node(scene, mask: Image, ct_node, output_node=None, ct: Optional[Image] = None,
                                organs: Optional[Image] = None, organ_names: Optional[Dict[int, str]] = None):
     """Write a tumor mask as a "Tumor" segment referenced to ``ct_node``'s geometry.
@@ -219,7 +227,8 @@ def tumor_to_segmentation_node(scene, mask: Image, ct_node, output_node=None, ct
     if organs is not None:
         if not organs.same_grid(mask):
             raise InputError(f"{organs.name}: the organ labels are not on the tumor mask's grid")
-        segments += label_map_segments(organs.array, organs.index_to_ras, organ_names or {}, MODEL_ORGAN_TAG)
+        segments += tag_terminology(label_map_segments(organs.array, organs.index_to_ras, organ_names or {},
+                                                       MODEL_ORGAN_TAG))
     return write_segments(scene, segments, ct_node, output_node, f"{node_name(ct_node)} tumor segmentation")
 
 
@@ -283,12 +292,17 @@ def _write_with_storage_node(node, storage_node, path: Path) -> None:
             raise OSError(f"{node_name(node)}: could not be written to {path}")
 
 
+def file_base_name(segmentation_node, base_name: Optional[str] = None) -> str:
+    """The start of the exported files' names: ``base_name`` or the node's name, in file-name-safe characters."""
+    base = base_name or node_name(segmentation_node)
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in base).strip("._") or "segmentation"
+
+
 def export_segmentation(segmentation_node, folder, reference: Image, base_name: Optional[str] = None) -> ExportedFiles:
     """Write ``<base>.seg.nrrd`` (all segments), ``<base>_tumor.nii.gz`` (tumor label map on the CT grid)
     and ``<base>_statistics.csv`` (when a statistics table is referenced); each file atomically."""
     folder = Path(folder)
-    base = base_name or node_name(segmentation_node)
-    base = "".join(c if c.isalnum() or c in "-_." else "_" for c in base).strip("._") or "segmentation"
+    base = file_base_name(segmentation_node, base_name)
     folder.mkdir(parents=True, exist_ok=True)
     mask = segment_mask(segmentation_node, tumor_segment_id(segmentation_node), reference)
     seg_path = folder / f"{base}.seg.nrrd"

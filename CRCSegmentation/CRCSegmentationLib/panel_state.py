@@ -126,19 +126,36 @@ class CRCSegmentationController(RunController):
         p = self.parameters
         return not self.running and p is not None and p.outputSegmentation is not None and bool(pathText(p.exportFolder))
 
+    def canExportDicom(self) -> bool:
+        """DICOM SEG, RTSTRUCT and SR reference the CT's series: offered when Slicer loaded the CT from DICOM."""
+        from CRCSegmentationLib.dicom_mrml import came_from_dicom
+
+        p = self.parameters
+        return self.canExport() and came_from_dicom(referenceVolume(p.outputSegmentation))
+
     def export(self) -> Optional[List[str]]:
-        """Export the output segmentation to the export folder; the files written (None after a reported failure)."""
+        """Export the output segmentation to the export folder, and to DICOM when chosen and possible; the files
+        written (None after a reported failure)."""
         p = self.parameters
         if p is None or p.outputSegmentation is None:
             return None
+        notes: List[str] = []
         try:
             with self.dialogs.busy():
                 files = self.getLogic().export(p.outputSegmentation, pathText(p.exportFolder))
+                written = [str(path) for path in (files.segmentation, files.label_map, files.statistics)
+                           if path is not None]
+                if p.exportDicom and self.canExportDicom():
+                    dicom = self.getLogic().export_dicom(p.outputSegmentation, pathText(p.exportFolder),
+                                                         p.modelName if p.modelSource == "catalogue" else
+                                                         pathText(p.modelFolder))
+                    written += [str(path) for path in dicom.files.values()]
+                    notes = list(dicom.notes)
         except Exception as error:
             self.reportError(_("Export failed."), error)
             return None
-        written = [str(path) for path in (files.segmentation, files.label_map, files.statistics) if path is not None]
-        self.setStatus(_("Exported: {files}").format(files=", ".join(written)))
+        self.setStatus(_("Exported: {files}").format(files=", ".join(written))
+                       + "".join("\n" + note for note in notes))
         return written
 
     def messages(self) -> RunMessages:
@@ -159,6 +176,13 @@ class CRCSegmentationController(RunController):
             seconds=seconds, device=result.device, name=segmentation.GetName())
         # e.g. fallback to the CPU, empty OOI, an input the model was not trained for (model_fit): one line each
         return text + "".join("\n" + _("Warning: {message}").format(message=message) for message in job.messages)
+
+
+def referenceVolume(segmentationNode: Any) -> Any:
+    """The volume a segmentation was made on (its reference image geometry), or None."""
+    if segmentationNode is None:
+        return None
+    return segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole())
 
 
 def catalogueChoices() -> Tuple[List[Tuple[str, str]], str]:

@@ -313,6 +313,7 @@ class PointRefinementLogic:
 
     def _write(self, ct_node, segmentation_node, image: Image, masks: Dict[int, Any], action: str):
         """Write the slices of ``masks`` that differ from the segment, as one undo step; the segmentation node."""
+        from CRCSegmentationLib.dicom_mrml import mark_refined
         from CRCSegmentationLib.mrml_points import ensure_tumor_segment, read_segment_slices, write_segment_slices
 
         node, segment_id = ensure_tumor_segment(self.scene, segmentation_node, ct_node, image)
@@ -321,6 +322,7 @@ class PointRefinementLogic:
             changed = {k: np.asarray(m, bool) for k, m in masks.items() if not np.array_equal(previous[k], m)}
             if changed:
                 write_segment_slices(node, segment_id, image, changed)
+                mark_refined(node, segment_id)  # its DICOM export says SEMIAUTOMATIC
                 shape = tuple(image.shape[1:])
                 before = PackedSlices.pack({k: previous[k] for k in changed}, shape)
                 self.undo_stack.append(RefinementStep(action, node.GetID(), segment_id, grid_only(image), before,

@@ -77,6 +77,7 @@ class CRCSegmentationParameterNode:
     minComponentMl: Annotated[float, WithinRange(0.0, 100.0)] = 0.0
     outputSegmentation: slicer.vtkMRMLSegmentationNode
     exportFolder: pathlib.Path
+    exportDicom: bool = False  # also DICOM SEG, RTSTRUCT and SR (a CT loaded from DICOM)
     usamModelSource: Annotated[str, Choice(USAM_MODEL_SOURCES)] = "catalogue"
     usamModelName: str = ""  # set from the U-SAM combo box (catalogue models of kind "usam")
     usamCheckpoint: pathlib.Path  # a .pt checkpoint or a bundle's crcseg_model.json (usamModelSource "file")
@@ -182,6 +183,7 @@ class CRCSegmentationPanel(RunPanelBase):
     def _updateButtons(self) -> None:
         super()._updateButtons()
         self.ui.exportButton.setEnabled(self.controller.canExport())
+        self.ui.exportDicomCheckBox.setEnabled(self.controller.canExportDicom())
         if hasattr(self, "refinement"):  # the run buttons are set up before the refinement section
             self.refinement.updateButtons()
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Dict, List
 
@@ -71,7 +72,7 @@ def unpack_zip(path: Path) -> Path:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with archive.open(member) as source, open(target, "wb") as destination:
                     shutil.copyfileobj(source, destination)  # zipfile checks the CRC as the data is read
-        except zipfile.BadZipFile as error:  # CRC mismatch or a damaged member
+        except (zipfile.BadZipFile, zlib.error, EOFError) as error:  # CRC mismatch, a damaged stream, a cut member
             shutil.rmtree(parent, ignore_errors=True)
             raise InputError(f"{shown}: member '{printable(member.filename)}' is damaged ({error})") from error
         except BaseException:

@@ -35,14 +35,16 @@ TOTALSEGMENTATOR = "totalsegmentator"
 TUMOR = "tumor"
 REFINEMENT = "refinement"
 HEADLESS = "headless"
+DICOM_EXPORT = "dicom_export"
 FEATURES: Dict[str, str] = {
     CORE: "organ guidance (every run of either panel)",
     TOTALSEGMENTATOR: "organ masks made by TotalSegmentator (either panel)",
     TUMOR: "the CRC Segmentation tumor model (nnU-Net v2, from the model catalogue)",
     REFINEMENT: "U-SAM point refinement (CRC Segmentation)",
     HEADLESS: "command line, batch evaluation and QA pictures (outside the panels)",
+    DICOM_EXPORT: "export of the segmentation as DICOM SEG, RTSTRUCT and SR (CRCSegmentationLib.dicom)",
 }
-PANEL_FEATURES = (CORE, TOTALSEGMENTATOR, TUMOR, REFINEMENT)
+PANEL_FEATURES = (CORE, TOTALSEGMENTATOR, TUMOR, REFINEMENT, DICOM_EXPORT)
 
 
 class Requirement(NamedTuple):
@@ -96,6 +98,11 @@ REQUIREMENTS: Tuple[Requirement, ...] = (
                 requires_python=">=3.11", also_imports=("mpl_toolkits",)),
     Requirement("tqdm", "tqdm==4.70.1", "download and batch progress bars", features=_WITH_NNUNET,
                 requires_python=">=3.8"),
+    # highdicom 0.28.2 needs pydicom >= 3.0.1: pinned here so that pip installs the tested release, not the newest.
+    Requirement("pydicom", "pydicom==3.0.2", "DICOM reading and writing for the DICOM export",
+                features=(DICOM_EXPORT, HEADLESS), requires_python=">=3.10"),
+    Requirement("highdicom", "highdicom==0.28.2", "DICOM SEG and SR (TID 1500) writing for the DICOM export",
+                features=(DICOM_EXPORT, HEADLESS), requires_python=">=3.10"),
 )
 
 # Modules the Libs import that Slicer (or the PyTorch extension, which SlicerCRC's extension

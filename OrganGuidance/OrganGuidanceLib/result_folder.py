@@ -17,6 +17,11 @@ How a run writes (``crcseg segment``, ``crcseg guidance``, the console's batch c
   folder that no run of ours wrote (``owned`` says which are ours) are carried over into the new folder.
 
 A disk that fills up fails the case being written (its files never replace anything), never an earlier result.
+
+- **Shards** (``shards.Shard``): the shards of one run write into one folder at once, each its own cases
+  (``run_lock`` lets them share the folder). A shard clears only its own killed stagings: the others' may be
+  alive on another machine. ``overwrite`` is refused with a shard: it replaces the folder whole, which
+  would drop the other shards' results.
 """
 from __future__ import annotations
 
@@ -73,10 +78,11 @@ def _differences(old: Dict[str, object], new: Dict[str, object]) -> List[str]:
 class ResultFolder:
     """The output folder of one run; use through ``open_result_folder``."""
 
-    def __init__(self, folder: Path, work: Path, overwrite: bool) -> None:
+    def __init__(self, folder: Path, work: Path, overwrite: bool, shard=None) -> None:
         self.folder = folder  # where the results end up
         self.work = work  # where this run writes: the folder itself, or (overwrite) a staging folder beside it
         self.overwrite = overwrite
+        self.shard = shard  # shards.Shard: this run is one shard of several writing into the folder
 
     # --- records -----------------------------------------------------------------------------------
     def _record_path(self, root: Path, case: str) -> Path:
@@ -128,7 +134,7 @@ class ResultFolder:
         The caller writes the case's files into the staging folder and fills ``record.result``.
         """
         self.work.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".tmp-case-{os.getpid()}-", dir=self.work))
+        staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(self.shard)}{os.getpid()}-", dir=self.work))
         record = CaseRecord(case, key, parts, outputs={})
         try:
             yield staging, record
@@ -150,17 +156,34 @@ class ResultFolder:
         return write_text_atomic(self.work / name, text)
 
 
+def _staging_prefix(shard) -> str:
+    """``.tmp-case-`` (+ ``shard-I-of-N-``) + pid: a shard knows its own killed stagings by name."""
+    return f".tmp-case-{shard.label + '-' if shard is not None else ''}"
+
+
 @contextmanager
 def open_result_folder(folder: Path, overwrite: bool, owned: Callable[[str], bool],
-                       command: str = "") -> Iterator[ResultFolder]:
+                       command: str = "", shard=None) -> Iterator[ResultFolder]:
     """Lock ``folder`` and yield the ``ResultFolder`` a run writes into; see the module docstring.
 
     ``owned(name)``: whether a top-level entry of the folder is a file our runs write (it is replaced on
-    ``overwrite``; every other entry is the user's and is kept).
+    ``overwrite``; every other entry is the user's and is kept). ``shard``: this run is that shard.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"output: {folder} is a file, not a folder")
+    if shard is not None and overwrite:
+        raise InputError(f"--overwrite: not with --shard ({shard.index}/{shard.count}): --overwrite replaces the "
+                         "output folder whole once the run is complete, which would drop the other shards' results; "
+                         "empty the folder (or choose a new one) before the shards start")
+    if shard is not None:
+        with output_lock(folder, command, shard):
+            recover_interrupted_swaps(folder, lambda name: not owned(name) and not name.startswith(TEMPORARY_FILE_PREFIX))
+            remove_dead_stagings(folder)  # a whole run's: none runs while we hold the lock
+            for leftover in folder.glob(f"{_staging_prefix(shard)}*"):  # only ours: the other shards may be running
+                shutil.rmtree(leftover, ignore_errors=True)
+            yield ResultFolder(folder, folder, overwrite=False, shard=shard)
+        return
 
     def foreign(name: str) -> bool:  # a killed writer's temporary file is no user's
         return not owned(name) and not name.startswith(TEMPORARY_FILE_PREFIX)

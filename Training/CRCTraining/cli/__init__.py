@@ -31,6 +31,7 @@ from CRCTraining.cli.hcf import add_hcf_commands
 from CRCTraining.cli.nnunet import add_training_commands
 from CRCTraining.cli.rcsegnext import add_rcsegnext_commands
 from CRCTraining.cli.segment import add_segment_arguments, segment_main
+from CRCTraining.cli.summarize import add_summarize_arguments, summarize_main
 from CRCTraining.cli.usam import add_usam_commands
 
 
@@ -58,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     segment = commands.add_parser("segment", help="tumor segmentation of a CT file or folder with a trained model")
     add_segment_arguments(segment)
     segment.set_defaults(run=segment_main)
+    summarize = commands.add_parser("summarize", help="merge the shard summaries of a sharded `segment` run "
+                                    "(--shard I/N) into summary.csv")
+    add_summarize_arguments(summarize)
+    summarize.set_defaults(run=summarize_main)
     parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     for command in commands.choices.values():  # also accepted after the command name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -29,3 +29,27 @@ def add_schedule_arguments(parser: argparse.ArgumentParser, fold: str = "0") -> 
     parser.add_argument("--val-iterations", type=int, help="validation iterations per epoch (default 50)")
     parser.add_argument("--no-final-validation", action="store_true",
                         help="skip nnU-Net's sliding-window validation of the fold after training")
+
+
+def add_shard_argument(parser: argparse.ArgumentParser) -> None:
+    """``--shard I/N`` (``OrganGuidanceLib.shards``); else a SLURM job array's or torchrun's, else the whole run."""
+    parser.add_argument("--shard", metavar="I/N", default=None,
+                        help="take shard I of N of the cases (sorted by name, round robin) and write into the same "
+                             "output folder as the other shards (default: from SLURM_ARRAY_TASK_ID/"
+                             "SLURM_ARRAY_TASK_COUNT, or torchrun's RANK/WORLD_SIZE with one GPU per process "
+                             "(LOCAL_RANK); else all cases). `crcseg summarize OUT` merges the shards' summaries")
+
+
+def shard_from_arguments(args: argparse.Namespace):
+    """The run's ``Shard`` (``--shard`` wins over the environment), or None; under torchrun, pins this process's GPU
+    (``LOCAL_RANK``) when the device is cuda or auto and GPUs are present."""
+    from OrganGuidanceLib.shards import Shard
+
+    shard = Shard.resolve(getattr(args, "shard", None))
+    on_cpu_or_mps = getattr(args, "device", DEFAULT_DEVICE) in ("cpu", "mps")
+    if shard is not None and shard.gpu is not None and not on_cpu_or_mps:  # cuda, or auto
+        import torch
+
+        if torch.cuda.is_available() and shard.gpu < torch.cuda.device_count():
+            torch.cuda.set_device(shard.gpu)  # "cuda" then means this process's GPU
+    return shard

@@ -8,7 +8,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from CRCTraining.cli.arguments import add_device_argument, add_schedule_arguments, add_workdir_arguments
+from CRCTraining.cli.arguments import (
+    add_device_argument,
+    add_schedule_arguments,
+    add_shard_argument,
+    add_workdir_arguments,
+    shard_from_arguments,
+)
 from CRCTraining.nnunet.planning import PAPER_TARGET_SPACING
 
 SAMPLING_TRAINERS = {  # AG-CRC Table VI, by the strategy names of sampling.py
@@ -68,6 +74,7 @@ def add_training_commands(commands) -> None:
                          "(default: FLARE22's 13 abdominal organs)")
     add_device_argument(prepare)
     prepare.add_argument("--full", action="store_true", help="TotalSegmentator's 1.5 mm models instead of --fast")
+    add_shard_argument(prepare)
     prepare.set_defaults(run=prepare_main)
 
     plan = commands.add_parser("plan", help="nnU-Net planning + preprocessing (+ AG-sampling maps)")
@@ -133,7 +140,10 @@ def prepare_main(args: argparse.Namespace) -> int:
 
     if args.interference_organs and args.labels != "organ-interference":  # a usage error: exit code 2
         raise InputError("--interference-organs needs --labels organ-interference")
+    shard = shard_from_arguments(args)
     if args.modality == "mr":
+        if shard is not None:
+            raise InputError("--shard: not with --modality mr (an MR dataset is prepared in seconds per case)")
         return _prepare_mr(args)
     if args.rectum_label or args.tumor_label:
         raise InputError("--rectum-label and --tumor-label need --modality mr")
@@ -144,7 +154,7 @@ def prepare_main(args: argparse.Namespace) -> int:
         second_organs=args.second_organs, second_convention=args.second_convention,
         parameters=GuidanceParameters(dilation_mm=args.dilation_mm, wall_width_mm=args.wall_mm, body_crop=False),
         device=args.device, fast=not args.full, ssl=args.ssl,
-        labels=args.labels, interference_organs=args.interference_organs or FLARE22_ORGANS,
+        labels=args.labels, interference_organs=args.interference_organs or FLARE22_ORGANS, shard=shard,
     )
     print(report.summary())
     if args.labels == "organ-interference":

@@ -5,9 +5,10 @@ import argparse
 from pathlib import Path
 
 from CRCSegmentationLib.batch import segment_files
+from CRCSegmentationLib.choices import OUTPUT_TYPES
 from CRCSegmentationLib.core.segmentation import SegmentationParameters
 from CRCSegmentationLib.models.open import open_model
-from CRCTraining.cli.arguments import add_device_argument
+from CRCTraining.cli.arguments import add_device_argument, add_shard_argument, shard_from_arguments
 
 
 # --- command line: ``crcseg segment`` ------------------------------------------------------------
@@ -44,9 +45,16 @@ def add_segment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exact-tiles", action="store_true",
                         help="run every full-volume tile touching the OOI box: inside it, exactly nnU-Net's "
                              "full-volume result (default: skip tiles weighing < 5 %% of their peak on the OOI)")
+    parser.add_argument("--output-type", nargs="+", choices=OUTPUT_TYPES, default=["nifti"], metavar="TYPE",
+                        help="what to write besides summary.csv, several at once: nifti (<case>_tumor.nii.gz, always "
+                             "written: a rerun checks it), dicom-seg (<case>_seg.dcm), rtstruct (<case>_rtstruct.dcm, "
+                             "the tumor as GTV), sr (<case>_sr.dcm, TID 1500 measurements); the DICOM ones need a "
+                             "DICOM input and reference its series (default: nifti)")
+    add_shard_argument(parser)
 
 
 def segment_main(args: argparse.Namespace) -> int:
+    shard = shard_from_arguments(args)  # a bad --shard fails before the model loads
     model = open_model(args.model, folds=args.folds, checkpoint=args.checkpoint)  # a folder or a catalogue name
     chosen = {"device": args.device, "min_component_ml": args.min_component_ml,
               "min_tile_weight": 0.0 if args.exact_tiles else SegmentationParameters.min_tile_weight}
@@ -55,6 +63,6 @@ def segment_main(args: argparse.Namespace) -> int:
     parameters = SegmentationParameters.for_preset(args.preset, **chosen)
     report = segment_files(args.input, model, args.output, organs=args.organs, references=args.references,
                            parameters=parameters, convention=args.convention, overwrite=args.overwrite,
-                           slice_filter=args.slice_filter)
+                           slice_filter=args.slice_filter, output_types=args.output_type, shard=shard)
     print(report.summary())
     return 0 if not report.failed else 1

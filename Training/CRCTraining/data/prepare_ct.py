@@ -66,6 +66,7 @@ from OrganGuidanceLib.validation import InputError, check_label_map
 
 if TYPE_CHECKING:
     from OrganGuidanceLib.providers import TotalSegmentatorProvider
+    from OrganGuidanceLib.shards import Shard
 
 CACHE_FORMAT = 1  # bump when the outputs of the same inputs change
 CACHE_FOLDER = ".agcrc_cache"
@@ -412,6 +413,7 @@ def prepare_dataset(
     tumor_labels: Optional[Sequence[int]] = None,
     labels: str = "tumor",
     interference_organs: Sequence[str] = FLARE22_ORGANS,
+    shard: Optional["Shard"] = None,
 ) -> PrepareReport:
     """Write ``nnunet_raw/DatasetNNN_Name`` with CT + MOS + OOI channels (AG-CRC Table V); resumable.
 
@@ -423,6 +425,7 @@ def prepare_dataset(
     "organ-interference" (FLARE24 §2.2): ``interference_organs`` (default FLARE22's 13) found by name
     in the first MOS source's convention as labels 1..K, the tumor K + 1 painted over them; an organ
     the convention lacks is absent from every case (``organ_interference.py``). Channels stay CT + MOS + OOI.
+    ``shard``: prepare only this shard's share of the cases, beside the other shards (``raw_dataset.py``).
     """
     parameters = parameters or GuidanceParameters()
     valid, reason = parameters.is_valid()
@@ -452,14 +455,15 @@ def prepare_dataset(
     if interference is not None:  # only then: a tumor dataset keeps the hashes of earlier runs
         settings["labels"] = {"mode": labels, "organs": list(interference.organs),
                               "mos_values": interference.metadata()["mos_values"]}
-    folder = LAYOUT.output_folder(Path(nnunet_raw), dataset_id, dataset_folder_name(dataset_id, dataset_name))
+    folder = LAYOUT.output_folder(Path(nnunet_raw), dataset_id, dataset_folder_name(dataset_id, dataset_name), shard)
     run_parameters = GuidanceParameters(**{**asdict(parameters), "body_crop": False})
     setup = _Setup(folder, run_parameters, organ_convention, second, second_folder, provider, ssl,
                    tuple(int(v) for v in tumor_labels) if tumor_labels else None, settings, interference,
                    inference_mos_values(provider, parameters.organ_set) if provider and interference else None)
     report = PrepareReport(folder)
     LAYOUT.prepare_cases(folder, dataset.cases, lambda case: _prepare_case(case, setup, report), report,
-                         _failure_summary)
-    description = _dataset_json(dataset_name, dataset, setup, organ_settings, report.num_training)
+                         _failure_summary, shard)
+    cases = report.num_training if shard is None else LAYOUT.complete_cases(folder)  # every shard's
+    description = _dataset_json(dataset_name, dataset, setup, organ_settings, cases)
     write_if_changed(folder / "dataset.json", json.dumps(description, indent=2) + "\n")
     return report

@@ -2,7 +2,10 @@
 
 Both write ``DatasetNNN_Name`` under nnU-Net's raw folder, one case at a time, and cache each case
 in a sidecar ``<cache folder>/<case>.json`` that holds a SHA-256 over its inputs, written after
-its outputs: a rerun skips a case whose hash matches and whose outputs exist. ``RawDatasetLayout``
+its outputs: a rerun skips a case whose hash matches and whose outputs exist. With a shard
+(``OrganGuidanceLib.shards``, ``crcseg prepare --shard I/N``) a run prepares its share of the cases beside the
+other shards: it cleans no leftovers (another shard's may be alive), removes no case any shard wants, writes
+``prepare_report.shard-I-of-N.json``, and counts every shard's finished cases in dataset.json. ``RawDatasetLayout``
 holds what differs between the two (cache folder, case outputs, who wrote the folder, the error
 class); its methods are the folder checks, the cache, stale-case removal and the report file.
 """
@@ -19,6 +22,7 @@ from tqdm import tqdm
 from CRCTraining import __version__
 from CRCTraining.data.sources import SourceCase
 from OrganGuidanceLib.atomic import write_text_atomic
+from OrganGuidanceLib.run_lock import output_lock
 from OrganGuidanceLib.validation import InputError
 
 FILE_ENDING = ".nii.gz"
@@ -106,8 +110,9 @@ class RawDatasetLayout:
         """The case's cache sidecar: present only once all its outputs are complete."""
         return folder / self.cache_folder / f"{case_id}.json"
 
-    def output_folder(self, raw: Path, dataset_id: int, folder_name: str) -> Path:
-        """``raw/folder_name``, ready to write: its id unique, never another tool's folder, leftovers gone."""
+    def output_folder(self, raw: Path, dataset_id: int, folder_name: str, shard=None) -> Path:
+        """``raw/folder_name``, ready to write: its id unique, never another tool's folder, leftovers gone
+        (not with a ``shard``: the other shards' stagings may be alive, on other machines too)."""
         raw = Path(raw)
         others = [p.name for p in raw.glob(f"Dataset{int(dataset_id):03d}_*") if p.is_dir() and p.name != folder_name]
         if others:
@@ -121,7 +126,8 @@ class RawDatasetLayout:
                 )
         for sub in ("imagesTr", "labelsTr", *self.extra_folders, self.cache_folder, "."):
             (folder / sub).mkdir(parents=True, exist_ok=True)
-            for leftover in (folder / sub).glob(f"{TEMPORARY_PREFIX}*"):  # an interrupted atomic write or staging
+            leftovers = [] if shard is not None else (folder / sub).glob(f"{TEMPORARY_PREFIX}*")
+            for leftover in leftovers:  # an interrupted atomic write or staging
                 shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         return folder
 
@@ -164,20 +170,30 @@ class RawDatasetLayout:
                     ids.add(path.name[: -len(ending)])
         return sorted(ids)
 
+    def complete_cases(self, folder: Path) -> int:
+        """The cases whose sidecar is written (every output complete), whichever shard prepared them."""
+        return sum(1 for p in (folder / self.cache_folder).glob("*.json") if not p.name.startswith(self.not_a_case))
+
     def prepare_cases(self, folder: Path, cases: Sequence[SourceCase], prepare_case: Callable[[SourceCase], str],
-                      report: CaseReport, failure_summary: Callable[[Dict[str, str]], str]) -> None:
-        """Prepare every case, remove the cases no longer wanted, write the report; raise if every case failed."""
-        progress = tqdm(cases, desc=f"prepare {folder.name}", unit="case")
-        for case in progress:
-            progress.set_postfix_str(case.case_id)
-            prepare_case(case)
-        progress.close()
-        wanted = {c.case_id for c in cases} - set(report.failed)
-        for stale in self.existing_case_ids(folder):
-            if stale not in wanted and self.remove_case(folder, stale):
-                report.removed.append(stale)
-        report.removed = sorted(set(report.removed))
-        write_text_atomic(folder / REPORT_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
-        if report.num_training == 0:
+                      report: CaseReport, failure_summary: Callable[[Dict[str, str]], str], shard=None) -> None:
+        """Prepare every case (a ``shard``: its share), remove the cases no longer wanted, write the report; raise
+        if every case failed. Locked: one run (or one run of each shard) at a time per dataset."""
+        mine = shard.select(cases, name=lambda case: case.case_id) if shard is not None else list(cases)
+        if shard is not None:
+            print(shard.describe(len(mine), len(cases)))
+        with output_lock(folder, "crcseg prepare", shard):
+            progress = tqdm(mine, desc=f"prepare {folder.name}", unit="case")
+            for case in progress:
+                progress.set_postfix_str(case.case_id)
+                prepare_case(case)
+            progress.close()
+            wanted = {c.case_id for c in cases} - set(report.failed)  # every shard's cases are wanted
+            for stale in self.existing_case_ids(folder):
+                if stale not in wanted and self.remove_case(folder, stale):
+                    report.removed.append(stale)
+            report.removed = sorted(set(report.removed))
+            name = REPORT_FILE if shard is None else REPORT_FILE.replace(".json", f".{shard.label}.json")
+            write_text_atomic(folder / name, json.dumps(report.to_dict(), indent=2) + "\n")
+        if report.num_training == 0 and (report.failed or shard is None):
             summary = failure_summary(report.failed)
             raise self.error(f"{folder.name}: every one of {len(report.failed)} cases failed: {summary}")
