@@ -228,3 +228,55 @@ def test_three_prepare_shards_equal_one_prepare(dataset, tmp_path, capsys):
     again = prepare_dataset(dataset, 501, "Phantom", tmp_path / "sharded", organs=dataset / "organsTr",
                             shard=Shard(2, 3))
     assert len(again.cached) == 2 and not again.done  # a shard rerun resumes
+
+
+# --- crcseg guidance on a cohort, sharded -------------------------------------------------------------
+def guidance_argv(source: Path, out: Path, *extra: str) -> List[str]:
+    return ["guidance", str(source / "imagesTr"), "--organs", str(source / "organsTr"), "-o", str(out), "--no-png",
+            *extra]
+
+
+def guidance_masks(folder: Path) -> Dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.glob("*/*.nii.gz"))}
+
+
+def test_guidance_on_a_cohort_in_two_shards_equals_one_run_and_resumes(dataset, tmp_path, capsys):
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert main(guidance_argv(dataset, single)) == OK
+    assert "organ guidance: 6 of 6 cases done" in capsys.readouterr().out
+    assert sorted(p.name for p in single.iterdir() if p.is_dir()) == [f"colon_{k:03d}" for k in range(1, 7)]
+    assert all((single / f"colon_{k:03d}" / "guidance.json").is_file() for k in range(1, 7))
+    for index in (2, 1):
+        assert main(guidance_argv(dataset, sharded, "--shard", f"{index}/2")) == OK
+    printed = capsys.readouterr().out
+    assert "shard 1 of 2 (--shard): 3 of 6 cases" in printed and "merged 2 of 2 shard summaries" in printed
+    assert guidance_masks(sharded) == guidance_masks(single) and len(guidance_masks(single)) == 6 * 4
+    rows = summary_rows(sharded / "guidance_summary.csv")
+    assert rows == summary_rows(single / "guidance_summary.csv") and {r["status"] for r in rows} == {"ok"}
+    assert all(float(r["ooi_ml"]) > 0 for r in rows)
+    # a shard rerun resumes: its cases are finished
+    assert main(guidance_argv(dataset, sharded, "--shard", "1/2")) == OK
+    assert "(3 finished by an earlier run, not redone)" in capsys.readouterr().out
+    # other parameters over finished cases: refused per case, nothing replaced
+    assert main(guidance_argv(dataset, sharded, "--shard", "1/2", "--dilation-mm", "9")) == FAILED
+    assert "holds organ guidance made with other parameters" in capsys.readouterr().out
+    assert guidance_masks(sharded) == guidance_masks(single)
+
+
+def test_guidance_cohort_fails_only_the_case_without_organs_and_one_ct_takes_no_shard(dataset, tmp_path, capsys):
+    organs = tmp_path / "organs"
+    organs.mkdir()
+    for k in (1, 2):
+        (organs / f"colon_{k:03d}.nii.gz").write_bytes((dataset / "organsTr" / f"colon_{k:03d}.nii.gz").read_bytes())
+    images = tmp_path / "images"
+    images.mkdir()
+    for k in (1, 2, 3):
+        (images / f"colon_{k:03d}.nii.gz").write_bytes((dataset / "imagesTr" / f"colon_{k:03d}.nii.gz").read_bytes())
+    code = main(["guidance", str(images), "--organs", str(organs), "-o", str(tmp_path / "out"), "--no-png"])
+    printed = capsys.readouterr().out
+    assert code == FAILED and "organ guidance: 2 of 3 cases done" in printed
+    assert "colon_003: FAILED: colon_003: no organ label map colon_003.nii.gz in" in printed
+    assert not (tmp_path / "out" / "colon_003").exists()
+    code = main(["guidance", str(images / "colon_001.nii.gz"), "--organs", str(organs / "colon_001.nii.gz"),
+                 "-o", str(tmp_path / "one"), "--shard", "1/2"])
+    assert code == BAD_INPUT and "shards split a cohort" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import List
 
-from CRCTraining.cli.arguments import add_device_argument
+from CRCTraining.cli.arguments import add_device_argument, add_shard_argument, shard_from_arguments
 from OrganGuidanceLib.guidance import GuidanceParameters, MOSSource, run_guidance
 from OrganGuidanceLib.labels import ORGAN_SETS
 
@@ -16,12 +16,14 @@ DEFAULTS = GuidanceParameters()
 
 
 def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ct", type=Path, help="CT volume: NIfTI/NRRD/MHA file, a DICOM series folder, or a zip of one")
+    parser.add_argument("ct", type=Path, help="CT volume: NIfTI/NRRD/MHA file, a DICOM series folder, or a zip of one; "
+                        "or a cohort: a folder of them, or a zip of several series (each case into OUT/<case>/, "
+                        "with OUT/guidance_summary.csv)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     parser.add_argument(
         "--organs", type=Path, nargs="+", default=[],
-        help="existing organ label map(s) (MOS), OR-merged after resampling to the CT grid; "
-        "without it TotalSegmentator runs (its weights must be installed)",
+        help="existing organ label map(s) (MOS), OR-merged after resampling to the CT grid (for a cohort: folders "
+        "of label maps <case>.nii.gz); without it TotalSegmentator runs (its weights must be installed)",
     )
     parser.add_argument(
         "--convention", nargs="+", default=["totalsegmentator"],
@@ -42,15 +44,11 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-png", action="store_true", help="skip the QA overlay picture")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results of an earlier run in the output folder whole (its stale files "
-                             "too), once this run is complete")
+                             "too), once this run is complete (a cohort: by default a rerun skips the finished cases)")
+    add_shard_argument(parser)
 
 
-def _sources(args: argparse.Namespace, ct) -> List[MOSSource]:
-    from OrganGuidanceLib.providers import ImportedLabelMapProvider, TotalSegmentatorProvider
-
-    if not args.organs:
-        provider = TotalSegmentatorProvider(args.organ_set, fast=not args.full, device=args.device)
-        return [provider.segment(ct)]
+def _conventions(args: argparse.Namespace) -> List[str]:
     conventions = list(args.convention)
     if len(conventions) == 1:
         conventions *= len(args.organs)
@@ -59,7 +57,56 @@ def _sources(args: argparse.Namespace, ct) -> List[MOSSource]:
 
         raise InputError(f"--convention: give one value or one per --organs file ({len(args.organs)}), "
                          f"got {len(conventions)}")
-    return [ImportedLabelMapProvider(path, convention).segment() for path, convention in zip(args.organs, conventions)]
+    return conventions
+
+
+def _totalsegmentator(args: argparse.Namespace):
+    from OrganGuidanceLib.providers import TotalSegmentatorProvider
+
+    return TotalSegmentatorProvider(args.organ_set, fast=not args.full, device=args.device)
+
+
+def _sources(args: argparse.Namespace, ct) -> List[MOSSource]:
+    from OrganGuidanceLib.providers import ImportedLabelMapProvider
+
+    if not args.organs:
+        return [_totalsegmentator(args).segment(ct)]
+    return [ImportedLabelMapProvider(path, convention).segment()
+            for path, convention in zip(args.organs, _conventions(args))]
+
+
+def is_cohort(path: Path) -> bool:
+    """A folder that is not one DICOM series, or a zip of several series or images: one case each."""
+    from OrganGuidanceLib.dicom_series import is_dicom_series_folder
+    from OrganGuidanceLib.dicom_zip import is_zip_input, zip_entries
+
+    if path.is_dir():
+        return not is_dicom_series_folder(path)
+    return is_zip_input(path) and len(zip_entries(path)) > 1
+
+
+def _parameters(args: argparse.Namespace) -> GuidanceParameters:
+    return GuidanceParameters(
+        organ_set=args.organ_set, dilation_mm=args.dilation_mm, wall_width_mm=args.wall_mm,
+        body_crop=not args.no_crop, body_threshold_hu=args.body_threshold_hu, crop_margin_mm=args.crop_margin_mm,
+        body_connectivity=args.body_connectivity,
+    )
+
+
+def cohort_main(args: argparse.Namespace, shard) -> int:
+    from OrganGuidanceLib.guidance_batch import organ_maps_for, run_guidance_batch
+
+    if args.organs:
+        sources = organ_maps_for(args.organs, _conventions(args))
+    else:
+        provider = _totalsegmentator(args)
+
+        def sources(case, ct):
+            return [provider.segment(ct)]
+    report = run_guidance_batch(args.ct, args.output, _parameters(args), sources, shard=shard,
+                                overwrite=args.overwrite, overlay=not args.no_png, cropped=args.write_cropped)
+    print(report.summary())
+    return 1 if report.failed else 0
 
 
 def guidance_main(args: argparse.Namespace) -> int:
@@ -70,11 +117,12 @@ def guidance_main(args: argparse.Namespace) -> int:
     from OrganGuidanceLib.result_folder import open_result_folder
     from OrganGuidanceLib.validation import InputError
 
-    parameters = GuidanceParameters(
-        organ_set=args.organ_set, dilation_mm=args.dilation_mm, wall_width_mm=args.wall_mm,
-        body_crop=not args.no_crop, body_threshold_hu=args.body_threshold_hu, crop_margin_mm=args.crop_margin_mm,
-        body_connectivity=args.body_connectivity,
-    )
+    shard = shard_from_arguments(args)
+    if is_cohort(args.ct):
+        return cohort_main(args, shard)
+    if shard is not None and args.shard:
+        raise InputError(f"--shard: {args.ct} is one CT; shards split a cohort (a folder of CTs or of series)")
+    parameters = _parameters(args)
     started = time.perf_counter()
     # Locked while it runs; with --overwrite the new result replaces the earlier one whole, at the end.
     with open_result_folder(args.output, args.overwrite, guidance_owned) as results:
