@@ -30,7 +30,8 @@ class CRCSegmentation(ScriptedLoadableModule):
             "<li>a 3D nnU-Net tumor model that takes the CT, the organ masks (MOS) and the organs-of-interest "
             "mask (OOI) as input channels, run inside the body and the OOI bounding box (AG-CRC, FLARE24);</li>"
             "<li>a 'Tumor' segment (SNOMED CT terminology) and a statistics table: volume, largest axial "
-            "diameter, cranio-caudal extent, number of components; export to .seg.nrrd and NIfTI;</li>"
+            "diameter, cranio-caudal extent, number of components; export to .seg.nrrd and NIfTI, and to DICOM "
+            "SEG, RTSTRUCT and SR when the CT was loaded from DICOM;</li>"
             "<li>interactive refinement with U-SAM: tumor / not-tumor points (P / N), a box (B), a scribble (S) "
             "or a lasso (L) on an axial slice; one prompt to 3D (on by default); Undo / Redo (Ctrl+Z / Ctrl+Y). "
             "The shipped demo_usam_phantom is a demonstration model, not for clinical use.</li></ol>"
@@ -60,6 +61,18 @@ class CRCSegmentation(ScriptedLoadableModule):
         )
 
 
+def _load_terminology() -> None:
+    """Offer SlicerCRC's terminology context (the codes our segments and DICOM outputs carry) in Slicer's
+    terminology selector, as SlicerMONAIAuto3DSeg does with its own; the segments themselves use Slicer's DICOM
+    master list context, which is always loaded, so a failure here only logs."""
+    try:
+        from CRCSegmentationLib.dicom.terminology import terminology_file
+
+        slicer.modules.terminologies.logic().LoadTerminologyFromFile(str(terminology_file()))
+    except Exception as error:  # noqa: BLE001 - never stop the module from opening over a selector's list
+        print(f"CRC Segmentation: the SlicerCRC terminology was not loaded ({error})", file=sys.stderr)
+
+
 class CRCSegmentationWidget(ScriptedLoadableModuleWidget):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -72,6 +85,7 @@ class CRCSegmentationWidget(ScriptedLoadableModuleWidget):
 
         self.panel = CRCSegmentationPanel()
         self.layout.addWidget(self.panel)
+        _load_terminology()
 
     def cleanup(self) -> None:
         if self.panel is not None:

@@ -163,12 +163,15 @@ def test_non_editable_wheel_holds_the_catalogue_and_the_demo_model(tmp_path):
     found = run_isolated("""
         import json, CRCSegmentationLib
         from CRCSegmentationLib import open_model
+        from CRCSegmentationLib.dicom.terminology import terminology_file
         model = open_model("demo_phantom")
         print(json.dumps({"lib": CRCSegmentationLib.__file__, "folder": str(model.folder), "kind": model.kind,
-                          "modality": model.modality, "tumor": model.tumor_labels}))
+                          "modality": model.modality, "tumor": model.tumor_labels,
+                          "terminology": str(terminology_file()) if terminology_file().is_file() else ""}))
     """, [tmp_path / "site"], cwd=tmp_path)
     site = str((tmp_path / "site").resolve())
     assert found["lib"].startswith(site) and found["folder"].startswith(site)
+    assert found["terminology"].startswith(site)  # the segment codes ship in the wheel too
     assert (found["kind"], found["modality"], found["tumor"]) == ("nnunet", "CT", [1])
 
 

@@ -40,7 +40,7 @@ from OrganGuidanceLib.json_files import read_json
 from OrganGuidanceLib.labels import ORGAN_SETS, load_convention
 from OrganGuidanceLib.result_folder import RECORDS, ResultFolder, open_result_folder, run_key
 from OrganGuidanceLib.shards import Shard, merge_shard_summaries, shard_summary_name
-from OrganGuidanceLib.validation import InputError
+from OrganGuidanceLib.validation import InputError, failure_message
 
 SUMMARY_FILE = "summary.csv"
 TUMOR_ENDING, LABELS_ENDING = "_tumor.nii.gz", "_labels.nii.gz"  # <case><ending>: the files of one case
@@ -305,7 +305,7 @@ def segment_files(
                 raise
             except Exception as error:  # noqa: BLE001 - one bad case must not stop a batch; Ctrl-C still does
                 result.status = "failed"
-                result.error = str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
+                result.error = failure_message(error)
                 result.seconds = round(time.perf_counter() - start, 2)
             report.cases.append(result)
         bar.close()

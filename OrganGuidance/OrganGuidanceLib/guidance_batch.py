@@ -26,7 +26,7 @@ from OrganGuidanceLib.io import read_image
 from OrganGuidanceLib.outputs import OUTPUT_FILES, guidance_owned, write_guidance_outputs
 from OrganGuidanceLib.result_folder import open_result_folder
 from OrganGuidanceLib.shards import Shard, merge_shard_summaries, shard_summary_name
-from OrganGuidanceLib.validation import InputError
+from OrganGuidanceLib.validation import InputError, failure_message
 
 SUMMARY_FILE = "guidance_summary.csv"
 COLUMNS = ("case", "status", "seconds", "ooi_ml", "bowel_wall_ml", "output", "error", "warnings")
@@ -114,7 +114,7 @@ def run_guidance_batch(inputs: Path, output: Path, parameters: GuidanceParameter
             _one_case(case, path, output / case, parameters, sources, overwrite, overlay, cropped, result)
         except Exception as error:  # noqa: BLE001 - one bad case must not stop a cohort; Ctrl-C still does
             result.status = "failed"
-            result.error = str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
+            result.error = failure_message(error)
         result.seconds = round(time.perf_counter() - start, 2)
         report.cases.append(result)
     bar.close()

@@ -34,6 +34,12 @@ class InputError(ValueError):
     """A user input is unusable; the message names it and says why."""
 
 
+def failure_message(error: Exception) -> str:
+    """A failed case's line: an ``InputError``'s own message (it names the input); any other error with its type,
+    as it is unexpected."""
+    return str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
+
+
 def check_3d(image: Image) -> None:
     if image.array.ndim != 3:
         raise InputError(f"{image.name}: is {image.array.ndim}D with shape {image.shape}; a 3D volume is needed")

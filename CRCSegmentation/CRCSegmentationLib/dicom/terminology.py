@@ -19,8 +19,10 @@ SCHEMA = "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/schemas/segme
 
 
 def terminology_file() -> Path:
-    """Where the module ships it: ``CRCSegmentation/Resources/`` beside the Lib."""
-    return Path(__file__).resolve().parents[2] / "Resources" / FILE_NAME
+    """Where the module ships it: its ``Resources/`` (beside the Lib; inside the package in a wheel)."""
+    from CRCSegmentationLib.core.resources import resources_folder
+
+    return resources_folder() / FILE_NAME
 
 
 def _triple(code: Optional[Code]) -> str:

@@ -41,7 +41,6 @@ from CRCTraining.data.raw_dataset import (
     CaseReport,
     PrepareError,
     RawDatasetLayout,
-    failure_message,
     read_json,
     write_if_changed,
 )
@@ -62,7 +61,7 @@ from OrganGuidanceLib.image_files import printable
 from OrganGuidanceLib.io import read_image, write_image
 from OrganGuidanceLib.labels import ORGAN_SETS, LabelConvention, load_convention
 from OrganGuidanceLib.mos_codes import MOS_CODES, compact_mos
-from OrganGuidanceLib.validation import InputError, check_label_map
+from OrganGuidanceLib.validation import InputError, check_label_map, failure_message
 
 if TYPE_CHECKING:
     from OrganGuidanceLib.providers import TotalSegmentatorProvider

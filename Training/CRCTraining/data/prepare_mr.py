@@ -56,13 +56,12 @@ from CRCTraining.data.raw_dataset import (
     CaseReport,
     PrepareError,
     RawDatasetLayout,
-    failure_message,
     write_if_changed,
 )
 from CRCTraining.data.sources import SourceCase, SourceDataset, read_source_dataset
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.io import read_image, write_image
-from OrganGuidanceLib.validation import InputError, check_label_map
+from OrganGuidanceLib.validation import InputError, check_label_map, failure_message
 
 CACHE_FORMAT = 1  # bump when the outputs of the same inputs change
 CACHE_FOLDER = ".crcseg_cache"

@@ -67,10 +67,6 @@ def read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def failure_message(error: Exception) -> str:
-    """An ``InputError``'s own message (it names the file); any other error with its type, as it is unexpected."""
-    return str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
-
 
 def record_statistics(report: CaseReport, case_id: str, statistics: dict) -> None:
     """Report a case's statistics, and its warnings where it has any, so the report lists them."""
