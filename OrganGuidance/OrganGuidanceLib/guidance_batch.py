@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,8 +131,6 @@ def run_guidance_batch(inputs: Path, output: Path, parameters: GuidanceParameter
 
 def _one_case(case: str, path: Path, folder: Path, parameters: GuidanceParameters, sources: SourcesForCase,
               overwrite: bool, overlay: bool, cropped: bool, result: GuidanceCase) -> None:
-    import json
-
     finished = folder / OUTPUT_FILES["summary"]
     if finished.is_file() and not overwrite:  # written last: the case is complete
         earlier = json.loads(finished.read_text())

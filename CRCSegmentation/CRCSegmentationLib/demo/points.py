@@ -2,8 +2,9 @@
 
 A CT phantom (``OrganGuidanceLib.phantom``, the generator of the CT demo, on the grid the
 demonstration U-SAM was trained on, with a seed it never saw) gets simulated clicks on the
-tumor's central axial slice, placed as CARE's evaluation places them
-(``usam.simulated_prompts``): no prompt, 1, 3 and 5 positive points, a negative click in the
+tumor's central axial slice, sampled from the ground truth as CARE prompts, deterministically so that
+every run shows the same clicks (``usam.simulated_prompts``; ``crcseg usam-ablation`` averages random
+draws): no prompt, 1, 3 and 5 positive points, a negative click in the
 largest false region left, the ground truth's box, and the box + 1 point. Each prompt goes
 through the engine the Slicer panel uses (``InteractiveSegmenter``); the table gives each
 prompt's Dice against the phantom's tumor on that slice. Then one prompt (3 points) runs to

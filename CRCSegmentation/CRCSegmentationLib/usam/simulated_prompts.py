@@ -1,8 +1,10 @@
-"""Simulated clicks on one slice, placed as CARE's evaluation places them, for demos and ablations.
+"""Simulated clicks on one slice, for the ``--points`` demo and the one-prompt-to-3D start of the ablation.
 
-CARE / U-SAM (Table 4) prompts with k points per class sampled from the ground truth; the
-evaluation here takes them deterministically (``prompts.sample_points`` without ``rng``: the
-deepest pixel first, then farthest-apart inner pixels), so a slice always gets the same clicks.
+CARE / U-SAM (Table 4) prompts with k points per class sampled from the ground truth. The slice
+ablation (``CRCTraining.usam.evaluate``, ``prompt_check``) samples them at random, seeded, and averages
+several draws, as CARE does; here they are taken deterministically (``prompts.sample_points`` without
+``rng``: the deepest pixel first, then farthest-apart inner pixels), so a demo run and its QA picture
+always show the same clicks.
 Beyond the paper (issue 20), as a user corrects a result:
 
 - a negative click goes where the current prediction is wrong: the deepest pixel of its
