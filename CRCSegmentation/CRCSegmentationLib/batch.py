@@ -26,6 +26,7 @@ from tqdm import tqdm
 from CRCSegmentationLib.core.errors import ModelError
 from CRCSegmentationLib.core.model import ModelSource
 from CRCSegmentationLib.core.segmentation import SegmentationParameters
+from CRCSegmentationLib.dicom import FILE_ENDINGS as DICOM_FILE_ENDINGS
 from CRCSegmentationLib.measurement.metrics import compute_metrics
 from CRCSegmentationLib.measurement.statistics import TumorStatistics, tumor_statistics
 from CRCSegmentationLib.models.open import open_model
@@ -51,7 +52,9 @@ EFFICIENCY_COLUMNS = ("wall_s", "peak_rss_mb", "gpu_peak_mb", "gpu_memory_time_m
 METRIC_COLUMNS = ("dice", "nsd", "precision", "recall", "hd95")
 # Slice models (HCF): axial slices and how many of them went to SANet; the slice filter's report
 SLICE_COLUMNS = ("slices", "sanet_slices", "filter_removed_voxels", "filter_rejected_slices", "filter_tumor_slices")
-DICOM_ENDINGS = ("_seg.dcm", "_rtstruct.dcm", "_sr.dcm")  # <case><ending>: CRCSegmentationLib.dicom's files
+DICOM_ENDINGS = tuple(DICOM_FILE_ENDINGS.values())  # <case><ending>: CRCSegmentationLib.dicom's files
+# What `crcseg segment --output-type` writes: the NIfTI mask, and DICOM objects over the source series
+OUTPUT_TYPES = ("nifti", *DICOM_FILE_ENDINGS)
 
 
 @dataclass
@@ -226,7 +229,7 @@ def segment_files(
 
     ``slice_filter``: an HCF bundle (or classifier-only bundle, folder or catalogue name) whose slice
     classifier then clears the tumor on the slices it calls normal; the summary reports what it removed.
-    ``output_types``: ``choices.OUTPUT_TYPES``; the DICOM ones (SEG, RTSTRUCT, SR) need a DICOM input: a case
+    ``output_types``: ``OUTPUT_TYPES``; the DICOM ones (SEG, RTSTRUCT, SR) need a DICOM input: a case
     read from another format fails with a message saying so.
     ``shard``: segment only this shard's share of the cases (``Shard.select``); shards run at once into one
     output folder, each writes ``summary.shard-I-of-N.csv``, and the last to finish merges them into the summary.
@@ -400,9 +403,7 @@ class _Batch:
 
 
 def checked_output_types(output_types: Sequence[str]) -> Tuple[str, ...]:
-    """The DICOM types among ``output_types`` (``choices.OUTPUT_TYPES``); ``InputError`` naming an unknown one."""
-    from CRCSegmentationLib.choices import OUTPUT_TYPES
-
+    """The DICOM types among ``output_types`` (``OUTPUT_TYPES``); ``InputError`` naming an unknown one."""
     unknown = [t for t in output_types if t not in OUTPUT_TYPES]
     if unknown or not output_types:
         raise InputError(f"--output-type: {', '.join(unknown) or 'none given'}; choose from {', '.join(OUTPUT_TYPES)}")

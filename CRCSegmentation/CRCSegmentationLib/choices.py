@@ -36,6 +36,4 @@ REFINEMENT_SHORTCUTS = {
 USAM_MODEL_SOURCES = ("catalogue", "file")  # a catalogue model of kind "usam", or a .pt checkpoint / bundle file
 DEFAULT_USAM_MODEL = "demo_usam_phantom"  # the shipped demonstration model (models.json)
 USAM_KIND = "usam"  # = usam.bundle.KIND: the catalogue entries the refinement section offers
-# What `crcseg segment --output-type` and the batch write: NIfTI files, or DICOM objects over the source series
-# (CRCSegmentationLib.dicom.export.DICOM_TYPES).
-OUTPUT_TYPES = ("nifti", "dicom-seg", "rtstruct", "sr")
+

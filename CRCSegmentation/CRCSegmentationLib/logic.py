@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
 from CRCSegmentationLib.choices import GUIDANCE_SOURCES  # "none" only for CT-only models
+from CRCSegmentationLib.dicom import FILE_ENDINGS as DICOM_FILE_ENDINGS
 from CRCSegmentationLib.mrml import (
     STATISTICS_REFERENCE_ROLE,
     ExportedFiles,
     export_segmentation,
     guidance_from_segmentation_node,
+    reference_ct,
     statistics_to_table_node,
     tumor_to_segmentation_node,
 )
@@ -267,21 +269,15 @@ class CRCSegmentationLogic:
 
     def export(self, segmentation_node, folder, base_name: Optional[str] = None) -> ExportedFiles:
         """``.seg.nrrd`` (all segments), NIfTI tumor label map on the CT grid, statistics CSV."""
-        role = segmentation_node.GetReferenceImageGeometryReferenceRole()
-        reference_node = segmentation_node.GetNodeReference(role)
-        if reference_node is None or not reference_node.IsA("vtkMRMLScalarVolumeNode"):
-            raise InputError(f"{node_name(segmentation_node)}: has no reference CT volume; cannot export a label map on its grid")
+        reference_node = reference_ct(segmentation_node, "cannot export a label map on its grid")
         return export_segmentation(segmentation_node, folder, image_from_volume_node(reference_node), base_name)
 
     def export_dicom(self, segmentation_node, folder, model_name: str = "", file_for_instance=None,
-                     types: Sequence[str] = ("dicom-seg", "rtstruct", "sr")):
+                     types: Sequence[str] = tuple(DICOM_FILE_ENDINGS)):
         """DICOM SEG, RTSTRUCT and SR of ``segmentation_node`` referencing its CT's DICOM series (``dicom_mrml``)."""
         from CRCSegmentationLib.dicom_mrml import export_to_dicom
 
-        role = segmentation_node.GetReferenceImageGeometryReferenceRole()
-        reference_node = segmentation_node.GetNodeReference(role)
-        if reference_node is None or not reference_node.IsA("vtkMRMLScalarVolumeNode"):
-            raise InputError(f"{node_name(segmentation_node)}: has no reference CT volume to export to DICOM against")
+        reference_node = reference_ct(segmentation_node, "cannot export DICOM that references its series")
         return export_to_dicom(reference_node, segmentation_node, folder, types, model_name or "SlicerCRC",
                                model_version(model_name), file_for_instance)
 

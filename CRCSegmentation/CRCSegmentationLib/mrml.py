@@ -292,6 +292,21 @@ def _write_with_storage_node(node, storage_node, path: Path) -> None:
             raise OSError(f"{node_name(node)}: could not be written to {path}")
 
 
+def reference_volume(segmentation_node):
+    """The volume a segmentation was made on (its reference image geometry), or None."""
+    if segmentation_node is None:
+        return None
+    return segmentation_node.GetNodeReference(segmentation_node.GetReferenceImageGeometryReferenceRole())
+
+
+def reference_ct(segmentation_node, purpose: str):
+    """``reference_volume``, which must be a scalar volume; ``InputError`` naming the segmentation and ``purpose``."""
+    node = reference_volume(segmentation_node)
+    if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
+        raise InputError(f"{node_name(segmentation_node)}: has no reference CT volume; {purpose}")
+    return node
+
+
 def file_base_name(segmentation_node, base_name: Optional[str] = None) -> str:
     """The start of the exported files' names: ``base_name`` or the node's name, in file-name-safe characters."""
     base = base_name or node_name(segmentation_node)

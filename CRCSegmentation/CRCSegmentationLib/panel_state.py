@@ -129,9 +129,9 @@ class CRCSegmentationController(RunController):
     def canExportDicom(self) -> bool:
         """DICOM SEG, RTSTRUCT and SR reference the CT's series: offered when Slicer loaded the CT from DICOM."""
         from CRCSegmentationLib.dicom_mrml import came_from_dicom
+        from CRCSegmentationLib.mrml import reference_volume
 
-        p = self.parameters
-        return self.canExport() and came_from_dicom(referenceVolume(p.outputSegmentation))
+        return self.canExport() and came_from_dicom(reference_volume(self.parameters.outputSegmentation))
 
     def export(self) -> Optional[List[str]]:
         """Export the output segmentation to the export folder, and to DICOM when chosen and possible; the files
@@ -176,13 +176,6 @@ class CRCSegmentationController(RunController):
             seconds=seconds, device=result.device, name=segmentation.GetName())
         # e.g. fallback to the CPU, empty OOI, an input the model was not trained for (model_fit): one line each
         return text + "".join("\n" + _("Warning: {message}").format(message=message) for message in job.messages)
-
-
-def referenceVolume(segmentationNode: Any) -> Any:
-    """The volume a segmentation was made on (its reference image geometry), or None."""
-    if segmentationNode is None:
-        return None
-    return segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole())
 
 
 def catalogueChoices() -> Tuple[List[Tuple[str, str]], str]:

@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 
+from CRCSegmentationLib.dicom import FILE_ENDINGS
 from CRCSegmentationLib.dicom.codes import segment_code
 from CRCSegmentationLib.dicom.rtstruct import build_rtstruct
 from CRCSegmentationLib.dicom.seg import Algorithm, build_seg, non_empty_segments
@@ -23,8 +24,7 @@ from OrganGuidanceLib.atomic import atomic_path
 from OrganGuidanceLib.image import Image
 from OrganGuidanceLib.validation import InputError
 
-DICOM_TYPES = ("dicom-seg", "rtstruct", "sr")  # = choices.OUTPUT_TYPES without "nifti"
-FILE_SUFFIXES = {"dicom-seg": "_seg.dcm", "rtstruct": "_rtstruct.dcm", "sr": "_sr.dcm"}
+DICOM_TYPES = tuple(FILE_ENDINGS)
 TUMOR = "tumor"
 
 
@@ -63,7 +63,7 @@ def write_dicom_outputs(types: Sequence[str], folder: Path, case: str, source_fi
     folder = Path(folder)
     if not kept:  # checked first: nothing to write needs no source files read
         outputs.notes.append(f"{case}: no segment has voxels (no tumor found): no "
-                             f"{', '.join(FILE_SUFFIXES[kind][1:] for kind in types)} written")
+                             f"{', '.join(FILE_ENDINGS[kind][1:] for kind in types)} written")
         return outputs
     has_tumor = TUMOR in {_label(name) for name in kept}
     if "sr" in types and has_tumor and statistics is None:  # checked before anything is written
@@ -82,7 +82,7 @@ def write_dicom_outputs(types: Sequence[str], folder: Path, case: str, source_fi
         if "dicom-seg" not in types:
             outputs.notes.append(f"{case}: the SR references a SEG that was not written (ask for dicom-seg too)")
     for kind, dataset in datasets.items():
-        outputs.files[kind] = _save(dataset, folder / f"{case}{FILE_SUFFIXES[kind]}")
+        outputs.files[kind] = _save(dataset, folder / f"{case}{FILE_ENDINGS[kind]}")
     return outputs
 
 

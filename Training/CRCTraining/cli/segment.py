@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from CRCSegmentationLib.batch import segment_files
-from CRCSegmentationLib.choices import OUTPUT_TYPES
+from CRCSegmentationLib.batch import OUTPUT_TYPES, segment_files
 from CRCSegmentationLib.core.segmentation import SegmentationParameters
 from CRCSegmentationLib.models.open import open_model
 from CRCTraining.cli.arguments import add_device_argument, add_shard_argument, shard_from_arguments
