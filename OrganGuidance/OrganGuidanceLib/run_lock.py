@@ -52,20 +52,26 @@ def lock_path(folder: Path, shard=None) -> Path:
     return folder.parent / f".{folder.name}.crcseg-lock{'-' + shard.label if shard is not None else ''}"
 
 
-def _holder(path: Path) -> str:
-    try:
-        holder = json.loads(path.read_text())
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["started"]))
-        return f"process {holder['pid']} ({holder['command']}), started {started}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process"
+def _holder(path: Path, wait_s: float = 1.0) -> str:
+    """Who holds ``path``, from the record its holder writes right after it locks: a run started at the same moment
+    may look before that, so an empty record is read again for up to ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            holder = json.loads(path.read_text())
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["started"]))
+            return f"process {holder['pid']} ({holder['command']}), started {started}"
+        except (OSError, ValueError, KeyError, TypeError):
+            if time.monotonic() >= deadline:
+                return "another process"
+            time.sleep(0.05)
 
 
 def _shard_holders(folder: Path) -> str:
-    """Who holds the shard locks of ``folder``: for the refusal of a whole run while shards run."""
+    """Who holds the shard locks of ``folder`` ("" when none): for the refusal of a whole run while shards run."""
     folder = Path(folder)
     found = sorted(folder.parent.glob(f".{folder.name}.crcseg-lock-shard-*"))
-    return "; ".join(f"{p.name.rsplit('-lock-', 1)[1]} by {_holder(p)}" for p in found) or "shards of a run"
+    return "; ".join(f"{p.name.rsplit('-lock-', 1)[1]} by {_holder(p, wait_s=0.0)}" for p in found)
 
 
 @contextmanager
@@ -117,7 +123,7 @@ def output_lock(folder: Path, command: str = "", shard=None) -> Iterator[Path]:
         if fd < 0:
             holder = _holder(path)
             if shard is None and holder == "another process":  # shards hold it shared and write no record there
-                holder = _shard_holders(folder)
+                holder = _shard_holders(folder) or holder
             raise OutputFolderBusy(
                 f"output: {folder} is being written by {holder}; wait for it to finish, "
                 "or choose another output folder")
